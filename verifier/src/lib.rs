@@ -1,1 +1,16 @@
-//! custody-verifier
+//! # custody-verifier
+//!
+//! Offline verification of custody export bundles: no network, no server, no
+//! Vault — only the bundle directory and, ideally, the ledger DID the auditor
+//! pins. [`verify::verify_bundle`] streams `entries.jsonl` once and reports every
+//! check with the entries that fail it ([`report::Verification`]); [`proof`]
+//! builds and checks self-contained inclusion proofs for single entries.
+//!
+//! Exit codes of `custody-verify`: 0 valid, 1 invalid, 2 unreadable or bad usage.
+
+pub mod proof;
+pub mod report;
+pub mod verify;
+
+pub use report::{Check, Verification};
+pub use verify::{verify_bundle, VerifyError, VerifyOptions};

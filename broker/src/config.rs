@@ -1,0 +1,350 @@
+//! `custody.toml`: the broker's configuration.
+//!
+//! ```toml
+//! listen = "127.0.0.1:7450"
+//! data = "custody-data"
+//! [vault]
+//! addr = "http://127.0.0.1:8200"
+//! token_file = "vault-token"            # or VAULT_TOKEN
+//! [trust]
+//! admins = ["did:key:z6Mk…"]            # may revoke and export
+//! delegators = ["did:key:z6Mk…"]        # humans / CI identities that may start sessions
+//! [scopes.ci-read]
+//! policies = ["ci-read"]
+//! max_ttl = "15m"
+//! contexts = ["ci", "chat"]
+//! ```
+//!
+//! Parsing validates everything up front (DIDs, scope names, durations,
+//! contexts) so that a broker never starts with a configuration it would
+//! misread later. Unknown keys are errors: a typo must not silently weaken policy.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use custody_identity::Did;
+use custody_ledger::{Context, Scope};
+use serde::Deserialize;
+
+/// Longest TTL a scope may grant: credentials are meant to be short-lived.
+pub const MAX_SCOPE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    data: Option<PathBuf>,
+    vault: Option<RawVault>,
+    #[serde(default)]
+    trust: RawTrust,
+    #[serde(default)]
+    scopes: BTreeMap<String, RawScope>,
+    #[serde(default)]
+    checkpoint: Option<RawCheckpoint>,
+    #[serde(default)]
+    limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVault {
+    addr: String,
+    token_file: Option<PathBuf>,
+    /// Token role to mint through (recommended in production).
+    role: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    #[serde(default)]
+    admins: Vec<String>,
+    #[serde(default)]
+    delegators: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScope {
+    policies: Vec<String>,
+    max_ttl: String,
+    contexts: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheckpoint {
+    every_entries: Option<u64>,
+    every: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_body: Option<usize>,
+    clock_skew: Option<String>,
+    requests_per_second: Option<u32>,
+}
+
+/// A scope: what an agent may ask for, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScopeConfig {
+    pub name: Scope,
+    pub policies: Vec<String>,
+    pub max_ttl: Duration,
+    pub contexts: Vec<Context>,
+}
+
+#[derive(Clone, Debug)]
+pub struct VaultConfig {
+    pub addr: String,
+    pub token_file: Option<PathBuf>,
+    pub role: Option<String>,
+}
+
+/// When the broker signs checkpoints on its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    pub every_entries: u64,
+    pub every: Duration,
+}
+
+/// Limits on what clients may send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_body: usize,
+    pub clock_skew: Duration,
+    pub requests_per_second: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body: 1 << 20,
+            clock_skew: Duration::from_secs(60),
+            requests_per_second: 2000,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data: PathBuf,
+    pub vault: Option<VaultConfig>,
+    pub admins: Vec<Did>,
+    pub delegators: Vec<Did>,
+    pub scopes: BTreeMap<String, ScopeConfig>,
+    pub checkpoint: CheckpointPolicy,
+    pub limits: Limits,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7450";
+pub const DEFAULT_DATA: &str = "custody-data";
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates; `path` is only used in messages and to resolve
+    /// relative paths against the file's directory.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+
+        let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|_| invalid(format!("listen = {listen_text:?} is not an address:port")))?;
+        let dids = |what: &str, list: &[String]| -> Result<Vec<Did>, ConfigError> {
+            list.iter()
+                .map(|d| Did::parse(d).map_err(|e| invalid(format!("trust.{what}: {e}"))))
+                .collect()
+        };
+        let admins = dids("admins", &raw.trust.admins)?;
+        let delegators = dids("delegators", &raw.trust.delegators)?;
+
+        let mut scopes = BTreeMap::new();
+        for (name, s) in raw.scopes {
+            let scope =
+                Scope::new(name.clone()).map_err(|e| invalid(format!("scopes.{name}: {e}")))?;
+            let max_ttl = parse_duration(&s.max_ttl)
+                .map_err(|e| invalid(format!("scopes.{name}.max_ttl: {e}")))?;
+            if max_ttl.is_zero() || max_ttl > MAX_SCOPE_TTL {
+                return Err(invalid(format!(
+                    "scopes.{name}.max_ttl must be between 1s and {}h",
+                    MAX_SCOPE_TTL.as_secs() / 3600
+                )));
+            }
+            if s.policies.is_empty() {
+                return Err(invalid(format!("scopes.{name}.policies is empty")));
+            }
+            for p in &s.policies {
+                if p.is_empty()
+                    || p == "root"
+                    || !p
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                {
+                    return Err(invalid(format!(
+                        "scopes.{name}.policies: {p:?} is not an allowed policy name"
+                    )));
+                }
+            }
+            let contexts = s
+                .contexts
+                .iter()
+                .map(|c| Context::new(c.clone()).map_err(|e| invalid(format!("scopes.{name}.contexts: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            if contexts.is_empty() {
+                return Err(invalid(format!("scopes.{name}.contexts is empty")));
+            }
+            scopes.insert(
+                name,
+                ScopeConfig {
+                    name: scope,
+                    policies: s.policies,
+                    max_ttl,
+                    contexts,
+                },
+            );
+        }
+
+        let checkpoint = match raw.checkpoint {
+            None => CheckpointPolicy {
+                every_entries: 1000,
+                every: Duration::from_secs(60),
+            },
+            Some(c) => CheckpointPolicy {
+                every_entries: c.every_entries.unwrap_or(1000).max(1),
+                every: match c.every {
+                    Some(t) => parse_duration(&t)
+                        .map_err(|e| invalid(format!("checkpoint.every: {e}")))?,
+                    None => Duration::from_secs(60),
+                },
+            },
+        };
+        let mut limits = Limits::default();
+        if let Some(l) = raw.limits {
+            if let Some(b) = l.max_body {
+                if !(1024..=64 << 20).contains(&b) {
+                    return Err(invalid("limits.max_body must be 1 KiB..64 MiB".into()));
+                }
+                limits.max_body = b;
+            }
+            if let Some(s) = l.clock_skew {
+                limits.clock_skew = parse_duration(&s)
+                    .map_err(|e| invalid(format!("limits.clock_skew: {e}")))?;
+            }
+            if let Some(r) = l.requests_per_second {
+                limits.requests_per_second = r.max(1);
+            }
+        }
+
+        Ok(Self {
+            listen,
+            data: resolve(raw.data.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA))),
+            vault: raw.vault.map(|v| VaultConfig {
+                addr: v.addr,
+                token_file: v.token_file.map(resolve),
+                role: v.role,
+            }),
+            admins,
+            delegators,
+            scopes,
+            checkpoint,
+            limits,
+        })
+    }
+
+    pub fn scope(&self, name: &str) -> Option<&ScopeConfig> {
+        self.scopes.get(name)
+    }
+}
+
+/// Parses durations like `15m`, `1h30m`, `90s` (humantime).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DID: &str = "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/custody/custody.toml"))
+    }
+
+    #[test]
+    fn full_example() {
+        let c = parse(&format!(
+            r#"
+listen = "127.0.0.1:7450"
+data = "custody-data"
+[vault]
+addr = "http://127.0.0.1:8200"
+token_file = "vault-token"
+[trust]
+admins = ["{DID}"]
+delegators = ["{DID}"]
+[scopes.ci-read]
+policies = ["ci-read"]
+max_ttl = "15m"
+contexts = ["ci", "chat"]
+"#
+        ))
+        .unwrap();
+        assert_eq!(c.data, PathBuf::from("/etc/custody/custody-data"));
+        let s = c.scope("ci-read").unwrap();
+        assert_eq!(s.max_ttl, Duration::from_secs(900));
+        assert_eq!(s.contexts.len(), 2);
+        assert_eq!(c.admins.len(), 1);
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        for bad in [
+            "listen = 7",
+            "bogus = 1",
+            "[trust]\nadmins = [\"did:web:x\"]",
+            "[scopes.x]\npolicies=[\"a\"]\nmax_ttl=\"forever\"\ncontexts=[\"ci\"]",
+            "[scopes.x]\npolicies=[\"root\"]\nmax_ttl=\"1m\"\ncontexts=[\"ci\"]",
+            "[scopes.x]\npolicies=[]\nmax_ttl=\"1m\"\ncontexts=[\"ci\"]",
+            "[scopes.x]\npolicies=[\"a\"]\nmax_ttl=\"48h\"\ncontexts=[\"ci\"]",
+            "[scopes.X]\npolicies=[\"a\"]\nmax_ttl=\"1m\"\ncontexts=[\"ci\"]",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.to_string().contains("custody.toml"), "{e}");
+        }
+    }
+}

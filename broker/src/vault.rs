@@ -1,0 +1,164 @@
+//! Minting and revoking short-lived Vault/OpenBao tokens (vaultrs).
+//!
+//! A mint creates a child token with exactly the scope's policies and no
+//! `default` policy, a TTL no longer than the scope's maximum and the session's
+//! remaining life (`explicit_max_ttl` too, so it cannot be renewed past that),
+//! and metadata naming the session. When a token role is configured the token
+//! is created through it, so the broker's own Vault token can mint nothing
+//! beyond the role's `allowed_policies`. Only the token's *accessor* is kept —
+//! and only its SHA-256 goes into the ledger; the token itself is returned once
+//! to the caller and never stored or logged.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+use vaultrs::error::ClientError;
+
+/// A minted token. `Debug` hides the token.
+pub struct MintedToken {
+    pub token: String,
+    pub accessor: String,
+    pub ttl: Duration,
+    pub policies: Vec<String>,
+}
+
+impl std::fmt::Debug for MintedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MintedToken")
+            .field("token", &"<redacted>")
+            .field("accessor_sha256", &accessor_hash(&self.accessor))
+            .field("ttl", &self.ttl)
+            .field("policies", &self.policies)
+            .finish()
+    }
+}
+
+/// SHA-256 of an accessor, as recorded in the ledger.
+pub fn accessor_hash(accessor: &str) -> String {
+    hex::encode(Sha256::digest(accessor.as_bytes()))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("vault address {0:?} is not a URL")]
+    BadAddress(String),
+    #[error("vault client: {0}")]
+    Client(String),
+    #[error("vault refused: {0}")]
+    Refused(String),
+    #[error("vault is not reachable or not ready: {0}")]
+    Unavailable(String),
+}
+
+/// Keeps secrets out of messages: vaultrs errors can echo request bodies.
+fn describe(e: ClientError) -> String {
+    match e {
+        ClientError::APIError { code, errors } => format!("HTTP {code}: {}", errors.join("; ")),
+        ClientError::RestClientError { .. } => "connection failed".into(),
+        other => {
+            let s = other.to_string();
+            s.chars().take(200).collect()
+        }
+    }
+}
+
+pub struct Vault {
+    client: VaultClient,
+    role: Option<String>,
+}
+
+impl Vault {
+    /// `token` is the broker's own token (from `token_file` or `VAULT_TOKEN`).
+    pub fn new(addr: &str, token: &str, role: Option<String>) -> Result<Self, VaultError> {
+        url::Url::parse(addr).map_err(|_| VaultError::BadAddress(addr.into()))?;
+        let settings = VaultClientSettingsBuilder::default()
+            .address(addr)
+            .token(token)
+            .timeout(Some(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| VaultError::Client(e.to_string()))?;
+        let client = VaultClient::new(settings).map_err(|e| VaultError::Client(describe(e)))?;
+        Ok(Self { client, role })
+    }
+
+    /// Checks that Vault is up and unsealed. (vaultrs' `sys::status` does not
+    /// parse OpenBao's answer; the health endpoint does.)
+    pub async fn health(&self) -> Result<(), VaultError> {
+        let h = vaultrs::sys::health(&self.client)
+            .await
+            .map_err(|e| VaultError::Unavailable(describe(e)))?;
+        if h.sealed || !h.initialized {
+            return Err(VaultError::Unavailable("sealed or not initialized".into()));
+        }
+        Ok(())
+    }
+
+    /// Mints a token with exactly `policies`.
+    pub async fn mint(
+        &self,
+        policies: &[String],
+        ttl: Duration,
+        meta: HashMap<String, String>,
+        display_name: &str,
+    ) -> Result<MintedToken, VaultError> {
+        let ttl_s = format!("{}s", ttl.as_secs().max(1));
+        let auth = match &self.role {
+            Some(role) => {
+                let mut req = vaultrs::api::token::requests::CreateRoleTokenRequest::builder();
+                req.policies(policies.to_vec())
+                    .no_default_policy(true)
+                    .ttl(ttl_s.clone())
+                    .explicit_max_ttl(ttl_s.clone())
+                    .renewable(false)
+                    .meta(meta)
+                    .display_name(display_name);
+                vaultrs::token::new_role(&self.client, role, Some(&mut req)).await
+            }
+            None => {
+                let mut req = vaultrs::api::token::requests::CreateTokenRequest::builder();
+                req.policies(policies.to_vec())
+                    .no_default_policy(true)
+                    .ttl(ttl_s.clone())
+                    .explicit_max_ttl(ttl_s.clone())
+                    .renewable(false)
+                    .meta(meta)
+                    .display_name(display_name);
+                vaultrs::token::new(&self.client, Some(&mut req)).await
+            }
+        }
+        .map_err(|e| VaultError::Refused(describe(e)))?;
+        let mut got = auth.policies.clone();
+        got.sort();
+        let mut want = policies.to_vec();
+        want.sort();
+        if got != want {
+            // Never hand out a token whose policies differ from the scope's.
+            let _ = vaultrs::token::revoke_accessor(&self.client, &auth.accessor).await;
+            return Err(VaultError::Refused(format!(
+                "vault returned policies {got:?}, expected {want:?}; token revoked"
+            )));
+        }
+        Ok(MintedToken {
+            token: auth.client_token,
+            accessor: auth.accessor,
+            ttl: Duration::from_secs(auth.lease_duration),
+            policies: auth.policies,
+        })
+    }
+
+    /// Revokes a token by its accessor. A token that is already gone counts as
+    /// revoked.
+    pub async fn revoke_accessor(&self, accessor: &str) -> Result<(), VaultError> {
+        match vaultrs::token::revoke_accessor(&self.client, accessor).await {
+            Ok(()) => Ok(()),
+            Err(ClientError::APIError { code: 400, errors })
+                if errors.iter().any(|e| e.contains("invalid accessor")) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(VaultError::Refused(describe(e))),
+        }
+    }
+}

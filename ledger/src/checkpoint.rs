@@ -1,0 +1,324 @@
+//! Checkpoints: the ledger key's signature over a tree head, in the C2SP
+//! `tlog-checkpoint` / `signed-note` form that transparency logs and witnesses
+//! already speak.
+//!
+//! Wire format (the signed text is the first four lines, each ending in `\n`):
+//!
+//! ```text
+//! custody/z6Mk…                      origin = key name
+//! 42                                 tree size
+//! 3q2+7w…=                           root hash, standard base64
+//! time 2026-11-24T19:20:00Z          extension line: when it was signed
+//!
+//! — custody/z6Mk… <base64(key id ‖ Ed25519 signature)>
+//! ```
+//!
+//! The key id is `SHA-256(origin ‖ 0x0A ‖ 0x01 ‖ public key)[:4]`. Parsing and
+//! signing go through `signed_note` and `tlog_tiles`; verification is custody's
+//! own [`signed_note::Verifier`] so that it is `verify_strict`.
+//!
+//! ```
+//! use custody_identity::KeyPair;
+//! use custody_ledger::checkpoint::{Origin, SignedCheckpoint};
+//! use custody_ledger::merkle::{TreeHead, EMPTY_HASH};
+//! let key = KeyPair::from_seed(&[1u8; 32]);
+//! let origin = Origin::for_ledger(&key.did());
+//! let time = time::macros::datetime!(2026-11-24 19:20:00 UTC);
+//! let cp = SignedCheckpoint::sign(&key, &origin, TreeHead { size: 0, root: EMPTY_HASH }, time).unwrap();
+//! assert_eq!(
+//!     String::from_utf8(cp.to_bytes()).unwrap(),
+//!     "custody/z6Mkon3Necd6NkkyfoGoHxid2znGc59LU3K7mubaRcFbLfLX\n\
+//!      0\n\
+//!      47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n\
+//!      time 2026-11-24T19:20:00Z\n\
+//!      \n\
+//!      — custody/z6Mkon3Necd6NkkyfoGoHxid2znGc59LU3K7mubaRcFbLfLX \
+//!      pqGwvrTvxNQQOEB/LBb9cp+ngqHtxSfTRbgIzJsANECLsVJJBQMm3ipT6XX5ruvdQpOFXLYJOPbsrSOOAi2QHqO4wQg=\n"
+//! );
+//! cp.verify(&key.public()).unwrap();
+//! ```
+
+use custody_identity::{Did, KeyPair, PublicKey, Signature};
+use signed_note::{Note, VerificationError, Verifier, VerifierList};
+use time::format_description::FormatItem;
+use time::macros::format_description;
+use time::OffsetDateTime;
+use tlog_tiles::Checkpoint;
+
+use crate::merkle::TreeHead;
+
+/// Signature type byte for Ed25519 in signed-note key ids.
+const ALG_ED25519: u8 = 0x01;
+/// Longest origin accepted; C2SP origins are short host/path names.
+pub const MAX_ORIGIN_LEN: usize = 256;
+/// A note is a few hundred bytes plus one line per cosignature.
+pub const MAX_CHECKPOINT_BYTES: usize = 64 * 1024;
+const TIME_FORMAT: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("invalid origin {0:?}: non-empty, printable, no spaces or '+', at most 256 bytes")]
+    BadOrigin(String),
+    #[error("malformed checkpoint: {0}")]
+    Malformed(String),
+    #[error("checkpoint has no valid signature by the ledger key {0}")]
+    NotSigned(String),
+    #[error("checkpoint signature by the ledger key does not verify")]
+    BadSignature,
+    #[error("signing failed")]
+    Signing,
+}
+
+/// A validated checkpoint origin, also the ledger key's note name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin(String);
+
+impl Origin {
+    pub fn new(text: &str) -> Result<Self, CheckpointError> {
+        let ok = !text.is_empty()
+            && text.len() <= MAX_ORIGIN_LEN
+            && signed_note::is_key_name_valid(text)
+            && text.chars().all(|c| !c.is_control());
+        if ok {
+            Ok(Self(text.to_string()))
+        } else {
+            Err(CheckpointError::BadOrigin(text.chars().take(80).collect()))
+        }
+    }
+
+    /// `custody/<multibase of the ledger DID>`.
+    pub fn for_ledger(ledger: &Did) -> Self {
+        Self(format!("custody/{}", ledger.multibase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// signed-note key id for an Ed25519 key under `origin`.
+pub fn key_id(origin: &Origin, key: &PublicKey) -> u32 {
+    let mut k = vec![ALG_ED25519];
+    k.extend_from_slice(&key.to_bytes());
+    signed_note::key_id(origin.as_str(), &k)
+}
+
+/// The verifier key in signed-note text form, `<origin>+<id hex>+<base64(0x01‖key)>`.
+pub fn verifier_key_string(origin: &Origin, key: &PublicKey) -> String {
+    signed_note::new_ed25519_verifier_key(origin.as_str(), key.dalek())
+}
+
+struct LedgerSigner<'a> {
+    origin: &'a Origin,
+    key: &'a KeyPair,
+    id: u32,
+}
+
+impl signed_note::Signer for LedgerSigner<'_> {
+    fn name(&self) -> &str {
+        self.origin.as_str()
+    }
+    fn key_id(&self) -> u32 {
+        self.id
+    }
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, signature::Error> {
+        Ok(self.key.sign(msg).0.to_vec())
+    }
+}
+
+/// Verifies with `verify_strict` (signed_note's StandardVerifier does not).
+struct StrictVerifier {
+    name: String,
+    id: u32,
+    key: PublicKey,
+}
+
+impl Verifier for StrictVerifier {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn key_id(&self) -> u32 {
+        self.id
+    }
+    fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
+        Signature::from_slice(sig)
+            .map(|s| self.key.verify(msg, &s).is_ok())
+            .unwrap_or(false)
+    }
+}
+
+/// A parsed checkpoint note.
+#[derive(Debug)]
+pub struct SignedCheckpoint {
+    origin: Origin,
+    head: TreeHead,
+    time: OffsetDateTime,
+    note: Note,
+}
+
+impl SignedCheckpoint {
+    /// Signs `head` as the ledger under `origin` at `time` (whole seconds, UTC).
+    pub fn sign(
+        key: &KeyPair,
+        origin: &Origin,
+        head: TreeHead,
+        time: OffsetDateTime,
+    ) -> Result<Self, CheckpointError> {
+        let time = time
+            .to_offset(time::UtcOffset::UTC)
+            .replace_nanosecond(0)
+            .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
+        let ext = format!(
+            "time {}\n",
+            time.format(TIME_FORMAT)
+                .map_err(|e| CheckpointError::Malformed(e.to_string()))?
+        );
+        let body = Checkpoint::new(origin.as_str(), head.size, head.root, &ext)
+            .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
+        let mut note = Note::new(&body.to_bytes(), &[])
+            .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
+        let signer = LedgerSigner {
+            origin,
+            key,
+            id: key_id(origin, &key.public()),
+        };
+        note.add_sigs(&[&signer])
+            .map_err(|_| CheckpointError::Signing)?;
+        Ok(Self {
+            origin: origin.clone(),
+            head,
+            time,
+            note,
+        })
+    }
+
+    /// Parses a note; checks its layout but not its signature.
+    pub fn parse(bytes: &[u8]) -> Result<Self, CheckpointError> {
+        if bytes.len() > MAX_CHECKPOINT_BYTES {
+            return Err(CheckpointError::Malformed(format!(
+                "{} bytes, more than {MAX_CHECKPOINT_BYTES}",
+                bytes.len()
+            )));
+        }
+        let note = Note::from_bytes(bytes).map_err(|e| CheckpointError::Malformed(e.to_string()))?;
+        let cp = Checkpoint::from_bytes(note.text())
+            .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
+        let origin = Origin::new(cp.origin())?;
+        let ext = cp.extension();
+        let time_text = ext
+            .strip_prefix("time ")
+            .and_then(|r| r.strip_suffix('\n'))
+            .filter(|t| !t.contains('\n'))
+            .ok_or_else(|| {
+                CheckpointError::Malformed("expected one extension line `time <RFC 3339>`".into())
+            })?;
+        let time = time::PrimitiveDateTime::parse(time_text, TIME_FORMAT)
+            .map_err(|_| CheckpointError::Malformed(format!("bad time {time_text:?}")))?
+            .assume_utc();
+        let parsed = Self {
+            origin,
+            head: TreeHead {
+                size: cp.size(),
+                root: *cp.hash(),
+            },
+            time,
+            note,
+        };
+        if parsed.to_bytes() != bytes {
+            return Err(CheckpointError::Malformed("not in canonical form".into()));
+        }
+        Ok(parsed)
+    }
+
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    pub fn head(&self) -> TreeHead {
+        self.head
+    }
+
+    pub fn time(&self) -> OffsetDateTime {
+        self.time
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.note.to_bytes()
+    }
+
+    /// Checks that the ledger key signed this note under its origin.
+    pub fn verify(&self, ledger_key: &PublicKey) -> Result<(), CheckpointError> {
+        let v = StrictVerifier {
+            name: self.origin.as_str().to_string(),
+            id: key_id(&self.origin, ledger_key),
+            key: *ledger_key,
+        };
+        let list = VerifierList::new(vec![Box::new(v)]);
+        match self.note.verify(&list) {
+            Ok(_) => Ok(()),
+            Err(signed_note::NoteError::InvalidSignature { .. }) => {
+                Err(CheckpointError::BadSignature)
+            }
+            Err(signed_note::NoteError::UnverifiedNote) => Err(CheckpointError::NotSigned(
+                Did::from_public_key(ledger_key).to_string(),
+            )),
+            Err(e) => Err(CheckpointError::Malformed(e.to_string())),
+        }
+    }
+}
+
+// Keep VerificationError in scope for readers of Note::verify's contract.
+#[allow(dead_code)]
+type _VerificationError = VerificationError;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merkle::leaf_hash;
+
+    fn sample(key: &KeyPair) -> SignedCheckpoint {
+        let origin = Origin::for_ledger(&key.did());
+        let head = TreeHead {
+            size: 7,
+            root: leaf_hash(b"x"),
+        };
+        SignedCheckpoint::sign(key, &origin, head, OffsetDateTime::now_utc()).unwrap()
+    }
+
+    #[test]
+    fn round_trip_and_verify() {
+        let k = KeyPair::generate();
+        let cp = sample(&k);
+        let bytes = cp.to_bytes();
+        let back = SignedCheckpoint::parse(&bytes).unwrap();
+        assert_eq!(back.head(), cp.head());
+        assert_eq!(back.to_bytes(), bytes);
+        back.verify(&k.public()).unwrap();
+        assert!(back.verify(&KeyPair::generate().public()).is_err());
+    }
+
+    #[test]
+    fn interop_with_signed_note_standard_verifier() {
+        let k = KeyPair::generate();
+        let cp = sample(&k);
+        let vkey = verifier_key_string(cp.origin(), &k.public());
+        let v = signed_note::StandardVerifier::new(&vkey).unwrap();
+        let note = Note::from_bytes(&cp.to_bytes()).unwrap();
+        note.verify(&VerifierList::new(vec![Box::new(v)])).unwrap();
+    }
+
+    #[test]
+    fn any_changed_byte_fails() {
+        let k = KeyPair::generate();
+        let bytes = sample(&k).to_bytes();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            let ok = SignedCheckpoint::parse(&b)
+                .map(|c| c.verify(&k.public()).is_ok())
+                .unwrap_or(false);
+            assert!(!ok, "byte {i} changed and still verified");
+        }
+    }
+}
