@@ -19,7 +19,6 @@ use custody_ledger::{
     actions, ActionType, ActorKind, Approval, Context, Event, PayloadRef, SessionId, SignedEvent,
 };
 use custody_verifier::{verify_bundle, VerifyOptions};
-use serde_json::json;
 use time::OffsetDateTime;
 
 /// The two agent sessions of the scenario.
@@ -193,7 +192,11 @@ impl fmt::Display for Summary {
             "  identities {} agent sessions, {} humans",
             self.agents, self.humans
         )?;
-        writeln!(f, "  refused   {} attempt(s) after revocation", self.refused)?;
+        writeln!(
+            f,
+            "  refused   {} attempt(s) after revocation",
+            self.refused
+        )?;
         writeln!(f, "  root      {}", self.root)?;
         writeln!(f, "  bundle    {}", self.bundle.display())?;
         writeln!(
@@ -295,7 +298,11 @@ impl Demo {
                 self.append(signed)
             }
             Step::Human { action, detail } => {
-                let mut ev = Event::new(self.human.did(), ActorKind::Human, ActionType::new(*action)?);
+                let mut ev = Event::new(
+                    self.human.did(),
+                    ActorKind::Human,
+                    ActionType::new(*action)?,
+                );
                 ev.details.insert("summary".into(), (*detail).into());
                 self.append(ev.sign(&self.human)?)
             }
@@ -314,7 +321,8 @@ impl Demo {
                     );
                     ap.details.insert("decision".into(), "approve".into());
                     ap.details.insert("tool".into(), (*tool).into());
-                    ap.details.insert("request_nonce".into(), ev.nonce.to_hex().into());
+                    ap.details
+                        .insert("request_nonce".into(), ev.nonce.to_hex().into());
                     self.append(ap.sign(&self.human)?)?;
                 }
                 ev.approval = Some(match by {
@@ -382,7 +390,8 @@ impl Demo {
                             ActionType::new(actions::REQUEST_DENIED)?,
                         );
                         ev.details.insert("actor".into(), actor.as_str().into());
-                        ev.details.insert("attempted_action".into(), actions::TOOL_CALL.into());
+                        ev.details
+                            .insert("attempted_action".into(), actions::TOOL_CALL.into());
                         ev.details.insert("code".into(), r.code.clone().into());
                         ev.details.insert("reason".into(), r.message.clone().into());
                         self.append(ev.sign(&self.ledger)?)
@@ -482,8 +491,18 @@ pub fn run(out: &Path) -> anyhow::Result<Summary> {
         agent_entries: kind("agent"),
         human_entries: kind("human"),
         service_entries: kind("service"),
-        agents: v.stats.identities_by_kind.get("agent").copied().unwrap_or(0) as usize,
-        humans: v.stats.identities_by_kind.get("human").copied().unwrap_or(0) as usize,
+        agents: v
+            .stats
+            .identities_by_kind
+            .get("agent")
+            .copied()
+            .unwrap_or(0) as usize,
+        humans: v
+            .stats
+            .identities_by_kind
+            .get("human")
+            .copied()
+            .unwrap_or(0) as usize,
         refused,
         root: manifest.root,
         valid: v.valid,

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use custody_identity::KeyPair;
 
 #[derive(Parser)]
-#[command(name = "custody", version, about = "Identity and a tamper-evident audit ledger for AI agents")]
+#[command(
+    name = "custody",
+    version,
+    about = "Identity and a tamper-evident audit ledger for AI agents"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

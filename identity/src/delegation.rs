@@ -184,12 +184,17 @@ impl Delegation {
     /// Verifies a delegation JWS, including that its issuer signed it.
     pub fn verify(jws: &str) -> Result<Self, IdentityError> {
         let v = verify_compact(jws, DELEGATION_TYP)?;
-        let p = v.payload.as_object().ok_or_else(|| bad("payload is not an object"))?;
+        let p = v
+            .payload
+            .as_object()
+            .ok_or_else(|| bad("payload is not an object"))?;
         if p.get("@context") != Some(&json!([VC_CONTEXT])) {
             return Err(bad("@context must be the VC 2.0 context"));
         }
         if p.get("type") != Some(&json!(["VerifiableCredential", DELEGATION_TYPE])) {
-            return Err(bad("type must be [VerifiableCredential, CustodyDelegation]"));
+            return Err(bad(
+                "type must be [VerifiableCredential, CustodyDelegation]",
+            ));
         }
         let s = |v: Option<&Value>, what: &str| -> Result<String, IdentityError> {
             v.and_then(Value::as_str)

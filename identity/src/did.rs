@@ -150,7 +150,10 @@ mod tests {
     fn w3c_test_vector() {
         // From the did:key spec test vectors (Ed25519).
         let did = Did::parse("did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp").unwrap();
-        assert_eq!(did.multibase(), "z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp");
+        assert_eq!(
+            did.multibase(),
+            "z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp"
+        );
         assert_eq!(Did::from_public_key(&did.public_key()), did);
     }
 

@@ -49,7 +49,8 @@ pub fn verify_compact(jws: &str, expected_typ: &str) -> Result<Verified, Identit
         return Err(bad(format!("JWS longer than {MAX_JWS_BYTES} bytes")));
     }
     let mut parts = jws.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(bad("a compact JWS has exactly three parts"));
     };
@@ -58,9 +59,11 @@ pub fn verify_compact(jws: &str, expected_typ: &str) -> Result<Verified, Identit
             .decode(part)
             .map_err(|_| bad(format!("JWS {what} is not unpadded base64url")))
     };
-    let header: Value = serde_json::from_slice(&decode(h, "header")?)
-        .map_err(|_| bad("JWS header is not JSON"))?;
-    let hobj = header.as_object().ok_or_else(|| bad("JWS header is not an object"))?;
+    let header: Value =
+        serde_json::from_slice(&decode(h, "header")?).map_err(|_| bad("JWS header is not JSON"))?;
+    let hobj = header
+        .as_object()
+        .ok_or_else(|| bad("JWS header is not an object"))?;
     if hobj.get("alg").and_then(Value::as_str) != Some("EdDSA") {
         return Err(bad("JWS alg must be EdDSA"));
     }

@@ -50,9 +50,8 @@ impl KeyPair {
             did: self.did().to_string(),
             seed: Zeroizing::new(URL_SAFE_NO_PAD.encode(*self.seed())),
         };
-        let mut text = Zeroizing::new(
-            serde_json::to_string(&json).map_err(|e| err(path, e.to_string()))?,
-        );
+        let mut text =
+            Zeroizing::new(serde_json::to_string(&json).map_err(|e| err(path, e.to_string()))?);
         text.push('\n');
         let mut opts = OpenOptions::new();
         opts.write(true).create_new(true);
@@ -177,7 +176,12 @@ mod tests {
             let p = dir.path().join(name);
             let mut o = OpenOptions::new();
             std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-            o.write(true).create_new(true).open(&p).unwrap().write_all(body.as_bytes()).unwrap();
+            o.write(true)
+                .create_new(true)
+                .open(&p)
+                .unwrap()
+                .write_all(body.as_bytes())
+                .unwrap();
             let e = KeyPair::load(&p).unwrap_err();
             assert!(matches!(e, IdentityError::KeyFile { .. }), "{name}");
             assert!(!e.to_string().contains(&seed), "{name} leaks the seed: {e}");

@@ -49,7 +49,9 @@ impl Revocation {
 
     fn validate(&self) -> Result<(), IdentityError> {
         if self.reason.chars().count() > MAX_REASON_CHARS {
-            return Err(bad(format!("reason longer than {MAX_REASON_CHARS} characters")));
+            return Err(bad(format!(
+                "reason longer than {MAX_REASON_CHARS} characters"
+            )));
         }
         if self.reason.chars().any(char::is_control) {
             return Err(bad("reason contains control characters"));
@@ -77,7 +79,10 @@ impl Revocation {
 
     pub fn verify(jws: &str) -> Result<Self, IdentityError> {
         let v = verify_compact(jws, REVOCATION_TYP)?;
-        let p = v.payload.as_object().ok_or_else(|| bad("payload is not an object"))?;
+        let p = v
+            .payload
+            .as_object()
+            .ok_or_else(|| bad("payload is not an object"))?;
         let s = |k: &str| -> Result<&str, IdentityError> {
             p.get(k)
                 .and_then(Value::as_str)
@@ -122,6 +127,12 @@ mod tests {
         let jws = r.issue(&admin).unwrap();
         assert_eq!(Revocation::verify(&jws).unwrap(), r);
         assert!(r.issue(&agent).is_err());
-        assert!(Revocation::new(admin.did(), agent.did(), "a\nb".into(), OffsetDateTime::now_utc()).is_err());
+        assert!(Revocation::new(
+            admin.did(),
+            agent.did(),
+            "a\nb".into(),
+            OffsetDateTime::now_utc()
+        )
+        .is_err());
     }
 }

@@ -22,7 +22,9 @@
 //!    inside the validity window, and stay within the delegated scopes when it
 //!    names a `scope`.
 //! 5. An identity revoked by an admin may do nothing once the revocation is
-//!    effective; revoking a delegator also cuts every session it delegated.
+//!    effective — from the later of its `effective_at` and the receive time of
+//!    its `identity.revoke` entry; revoking a delegator also cuts every session
+//!    it delegated.
 //! 6. No nonce is used twice.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -99,14 +101,21 @@ pub struct SessionGrant {
     pub started_at: Seq,
 }
 
-/// A revocation in force, from the ledger (or, in the verifier, preloaded from
-/// the bundle so entries between `effective_at` and the revoke entry are caught).
+/// A revocation recorded in the ledger.
+///
+/// It takes effect at the later of its `effective_at` and the receive time of
+/// its `identity.revoke` entry: an append-only ledger cannot take back what it
+/// accepted before the revocation reached it, so a backdated revocation does
+/// not retroactively invalidate entries — and an admin's skewed clock cannot
+/// either. A future `effective_at` schedules the cut-off.
 #[derive(Clone, Debug)]
 pub struct RevocationRecord {
     pub revocation: Revocation,
     pub jws: String,
-    /// The `identity.revoke` entry, once seen.
-    pub seq: Option<Seq>,
+    /// The `identity.revoke` entry.
+    pub seq: Seq,
+    /// When it takes effect.
+    pub effective: Timestamp,
 }
 
 /// The trust roots named by `ledger.genesis` / `trust.update`.
@@ -122,7 +131,10 @@ impl TrustRoots {
         let mut m = serde_json::Map::new();
         m.insert(
             "admins".into(),
-            self.admins.iter().map(|d| Value::from(d.as_str())).collect(),
+            self.admins
+                .iter()
+                .map(|d| Value::from(d.as_str()))
+                .collect(),
         );
         m.insert(
             "delegators".into(),
@@ -210,25 +222,10 @@ impl Authority {
         self.next
     }
 
-    /// Makes a revocation known before its entry is reached (verifier lookahead).
-    pub fn preload_revocation(&mut self, revocation: Revocation, jws: String) {
-        self.revocations
-            .entry(revocation.subject.clone())
-            .or_insert(RevocationRecord {
-                revocation,
-                jws,
-                seq: None,
-            });
-    }
-
     /// The revocation that makes `did` powerless at `at`, if any: its own, or its
     /// delegator's when `did` is a session.
     pub fn revoked_at(&self, did: &Did, at: Timestamp) -> Option<&RevocationRecord> {
-        let effective = |d: &Did| {
-            self.revocations
-                .get(d)
-                .filter(|r| Timestamp::from_datetime(r.revocation.effective_at) <= at)
-        };
+        let effective = |d: &Did| self.revocations.get(d).filter(|r| r.effective <= at);
         effective(did).or_else(|| {
             self.sessions
                 .get(did)
@@ -258,17 +255,19 @@ impl Authority {
                 "ledger.genesis may only be entry 0",
             ));
         }
-        let ledger = self.ledger.as_ref().ok_or_else(|| {
-            deny(DenialCode::NoGenesis, "the ledger has no genesis entry")
-        })?;
+        let ledger = self
+            .ledger
+            .as_ref()
+            .ok_or_else(|| deny(DenialCode::NoGenesis, "the ledger has no genesis entry"))?;
         if let Some(r) = self.revoked_at(&ev.actor, at) {
             return Err(deny(
                 DenialCode::Revoked,
                 format!(
-                    "{} was revoked by {} effective {} ({})",
+                    "{} was revoked by {} (effective {}, entry {}): {}",
                     r.revocation.subject,
                     r.revocation.issuer,
-                    Timestamp::from_datetime(r.revocation.effective_at),
+                    r.effective,
+                    r.seq,
                     r.revocation.reason
                 ),
             ));
@@ -425,17 +424,17 @@ impl Authority {
             }
             actions::IDENTITY_REVOKE => {
                 if let Ok((rev, jws)) = parse_revocation(ev) {
-                    let rec = self
-                        .revocations
+                    let stated = Timestamp::from_datetime(rev.effective_at);
+                    let effective = stated.max(entry.received_at);
+                    // The first revocation of an identity stands.
+                    self.revocations
                         .entry(rev.subject.clone())
                         .or_insert(RevocationRecord {
                             revocation: rev,
                             jws,
-                            seq: None,
+                            seq: entry.seq,
+                            effective,
                         });
-                    if rec.seq.is_none() {
-                        rec.seq = Some(entry.seq);
-                    }
                 }
             }
             _ => {}
@@ -494,7 +493,10 @@ fn check_session_event(grant: &SessionGrant, ev: &Event, at: Timestamp) -> Resul
         if !d.allows_scope(scope) {
             return Err(deny(
                 DenialCode::OutOfScope,
-                format!("scope {scope:?} is not delegated (delegated: {:?})", d.scopes),
+                format!(
+                    "scope {scope:?} is not delegated (delegated: {:?})",
+                    d.scopes
+                ),
             ));
         }
     }
@@ -526,4 +528,23 @@ fn parse_revocation(ev: &Event) -> Result<(Revocation, String), Denial> {
         ));
     }
     Ok((rev, jws.to_string()))
+}
+
+/// The broker runs the rules as the store's admission gate.
+impl crate::store::Gate for Authority {
+    fn admit(
+        &mut self,
+        event: &SignedEvent,
+        received_at: Timestamp,
+    ) -> Result<(), crate::store::Rejection> {
+        self.check(event, received_at)
+            .map_err(|d| crate::store::Rejection {
+                code: d.code.as_str().to_string(),
+                message: d.message,
+            })
+    }
+
+    fn applied(&mut self, entry: &Entry) {
+        self.apply(entry)
+    }
 }

@@ -275,7 +275,8 @@ impl BundleWriter {
         root: &str,
         checkpoints: &[(u64, Vec<u8>)],
     ) -> Result<Manifest, BundleError> {
-        let mut dids = BufWriter::new(File::create(self.dir.join(DIDS)).map_err(io_err(&self.dir))?);
+        let mut dids =
+            BufWriter::new(File::create(self.dir.join(DIDS)).map_err(io_err(&self.dir))?);
         self.dids.insert(ledger.clone());
         for did in &self.dids {
             let rec = DidRecord {
@@ -285,10 +286,18 @@ impl BundleWriter {
             write_json_line(&mut dids, &self.dir.join(DIDS), &rec)?;
         }
         for (size, note) in checkpoints {
-            let p = self.dir.join(CHECKPOINTS_DIR).join(checkpoint_file_name(*size));
+            let p = self
+                .dir
+                .join(CHECKPOINTS_DIR)
+                .join(checkpoint_file_name(*size));
             fs::write(&p, note).map_err(io_err(&p))?;
         }
-        for w in [&mut self.entries, &mut self.credentials, &mut self.payloads, &mut dids] {
+        for w in [
+            &mut self.entries,
+            &mut self.credentials,
+            &mut self.payloads,
+            &mut dids,
+        ] {
             w.flush().map_err(io_err(&self.dir))?;
             w.get_ref().sync_all().map_err(io_err(&self.dir))?;
         }
@@ -412,7 +421,10 @@ impl Bundle {
                     continue;
                 };
                 let size: u64 = num.parse().map_err(|_| {
-                    invalid(&item.path(), "checkpoint file names are <tree size>.checkpoint")
+                    invalid(
+                        &item.path(),
+                        "checkpoint file names are <tree size>.checkpoint",
+                    )
                 })?;
                 if checkpoints.len() >= MAX_CHECKPOINTS {
                     return Err(invalid(&cdir, "too many checkpoints"));
@@ -465,8 +477,7 @@ impl Bundle {
         for item in LineReader::open(&p, MAX_ENTRY_BYTES)? {
             let (n, line) = item?;
             out.push(
-                serde_json::from_slice(&line)
-                    .map_err(|e| invalid(&p, format!("line {n}: {e}")))?,
+                serde_json::from_slice(&line).map_err(|e| invalid(&p, format!("line {n}: {e}")))?,
             );
         }
         Ok(out)

@@ -201,7 +201,8 @@ impl SignedCheckpoint {
                 bytes.len()
             )));
         }
-        let note = Note::from_bytes(bytes).map_err(|e| CheckpointError::Malformed(e.to_string()))?;
+        let note =
+            Note::from_bytes(bytes).map_err(|e| CheckpointError::Malformed(e.to_string()))?;
         let cp = Checkpoint::from_bytes(note.text())
             .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
         let origin = Origin::new(cp.origin())?;

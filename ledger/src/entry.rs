@@ -67,10 +67,11 @@ impl Entry {
         struct Version {
             v: Option<u64>,
         }
-        let version: Version = serde_json::from_slice(line).map_err(|e| LedgerError::Malformed {
-            what: "entry",
-            reason: e.to_string(),
-        })?;
+        let version: Version =
+            serde_json::from_slice(line).map_err(|e| LedgerError::Malformed {
+                what: "entry",
+                reason: e.to_string(),
+            })?;
         match version.v {
             Some(ENTRY_VERSION) => {}
             Some(found) => {
@@ -92,7 +93,9 @@ impl Entry {
             reason: e.to_string(),
         })?;
         if entry.to_line()? != line {
-            return Err(LedgerError::NotCanonical("entry bytes differ from JCS of its content"));
+            return Err(LedgerError::NotCanonical(
+                "entry bytes differ from JCS of its content",
+            ));
         }
         Ok(entry)
     }
@@ -132,8 +135,17 @@ mod tests {
 
     fn entry() -> Entry {
         let k = KeyPair::generate();
-        let e = Event::new(k.did(), ActorKind::Human, ActionType::new("prompt").unwrap());
-        Entry::new(Seq(0), EntryHash::ZERO, Timestamp::now(), e.sign(&k).unwrap())
+        let e = Event::new(
+            k.did(),
+            ActorKind::Human,
+            ActionType::new("prompt").unwrap(),
+        );
+        Entry::new(
+            Seq(0),
+            EntryHash::ZERO,
+            Timestamp::now(),
+            e.sign(&k).unwrap(),
+        )
     }
 
     #[test]

@@ -145,11 +145,7 @@ impl Event {
         if key.did() != self.actor {
             return Err(LedgerError::Malformed {
                 what: "event",
-                reason: format!(
-                    "signing key {} is not the actor {}",
-                    key.did(),
-                    self.actor
-                ),
+                reason: format!("signing key {} is not the actor {}", key.did(), self.actor),
             });
         }
         if self.v != EVENT_VERSION {

@@ -23,7 +23,9 @@ pub mod checkpoint;
 pub mod entry;
 mod error;
 pub mod event;
+pub mod export;
 pub mod merkle;
+pub mod store;
 pub mod time;
 pub mod types;
 

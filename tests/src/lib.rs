@@ -40,7 +40,10 @@ pub fn run(name: &str, args: &[&str]) -> Output {
 
 /// Runs `custody-verify verify DIR --json` and returns (exit code, JSON).
 pub fn verify_json(dir: &Path) -> (i32, serde_json::Value) {
-    let out = run("custody-verify", &["verify", dir.to_str().unwrap(), "--json"]);
+    let out = run(
+        "custody-verify",
+        &["verify", dir.to_str().unwrap(), "--json"],
+    );
     let code = out.status.code().unwrap_or(-1);
     let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -224,8 +227,13 @@ pub fn forge_bundle(source: &Path, mut entries: Vec<Entry>, ledger: &KeyPair, ou
             (s, cp.to_bytes())
         })
         .collect();
-    w.finish(&ledger.did(), origin.as_str(), &hash_to_hex(&store.root()), &cps)
-        .unwrap();
+    w.finish(
+        &ledger.did(),
+        origin.as_str(),
+        &hash_to_hex(&store.root()),
+        &cps,
+    )
+    .unwrap();
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {

@@ -16,7 +16,10 @@ fn demo() -> &'static DemoRun {
 }
 
 fn first(entries: &[Entry], pred: impl Fn(&Entry) -> bool) -> usize {
-    entries.iter().position(pred).expect("scenario has such an entry")
+    entries
+        .iter()
+        .position(pred)
+        .expect("scenario has such an entry")
 }
 
 fn is_agent_tool_call(e: &Entry) -> bool {
@@ -132,7 +135,11 @@ fn duplicate_consistently_rechained_is_caught_by_nonce() {
     forge_bundle(&d.bundle(), entries, &d.key("ledger"), &dir);
     let (code, out) = verify_json(&dir);
     assert_eq!(code, 1);
-    assert_eq!(failing_seqs(&out, "authorization"), vec![i as u64 + 1], "{out:#}");
+    assert_eq!(
+        failing_seqs(&out, "authorization"),
+        vec![i as u64 + 1],
+        "{out:#}"
+    );
     assert!(check_ok(&out, "chain") && check_ok(&out, "checkpoints"));
 }
 
@@ -141,7 +148,10 @@ fn truncation_after_a_checkpoint_is_detected() {
     let d = demo();
     let dir = d.copy_bundle("truncate");
     let b = custody_ledger::bundle::Bundle::open(&dir).unwrap();
-    assert!(b.checkpoints.len() >= 2, "the demo signs a checkpoint mid-way");
+    assert!(
+        b.checkpoints.len() >= 2,
+        "the demo signs a checkpoint mid-way"
+    );
     let first_size = b.checkpoints[0].0 as usize;
     let mut ls = read_lines(&dir);
     ls.truncate(first_size + 1);
@@ -187,7 +197,11 @@ fn entry_signed_by_an_undelegated_key_is_detected() {
     forge_bundle(&d.bundle(), entries, &d.key("ledger"), &dir);
     let (code, out) = verify_json(&dir);
     assert_eq!(code, 1);
-    assert_eq!(failing_seqs(&out, "authorization"), vec![i as u64 + 1], "{out:#}");
+    assert_eq!(
+        failing_seqs(&out, "authorization"),
+        vec![i as u64 + 1],
+        "{out:#}"
+    );
     assert!(check_ok(&out, "signatures") && check_ok(&out, "checkpoints"));
 }
 
@@ -195,7 +209,9 @@ fn entry_signed_by_an_undelegated_key_is_detected() {
 fn entry_by_revoked_identity_after_revocation_is_detected() {
     let d = demo();
     let mut entries = d.entries();
-    let r = first(&entries, |e| e.event.action.as_str() == actions::IDENTITY_REVOKE);
+    let r = first(&entries, |e| {
+        e.event.action.as_str() == actions::IDENTITY_REVOKE
+    });
     let revoked = entries[r].event.detail_str("subject").unwrap().to_string();
     let key = d.key("session-ci");
     assert_eq!(key.did().as_str(), revoked);
@@ -214,7 +230,11 @@ fn entry_by_revoked_identity_after_revocation_is_detected() {
     forge_bundle(&d.bundle(), entries, &d.key("ledger"), &dir);
     let (code, out) = verify_json(&dir);
     assert_eq!(code, 1);
-    assert_eq!(failing_seqs(&out, "authorization"), vec![r as u64 + 1], "{out:#}");
+    assert_eq!(
+        failing_seqs(&out, "authorization"),
+        vec![r as u64 + 1],
+        "{out:#}"
+    );
     let msg = out["checks"]
         .as_array()
         .unwrap()
@@ -297,7 +317,10 @@ fn checkpoint_with_wrong_root_is_detected() {
     std::fs::write(dir.join(&rel), forged.to_bytes()).unwrap();
     let (code, out) = verify_json(&dir);
     assert_eq!(code, 1);
-    assert!(failing_seqs(&out, "checkpoints").contains(&(size - 1)), "{out:#}");
+    assert!(
+        failing_seqs(&out, "checkpoints").contains(&(size - 1)),
+        "{out:#}"
+    );
 }
 
 #[test]

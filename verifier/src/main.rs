@@ -61,7 +61,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { EXIT_UNREADABLE } else { EXIT_VALID });
+            return ExitCode::from(if e.use_stderr() {
+                EXIT_UNREADABLE
+            } else {
+                EXIT_VALID
+            });
         }
     };
     ExitCode::from(run(cli))
@@ -172,7 +176,10 @@ fn run(cli: Cli) -> u8 {
                 }
                 Err(e) => {
                     if json {
-                        println!("{}", serde_json::json!({"valid": false, "error": e.to_string()}));
+                        println!(
+                            "{}",
+                            serde_json::json!({"valid": false, "error": e.to_string()})
+                        );
                     }
                     proof_error(e)
                 }

@@ -52,7 +52,8 @@ pub fn prove(dir: &Path, seq: u64) -> Result<InclusionProof, ProofError> {
         .checkpoints
         .last()
         .ok_or_else(|| ProofError::Unreadable("the bundle has no checkpoint".into()))?;
-    let cp = SignedCheckpoint::parse(note).map_err(|e| ProofError::Unreadable(format!("{rel}: {e}")))?;
+    let cp =
+        SignedCheckpoint::parse(note).map_err(|e| ProofError::Unreadable(format!("{rel}: {e}")))?;
     cp.verify(&b.manifest.ledger.public_key())
         .map_err(|e| ProofError::Invalid(format!("{rel}: {e}")))?;
     if seq >= *size {

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use custody_identity::{Did, Revocation};
+use custody_identity::Did;
 use custody_ledger::authority::Authority;
 use custody_ledger::bundle::{self, Bundle, PayloadRecord};
 use custody_ledger::checkpoint::SignedCheckpoint;
@@ -70,7 +70,10 @@ impl Checks {
                 "every actor was delegated, in scope and context, unexpired, unrevoked",
             ),
             receive_times: Check::new(RECEIVE_TIMES, "receive times never go backwards"),
-            merkle: Check::new(MERKLE, "RFC 6962 root over all entries matches the manifest"),
+            merkle: Check::new(
+                MERKLE,
+                "RFC 6962 root over all entries matches the manifest",
+            ),
             checkpoints: Check::new(
                 CHECKPOINTS,
                 "checkpoints signed by the ledger key, roots match, latest covers all entries",
@@ -143,7 +146,10 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
                 if cp.head().size != *size {
                     c.checkpoints.fail(
                         None,
-                        format!("{rel}: file name says size {size}, note says {}", cp.head().size),
+                        format!(
+                            "{rel}: file name says size {size}, note says {}",
+                            cp.head().size
+                        ),
                     );
                 }
                 if cp.origin().as_str() != b.manifest.origin {
@@ -168,8 +174,6 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
     }
     stats.checkpoints = b.checkpoints.len() as u64;
 
-    // Revocations are preloaded so that an entry between a revocation's
-    // effective time and the revoke entry itself is caught in one pass.
     let mut authority = Authority::new(Some(ledger.clone()));
     let credentials = match b.credentials() {
         Ok(v) => v,
@@ -179,16 +183,6 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
             Vec::new()
         }
     };
-    for rec in &credentials {
-        if rec.kind == "revocation" {
-            match Revocation::verify(&rec.jws) {
-                Ok(r) => authority.preload_revocation(r, rec.jws.clone()),
-                Err(e) => c
-                    .credentials
-                    .fail(Some(rec.seq.0), format!("revocation credential: {e}")),
-            }
-        }
-    }
     let mut cred_iter = credentials.iter().peekable();
 
     // Payloads stream in seq order beside the entries.
@@ -207,7 +201,8 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
             Ok((n, line)) => match serde_json::from_slice::<PayloadRecord>(&line) {
                 Ok(p) => Some(p),
                 Err(e) => {
-                    c.payloads.fail(None, format!("payloads.jsonl line {n}: {e}"));
+                    c.payloads
+                        .fail(None, format!("payloads.jsonl line {n}: {e}"));
                     *unreadable = true;
                     None
                 }
@@ -263,7 +258,10 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
                     if entry.received_at < t {
                         c.receive_times.fail(
                             Some(n),
-                            format!("received_at {} is before the previous entry's {t}", entry.received_at),
+                            format!(
+                                "received_at {} is before the previous entry's {t}",
+                                entry.received_at
+                            ),
                         );
                     }
                 }
@@ -343,8 +341,10 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
     }
     stats.payloads_redacted -= stats.payloads_present.min(stats.payloads_redacted);
     if let Some(p) = pending_payload {
-        c.payloads
-            .fail(Some(p.seq.0), "payload record for an entry not in the bundle");
+        c.payloads.fail(
+            Some(p.seq.0),
+            "payload record for an entry not in the bundle",
+        );
     }
 
     let size = range.size();
@@ -365,7 +365,10 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
         Some(max) if max == size => {}
         Some(max) if max < size => c.checkpoints.fail(
             Some(max),
-            format!("entries {max}..{} are not covered by any signed checkpoint", size - 1),
+            format!(
+                "entries {max}..{} are not covered by any signed checkpoint",
+                size - 1
+            ),
         ),
         Some(_) => {}
         None => c
@@ -397,14 +400,6 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
             format!("{} credential has no matching entry", rec.kind),
         );
     }
-    for (did, rec) in authority.revocations() {
-        if rec.seq.is_none() {
-            c.credentials.fail(
-                None,
-                format!("revocation of {did} is not recorded in the ledger"),
-            );
-        }
-    }
     match b.dids() {
         Ok(dids) => {
             for d in dids {
@@ -433,9 +428,7 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
         ledger_key_pinned: pinned,
         ledger_key_fingerprint: custody_ledger::checkpoint::Origin::new(&b.manifest.origin)
             .ok()
-            .map(|o| {
-                custody_ledger::checkpoint::verifier_key_string(&o, &ledger.public_key())
-            }),
+            .map(|o| custody_ledger::checkpoint::verifier_key_string(&o, &ledger.public_key())),
         origin: Some(b.manifest.origin.clone()),
         tree_size: size,
         root: Some(root_hex),
@@ -451,7 +444,10 @@ fn tlog_hash(h: &EntryHash) -> custody_ledger::merkle::Hash {
 fn check_file_digests(b: &Bundle, check: &mut Check) {
     for (rel, want) in &b.manifest.files {
         if rel.contains("..") || rel.starts_with('/') {
-            check.fail(None, format!("manifest lists a path outside the bundle: {rel:?}"));
+            check.fail(
+                None,
+                format!("manifest lists a path outside the bundle: {rel:?}"),
+            );
             continue;
         }
         match bundle::digest_file(&b.dir.join(rel)) {

@@ -1,0 +1,1071 @@
+//! The durable ledger store: append-only segment files, group-committed with
+//! `fdatasync`, and a sled index that can always be rebuilt from them.
+//!
+//! ```text
+//! DATA/
+//!   LOCK                                  held exclusively while open
+//!   segments/<first seq, 20 digits>.jsonl one canonical entry line + '\n' each
+//!   index/                                sled: offsets, Merkle hashes, actor index, payloads
+//!   checkpoints/<size, 20 digits>.checkpoint
+//! ```
+//!
+//! **Durability.** The segment lines are the truth. One writer thread drains
+//! every queued append (up to [`MAX_BATCH`]), asks the [`Gate`] whether each
+//! event may be appended — in sequence order, atomically with sequencing, so an
+//! append checked before a concurrent revocation cannot land after it — writes
+//! the admitted lines with one `write`, calls `fdatasync` once, and only then
+//! answers every caller of the batch. sled's own `flush` uses
+//! `sync_file_range`, which does not survive power loss, so sled only holds what
+//! the segments can rebuild: seq → location, the RFC 6962 stored hashes (for
+//! O(log n) roots and proofs), actor DID → seqs, and payload bodies.
+//!
+//! **Failure.** If a write or sync fails, nothing of that batch is acknowledged
+//! and the store is poisoned: the gate's state may now be ahead of the file, so
+//! every later append fails until the store is reopened, which recovers from
+//! disk.
+//!
+//! **Recovery on open.** Every segment line is parsed and checked (seq
+//! contiguity, `prev` chain) and replayed through the gate, so its state is
+//! rebuilt from the ledger. An incomplete final line (a torn write that was never
+//! acknowledged, since acknowledgement follows the sync) is truncated. Any other
+//! damage is a hard error naming the seq: acknowledged entries are never
+//! silently dropped. The sled index is brought up to date, and rebuilt from
+//! scratch if its root disagrees with the segments.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+
+use custody_identity::Did;
+use sha2::{Digest, Sha256};
+
+use crate::entry::{entry_hash, Entry, MAX_ENTRY_BYTES};
+use crate::event::SignedEvent;
+use crate::merkle::{self, CompactRange, Hash, HashReader, TreeHead};
+use crate::time::Timestamp;
+use crate::types::{EntryHash, PayloadDigest, Seq};
+
+/// Most appends one sync covers. Large enough that a sync (~0.2 ms here) is
+/// amortized over hundreds of entries, small enough to bound a batch's memory.
+pub const MAX_BATCH: usize = 1024;
+/// A new segment file starts once the current one passes this size, so no
+/// single file grows without bound and old segments can be archived.
+pub const MAX_SEGMENT_BYTES: u64 = 256 << 20;
+/// Upper bound on a payload body kept beside the chain.
+pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
+const SEGMENTS: &str = "segments";
+const INDEX: &str = "index";
+const CHECKPOINTS: &str = "checkpoints";
+const LOCK: &str = "LOCK";
+const META_INDEXED: &[u8] = b"indexed_upto";
+const META_ROOT: &[u8] = b"indexed_root";
+
+/// Why the gate refused an event. `code` is stable; `message` is for people.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Rejection {
+    pub code: String,
+    pub message: String,
+}
+
+/// Decides, in sequence order, whether an event may be appended.
+pub trait Gate: Send + 'static {
+    /// Whether `event` may be appended with this receive time. Must not change
+    /// state: a rejected event changes nothing.
+    fn admit(&mut self, event: &SignedEvent, received_at: Timestamp) -> Result<(), Rejection>;
+    /// Folds an entry into the state: after admission, and for every entry on
+    /// reopen.
+    fn applied(&mut self, entry: &Entry);
+}
+
+/// A gate that only checks the actor's signature (tests and tools).
+#[derive(Debug, Default)]
+pub struct AcceptAll;
+
+impl Gate for AcceptAll {
+    fn admit(&mut self, event: &SignedEvent, _: Timestamp) -> Result<(), Rejection> {
+        event.verify().map_err(|e| Rejection {
+            code: "bad_signature".into(),
+            message: e.to_string(),
+        })
+    }
+    fn applied(&mut self, _: &Entry) {}
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} is in use by another process (lock held on {0}/LOCK)")]
+    Locked(PathBuf),
+    #[error("segment {path}: entry {seq}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        seq: u64,
+        reason: String,
+    },
+    #[error("index: {0}")]
+    Index(String),
+    #[error("the store hit a write or sync failure and refuses appends until it is reopened: {0}")]
+    Poisoned(String),
+    #[error("no entry {0}")]
+    NoSuchEntry(u64),
+    #[error("payload: {0}")]
+    Payload(String),
+    #[error("merkle: {0}")]
+    Merkle(#[from] merkle::MerkleError),
+    #[error("the store is closed")]
+    Closed,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn idx(e: sled::Error) -> StoreError {
+    StoreError::Index(e.to_string())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("refused: {0}")]
+    Rejected(Rejection),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// An acknowledged (durable) append.
+#[derive(Clone, Debug)]
+pub struct Appended {
+    pub seq: Seq,
+    pub hash: EntryHash,
+    pub entry: Entry,
+}
+
+/// Counters for tests and benchmarks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StoreStats {
+    pub appends: u64,
+    pub syncs: u64,
+    pub batches: u64,
+}
+
+type Reply = mpsc::SyncSender<Vec<Result<Appended, AppendError>>>;
+
+struct Request {
+    events: Vec<SignedEvent>,
+    reply: Reply,
+}
+
+/// State shared by the writer thread and readers.
+struct Shared {
+    dir: PathBuf,
+    db: sled::Db,
+    offsets: sled::Tree,
+    hashes: sled::Tree,
+    by_actor: sled::Tree,
+    payloads: sled::Tree,
+    meta: sled::Tree,
+    /// Entries indexed in sled and acknowledged; readers see up to here.
+    indexed: RwLock<u64>,
+    poisoned: Mutex<Option<String>>,
+    closed: AtomicBool,
+    appends: AtomicU64,
+    syncs: AtomicU64,
+    batches: AtomicU64,
+}
+
+/// The durable store. `Send + Sync`: share it behind an `Arc`.
+pub struct Store<G: Gate> {
+    shared: Arc<Shared>,
+    gate: Arc<Mutex<G>>,
+    tx: Mutex<Option<mpsc::Sender<Request>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    _lock: File,
+}
+
+/// Where an entry's line lives: segment (by first seq), byte offset, length.
+fn encode_location(segment: u64, offset: u64, len: u32) -> [u8; 20] {
+    let mut b = [0u8; 20];
+    b[..8].copy_from_slice(&segment.to_be_bytes());
+    b[8..16].copy_from_slice(&offset.to_be_bytes());
+    b[16..].copy_from_slice(&len.to_be_bytes());
+    b
+}
+
+fn decode_location(b: &[u8]) -> Option<(u64, u64, u32)> {
+    if b.len() != 20 {
+        return None;
+    }
+    Some((
+        u64::from_be_bytes(b[..8].try_into().ok()?),
+        u64::from_be_bytes(b[8..16].try_into().ok()?),
+        u32::from_be_bytes(b[16..].try_into().ok()?),
+    ))
+}
+
+fn segment_name(first_seq: u64) -> String {
+    format!("{first_seq:020}.jsonl")
+}
+
+fn actor_key(did: &Did, seq: u64) -> Vec<u8> {
+    let mut k = did.as_str().as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Reads stored hashes from sled, with an overlay for those computed in the
+/// current batch but not yet written.
+struct SledHashes<'a> {
+    tree: &'a sled::Tree,
+    overlay: &'a HashMap<u64, Hash>,
+}
+
+impl HashReader for SledHashes<'_> {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+        indexes
+            .iter()
+            .map(|i| {
+                if let Some(h) = self.overlay.get(i) {
+                    return Ok(*h);
+                }
+                match self.tree.get(i.to_be_bytes()) {
+                    Ok(Some(v)) if v.len() == 32 => {
+                        let mut h = [0u8; 32];
+                        h.copy_from_slice(&v);
+                        Ok(Hash(h))
+                    }
+                    _ => Err(tlog_tiles::Error::IndexesNotInTree),
+                }
+            })
+            .collect()
+    }
+}
+
+static EMPTY_OVERLAY: std::sync::LazyLock<HashMap<u64, Hash>> =
+    std::sync::LazyLock::new(HashMap::new);
+
+impl Shared {
+    fn reader(&self) -> SledHashes<'_> {
+        SledHashes {
+            tree: &self.hashes,
+            overlay: &EMPTY_OVERLAY,
+        }
+    }
+
+    fn segment_path(&self, first: u64) -> PathBuf {
+        self.dir.join(SEGMENTS).join(segment_name(first))
+    }
+
+    /// Indexes entries (line locations, leaf hashes) into sled as one batch
+    /// per tree. `start` is the seq of `items[0]`.
+    fn index_entries(
+        &self,
+        start: u64,
+        items: &[(u64, u64, u32, EntryHash, Did)],
+    ) -> Result<(), StoreError> {
+        let mut overlay = HashMap::new();
+        let mut hb = sled::Batch::default();
+        let mut ob = sled::Batch::default();
+        let mut ab = sled::Batch::default();
+        for (i, (segment, offset, len, hash, actor)) in items.iter().enumerate() {
+            let n = start + i as u64;
+            let reader = SledHashes {
+                tree: &self.hashes,
+                overlay: &overlay,
+            };
+            let new = tlog_tiles::stored_hashes_for_record_hash(n, Hash(hash.0), &reader)
+                .map_err(|e| StoreError::Index(format!("stored hashes for {n}: {e}")))?;
+            let first_index = tlog_tiles::stored_hash_count(n);
+            for (k, h) in new.into_iter().enumerate() {
+                let index = first_index + k as u64;
+                overlay.insert(index, h);
+                hb.insert(&index.to_be_bytes(), &h.0);
+            }
+            ob.insert(&n.to_be_bytes(), &encode_location(*segment, *offset, *len));
+            ab.insert(actor_key(actor, n), &[]);
+        }
+        self.hashes.apply_batch(hb).map_err(idx)?;
+        self.offsets.apply_batch(ob).map_err(idx)?;
+        self.by_actor.apply_batch(ab).map_err(idx)?;
+        let upto = start + items.len() as u64;
+        let root = tlog_tiles::tree_hash(upto, &self.reader())
+            .map_err(|e| StoreError::Index(e.to_string()))?;
+        self.meta
+            .insert(META_INDEXED, &upto.to_be_bytes())
+            .map_err(idx)?;
+        self.meta.insert(META_ROOT, &root.0).map_err(idx)?;
+        Ok(())
+    }
+
+    fn read_line(&self, seq: u64) -> Result<Vec<u8>, StoreError> {
+        if seq >= *self.indexed.read().expect("lock") {
+            return Err(StoreError::NoSuchEntry(seq));
+        }
+        let loc = self
+            .offsets
+            .get(seq.to_be_bytes())
+            .map_err(idx)?
+            .ok_or(StoreError::NoSuchEntry(seq))?;
+        let (segment, offset, len) = decode_location(&loc)
+            .ok_or_else(|| StoreError::Index(format!("bad location for {seq}")))?;
+        let path = self.segment_path(segment);
+        let f = File::open(&path).map_err(io(&path))?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, offset).map_err(io(&path))?;
+        Ok(buf)
+    }
+}
+
+/// What the writer thread owns.
+struct Writer<G: Gate> {
+    shared: Arc<Shared>,
+    gate: Arc<Mutex<G>>,
+    rx: mpsc::Receiver<Request>,
+    next: u64,
+    prev: EntryHash,
+    last_time: Option<Timestamp>,
+    segment: File,
+    segment_first: u64,
+    segment_len: u64,
+}
+
+impl<G: Gate> Writer<G> {
+    fn run(mut self) {
+        while let Ok(first) = self.rx.recv() {
+            let mut batch = vec![first];
+            let mut count = batch[0].events.len();
+            while count < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(r) => {
+                        count += r.events.len();
+                        batch.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+        }
+    }
+
+    fn poisoned(&self) -> Option<String> {
+        self.shared.poisoned.lock().expect("lock").clone()
+    }
+
+    fn commit(&mut self, batch: Vec<Request>) {
+        if let Some(why) = self.poisoned() {
+            for r in batch {
+                let n = r.events.len();
+                let _ = r.reply.send(
+                    (0..n)
+                        .map(|_| Err(AppendError::Store(StoreError::Poisoned(why.clone()))))
+                        .collect(),
+                );
+            }
+            return;
+        }
+        if let Err(e) = self.maybe_rotate() {
+            self.poison(e.to_string());
+            return self.commit(batch);
+        }
+        let mut gate = self.gate.lock().expect("gate lock");
+        let mut buf = Vec::new();
+        let mut results: Vec<Vec<Option<Result<Appended, AppendError>>>> = Vec::new();
+        let mut index_items = Vec::new();
+        let start = self.next;
+        let (mut next, mut prev, mut last_time) = (self.next, self.prev, self.last_time);
+        for r in &batch {
+            let mut rs = Vec::with_capacity(r.events.len());
+            for ev in &r.events {
+                let now = Timestamp::now();
+                let at = match last_time {
+                    Some(t) if t > now => t,
+                    _ => now,
+                };
+                if let Err(rej) = gate.admit(ev, at) {
+                    rs.push(Some(Err(AppendError::Rejected(rej))));
+                    continue;
+                }
+                let entry = Entry::new(Seq(next), prev, at, ev.clone());
+                let line = match entry.to_line() {
+                    Ok(l) if l.len() <= MAX_ENTRY_BYTES => l,
+                    Ok(l) => {
+                        rs.push(Some(Err(AppendError::Rejected(Rejection {
+                            code: "too_large".into(),
+                            message: format!(
+                                "entry would be {} bytes; the limit is {MAX_ENTRY_BYTES}",
+                                l.len()
+                            ),
+                        }))));
+                        continue;
+                    }
+                    Err(e) => {
+                        rs.push(Some(Err(AppendError::Rejected(Rejection {
+                            code: "malformed".into(),
+                            message: e.to_string(),
+                        }))));
+                        continue;
+                    }
+                };
+                let hash = entry_hash(&line);
+                let offset = self.segment_len + buf.len() as u64;
+                buf.extend_from_slice(&line);
+                buf.push(b'\n');
+                index_items.push((
+                    self.segment_first,
+                    offset,
+                    line.len() as u32,
+                    hash,
+                    entry.event.actor.clone(),
+                ));
+                gate.applied(&entry);
+                prev = hash;
+                last_time = Some(at);
+                next += 1;
+                rs.push(Some(Ok(Appended {
+                    seq: entry.seq,
+                    hash,
+                    entry,
+                })));
+            }
+            results.push(rs);
+        }
+        drop(gate);
+
+        if !buf.is_empty() {
+            let path = self.shared.segment_path(self.segment_first);
+            let written = self
+                .segment
+                .write_all(&buf)
+                .and_then(|_| self.segment.sync_data());
+            self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = written {
+                let why = format!("{}: {e}", path.display());
+                self.poison(why.clone());
+                for (r, rs) in batch.into_iter().zip(results) {
+                    let _ = r.reply.send(
+                        rs.into_iter()
+                            .map(|x| match x {
+                                Some(Err(AppendError::Rejected(rej))) => {
+                                    Err(AppendError::Rejected(rej))
+                                }
+                                _ => Err(AppendError::Store(StoreError::Poisoned(why.clone()))),
+                            })
+                            .collect(),
+                    );
+                }
+                return;
+            }
+            self.segment_len += buf.len() as u64;
+            self.next = next;
+            self.prev = prev;
+            self.last_time = last_time;
+            // The lines are durable. The index is derived state: if updating it
+            // fails, the appends stand and the next open rebuilds it.
+            match self.shared.index_entries(start, &index_items) {
+                Ok(()) => {
+                    *self.shared.indexed.write().expect("lock") = next;
+                }
+                Err(e) => self.poison(format!("index update failed: {e}")),
+            }
+            self.shared
+                .appends
+                .fetch_add(next - start, Ordering::Relaxed);
+        }
+        self.shared.batches.fetch_add(1, Ordering::Relaxed);
+        for (r, rs) in batch.into_iter().zip(results) {
+            let _ = r.reply.send(rs.into_iter().flatten().collect());
+        }
+    }
+
+    fn poison(&self, why: String) {
+        let mut p = self.shared.poisoned.lock().expect("lock");
+        if p.is_none() {
+            *p = Some(why);
+        }
+    }
+
+    fn maybe_rotate(&mut self) -> Result<(), StoreError> {
+        if self.segment_len < MAX_SEGMENT_BYTES {
+            return Ok(());
+        }
+        let path = self.shared.segment_path(self.next);
+        let f = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        let dir = self.shared.dir.join(SEGMENTS);
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&dir))?;
+        self.segment = f;
+        self.segment_first = self.next;
+        self.segment_len = 0;
+        Ok(())
+    }
+}
+
+/// What scanning the segments found.
+struct Scan {
+    entries: u64,
+    prev: EntryHash,
+    last_time: Option<Timestamp>,
+    last_segment: (u64, u64),
+    /// Root after each prefix that sled claims to have indexed.
+    range_at_indexed: Option<Hash>,
+}
+
+impl<G: Gate> Store<G> {
+    /// Opens (or creates) the store in `dir`, recovers it, and replays every
+    /// entry through `gate`.
+    pub fn open(dir: &Path, mut gate: G) -> Result<Self, StoreError> {
+        fs::create_dir_all(dir.join(SEGMENTS)).map_err(io(dir))?;
+        fs::create_dir_all(dir.join(CHECKPOINTS)).map_err(io(dir))?;
+        let lock_path = dir.join(LOCK);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(dir.to_path_buf())),
+            Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
+        }
+
+        let db = sled::Config::new()
+            .path(dir.join(INDEX))
+            .open()
+            .map_err(idx)?;
+        let tree = |name: &str| db.open_tree(name).map_err(idx);
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            offsets: tree("offsets")?,
+            hashes: tree("hashes")?,
+            by_actor: tree("by_actor")?,
+            payloads: tree("payloads")?,
+            meta: tree("meta")?,
+            db,
+            indexed: RwLock::new(0),
+            poisoned: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            appends: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+        });
+
+        let claimed = shared
+            .meta
+            .get(META_INDEXED)
+            .map_err(idx)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
+        let scan = scan_segments(&shared, &mut gate, claimed)?;
+        let claimed_root = shared.meta.get(META_ROOT).map_err(idx)?;
+        let index_ok = claimed <= scan.entries
+            && match (claimed, scan.range_at_indexed, claimed_root) {
+                (0, _, _) => true,
+                (_, Some(r), Some(stored)) => stored.as_ref() == r.0,
+                _ => false,
+            };
+        let from = if index_ok { claimed } else { 0 };
+        if !index_ok {
+            for t in [
+                &shared.offsets,
+                &shared.hashes,
+                &shared.by_actor,
+                &shared.meta,
+            ] {
+                t.clear().map_err(idx)?;
+            }
+        }
+        if from < scan.entries {
+            reindex(&shared, from)?;
+        }
+        *shared.indexed.write().expect("lock") = scan.entries;
+
+        let (segment_first, segment_len) = scan.last_segment;
+        let seg_path = shared.segment_path(segment_first);
+        let segment = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&seg_path)
+            .map_err(io(&seg_path))?;
+
+        let gate = Arc::new(Mutex::new(gate));
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            shared: shared.clone(),
+            gate: gate.clone(),
+            rx,
+            next: scan.entries,
+            prev: scan.prev,
+            last_time: scan.last_time,
+            segment,
+            segment_first,
+            segment_len,
+        };
+        let handle = std::thread::Builder::new()
+            .name("custody-ledger-writer".into())
+            .spawn(move || writer.run())
+            .map_err(io(dir))?;
+        Ok(Self {
+            shared,
+            gate,
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(handle)),
+            _lock: lock,
+        })
+    }
+
+    /// Appends one event; returns once it is durable.
+    pub fn append(&self, signed: SignedEvent) -> Result<Appended, AppendError> {
+        self.append_many(vec![signed])
+            .pop()
+            .unwrap_or(Err(AppendError::Store(StoreError::Closed)))
+    }
+
+    /// Appends events in order, in one batch; one result per event.
+    pub fn append_many(&self, events: Vec<SignedEvent>) -> Vec<Result<Appended, AppendError>> {
+        let n = events.len();
+        let closed = || {
+            (0..n)
+                .map(|_| Err(AppendError::Store(StoreError::Closed)))
+                .collect()
+        };
+        if n == 0 {
+            return Vec::new();
+        }
+        let (reply, rx) = mpsc::sync_channel(1);
+        {
+            let tx = self.tx.lock().expect("lock");
+            let Some(tx) = tx.as_ref() else {
+                return closed();
+            };
+            if tx.send(Request { events, reply }).is_err() {
+                return closed();
+            }
+        }
+        rx.recv().unwrap_or_else(|_| closed())
+    }
+
+    /// Reads the gate's state consistently (no batch is being admitted meanwhile).
+    pub fn with_gate<R>(&self, f: impl FnOnce(&G) -> R) -> R {
+        let g: MutexGuard<'_, G> = self.gate.lock().expect("gate lock");
+        f(&g)
+    }
+
+    /// Number of acknowledged entries.
+    pub fn len(&self) -> u64 {
+        *self.shared.indexed.read().expect("lock")
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Size and root of the acknowledged tree.
+    pub fn head(&self) -> Result<TreeHead, StoreError> {
+        let size = self.len();
+        Ok(TreeHead {
+            size,
+            root: self.root_at(size)?,
+        })
+    }
+
+    pub fn root_at(&self, size: u64) -> Result<Hash, StoreError> {
+        if size > self.len() {
+            return Err(StoreError::NoSuchEntry(size));
+        }
+        tlog_tiles::tree_hash(size, &self.shared.reader())
+            .map_err(|e| StoreError::Index(e.to_string()))
+    }
+
+    pub fn line(&self, seq: u64) -> Result<Vec<u8>, StoreError> {
+        self.shared.read_line(seq)
+    }
+
+    pub fn entry(&self, seq: u64) -> Result<Entry, StoreError> {
+        let line = self.line(seq)?;
+        Entry::parse_line(&line).map_err(|e| StoreError::Corrupt {
+            path: self.shared.dir.join(SEGMENTS),
+            seq,
+            reason: e.to_string(),
+        })
+    }
+
+    /// All acknowledged lines in order, read sequentially from the segments.
+    pub fn lines(&self) -> Result<impl Iterator<Item = Result<Vec<u8>, StoreError>>, StoreError> {
+        let upto = self.len();
+        let segments = list_segments(&self.shared.dir)?;
+        Ok(SegmentLines {
+            segments: segments.into_iter(),
+            current: None,
+            remaining: upto,
+        })
+    }
+
+    pub fn inclusion_proof(&self, seq: u64, tree_size: u64) -> Result<Vec<Hash>, StoreError> {
+        if tree_size > self.len() {
+            return Err(StoreError::NoSuchEntry(tree_size));
+        }
+        Ok(merkle::inclusion_proof(
+            &self.shared.reader(),
+            tree_size,
+            seq,
+        )?)
+    }
+
+    pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, StoreError> {
+        if new_size > self.len() {
+            return Err(StoreError::NoSuchEntry(new_size));
+        }
+        Ok(merkle::consistency_proof(
+            &self.shared.reader(),
+            new_size,
+            old_size,
+        )?)
+    }
+
+    /// Seqs of the entries `did` signed.
+    pub fn seqs_for_actor(&self, did: &Did) -> Result<Vec<Seq>, StoreError> {
+        let mut prefix = did.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for kv in self.shared.by_actor.scan_prefix(&prefix) {
+            let (k, _) = kv.map_err(idx)?;
+            let seq = k[prefix.len()..]
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Index("bad actor key".into()))?;
+            out.push(Seq(seq));
+        }
+        Ok(out)
+    }
+
+    /// Keeps a payload body beside the chain. Payloads are deletable by design,
+    /// so they are kept in sled (flushed) rather than under the segments'
+    /// fdatasync guarantee.
+    pub fn put_payload(
+        &self,
+        digest: PayloadDigest,
+        salt: [u8; 32],
+        body: &[u8],
+    ) -> Result<(), StoreError> {
+        if body.len() > MAX_PAYLOAD_BYTES {
+            return Err(StoreError::Payload(format!(
+                "{} bytes; the limit is {MAX_PAYLOAD_BYTES}",
+                body.len()
+            )));
+        }
+        let mut h = Sha256::new();
+        h.update(salt);
+        h.update(body);
+        if PayloadDigest(h.finalize().into()) != digest {
+            return Err(StoreError::Payload(
+                "SHA-256(salt ‖ body) does not match the digest".into(),
+            ));
+        }
+        let mut v = salt.to_vec();
+        v.extend_from_slice(body);
+        self.shared.payloads.insert(digest.0, v).map_err(idx)?;
+        self.shared.db.flush().map_err(idx)?;
+        Ok(())
+    }
+
+    pub fn payload(
+        &self,
+        digest: &PayloadDigest,
+    ) -> Result<Option<([u8; 32], Vec<u8>)>, StoreError> {
+        Ok(self
+            .shared
+            .payloads
+            .get(digest.0)
+            .map_err(idx)?
+            .and_then(|v| {
+                let salt: [u8; 32] = v.get(..32)?.try_into().ok()?;
+                Some((salt, v[32..].to_vec()))
+            }))
+    }
+
+    /// Deletes a payload's body and salt; the entry and chain are untouched.
+    pub fn redact(&self, digest: &PayloadDigest) -> Result<bool, StoreError> {
+        let had = self
+            .shared
+            .payloads
+            .remove(digest.0)
+            .map_err(idx)?
+            .is_some();
+        self.shared.db.flush().map_err(idx)?;
+        Ok(had)
+    }
+
+    /// Stores a signed checkpoint note (temp file, fsync, rename, fsync dir).
+    pub fn save_checkpoint(&self, size: u64, note: &[u8]) -> Result<(), StoreError> {
+        let dir = self.shared.dir.join(CHECKPOINTS);
+        let path = dir.join(format!("{size:020}.checkpoint"));
+        let tmp = dir.join(format!(".{size:020}.tmp"));
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(note)
+            .and_then(|_| f.sync_all())
+            .map_err(io(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&dir))
+    }
+
+    /// All stored checkpoints, by size.
+    pub fn checkpoints(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let dir = self.shared.dir.join(CHECKPOINTS);
+        let mut out = Vec::new();
+        for item in fs::read_dir(&dir).map_err(io(&dir))? {
+            let item = item.map_err(io(&dir))?;
+            let name = item.file_name().to_string_lossy().into_owned();
+            let Some(size) = name
+                .strip_suffix(".checkpoint")
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let note = fs::read(item.path()).map_err(io(&item.path()))?;
+            out.push((size, note));
+        }
+        out.sort_by_key(|c| c.0);
+        Ok(out)
+    }
+
+    pub fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        Ok(self.checkpoints()?.pop())
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            appends: self.shared.appends.load(Ordering::Relaxed),
+            syncs: self.shared.syncs.load(Ordering::Relaxed),
+            batches: self.shared.batches.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The reason appends are refused, if a write or sync failed.
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared.poisoned.lock().expect("lock").clone()
+    }
+
+    /// Drains queued appends, stops the writer and flushes the index.
+    pub fn close(&self) -> Result<(), StoreError> {
+        if self.shared.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        drop(self.tx.lock().expect("lock").take());
+        if let Some(h) = self.writer.lock().expect("lock").take() {
+            let _ = h.join();
+        }
+        self.shared.db.flush().map_err(idx)?;
+        Ok(())
+    }
+}
+
+impl<G: Gate> Drop for Store<G> {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let sdir = dir.join(SEGMENTS);
+    let mut out = Vec::new();
+    for item in fs::read_dir(&sdir).map_err(io(&sdir))? {
+        let item = item.map_err(io(&sdir))?;
+        let name = item.file_name().to_string_lossy().into_owned();
+        if let Some(first) = name
+            .strip_suffix(".jsonl")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            out.push((first, item.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Reads every segment, checks it, truncates a torn tail, replays the gate.
+fn scan_segments<G: Gate>(shared: &Shared, gate: &mut G, claimed: u64) -> Result<Scan, StoreError> {
+    let segments = list_segments(&shared.dir)?;
+    let mut n = 0u64;
+    let mut prev = EntryHash::ZERO;
+    let mut last_time = None;
+    let mut range = CompactRange::new();
+    let mut range_at_indexed = if claimed == 0 {
+        Some(range.root())
+    } else {
+        None
+    };
+    let mut last_segment = (0u64, 0u64);
+    let count = segments.len();
+    for (i, (first, path)) in segments.into_iter().enumerate() {
+        let is_last = i + 1 == count;
+        if first != n {
+            return Err(StoreError::Corrupt {
+                path,
+                seq: n,
+                reason: format!("segment starts at seq {first}, expected {n}"),
+            });
+        }
+        let f = File::open(&path).map_err(io(&path))?;
+        let mut r = BufReader::with_capacity(1 << 20, f);
+        let mut offset = 0u64;
+        loop {
+            let mut line = Vec::new();
+            let k = (&mut r)
+                .take(MAX_ENTRY_BYTES as u64 + 2)
+                .read_until(b'\n', &mut line)
+                .map_err(io(&path))?;
+            if k == 0 {
+                break;
+            }
+            if line.last() != Some(&b'\n') {
+                if is_last && line.len() <= MAX_ENTRY_BYTES {
+                    // A torn write: never acknowledged (acks follow the sync).
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(io(&path))?;
+                    f.set_len(offset).map_err(io(&path))?;
+                    f.sync_all().map_err(io(&path))?;
+                    break;
+                }
+                return Err(StoreError::Corrupt {
+                    path,
+                    seq: n,
+                    reason: "line without newline or longer than any entry".into(),
+                });
+            }
+            line.pop();
+            let corrupt = |reason: String| StoreError::Corrupt {
+                path: path.clone(),
+                seq: n,
+                reason,
+            };
+            let entry = Entry::parse_line(&line).map_err(|e| corrupt(e.to_string()))?;
+            if entry.seq != Seq(n) {
+                return Err(corrupt(format!("holds seq {}", entry.seq)));
+            }
+            if entry.prev != prev {
+                return Err(corrupt("prev does not link to the entry before".into()));
+            }
+            prev = entry_hash(&line);
+            range.push(Hash(prev.0));
+            last_time = Some(entry.received_at);
+            gate.applied(&entry);
+            offset += line.len() as u64 + 1;
+            n += 1;
+            if n == claimed {
+                range_at_indexed = Some(range.root());
+            }
+        }
+        last_segment = (first, offset);
+        let _ = r.seek(SeekFrom::Start(0));
+    }
+    Ok(Scan {
+        entries: n,
+        prev,
+        last_time,
+        last_segment,
+        range_at_indexed,
+    })
+}
+
+/// Indexes every entry from `from` on, reading the segments again.
+fn reindex(shared: &Shared, from: u64) -> Result<(), StoreError> {
+    let mut items = Vec::new();
+    let mut n = 0u64;
+    let mut start = from;
+    for (first, path) in list_segments(&shared.dir)? {
+        let f = File::open(&path).map_err(io(&path))?;
+        let r = BufReader::with_capacity(1 << 20, f);
+        let mut offset = 0u64;
+        for line in r.split(b'\n') {
+            let line = line.map_err(io(&path))?;
+            if n >= from {
+                let entry = Entry::parse_line(&line).map_err(|e| StoreError::Corrupt {
+                    path: path.clone(),
+                    seq: n,
+                    reason: e.to_string(),
+                })?;
+                items.push((
+                    first,
+                    offset,
+                    line.len() as u32,
+                    entry_hash(&line),
+                    entry.event.actor.clone(),
+                ));
+                if items.len() >= 4096 {
+                    shared.index_entries(start, &items)?;
+                    start += items.len() as u64;
+                    items.clear();
+                }
+            }
+            offset += line.len() as u64 + 1;
+            n += 1;
+        }
+    }
+    if !items.is_empty() {
+        shared.index_entries(start, &items)?;
+    }
+    Ok(())
+}
+
+/// Streams lines from the segment files.
+struct SegmentLines {
+    segments: std::vec::IntoIter<(u64, PathBuf)>,
+    current: Option<(PathBuf, std::io::Split<BufReader<File>>)>,
+    remaining: u64,
+}
+
+impl Iterator for SegmentLines {
+    type Item = Result<Vec<u8>, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.remaining == 0 {
+                return None;
+            }
+            if self.current.is_none() {
+                let (_, path) = self.segments.next()?;
+                match File::open(&path) {
+                    Ok(f) => {
+                        self.current =
+                            Some((path, BufReader::with_capacity(1 << 20, f).split(b'\n')))
+                    }
+                    Err(e) => return Some(Err(io(&path)(e))),
+                }
+            }
+            let (path, lines) = self.current.as_mut()?;
+            match lines.next() {
+                Some(Ok(l)) => {
+                    self.remaining -= 1;
+                    return Some(Ok(l));
+                }
+                Some(Err(e)) => return Some(Err(io(path)(e))),
+                None => self.current = None,
+            }
+        }
+    }
+}
