@@ -163,6 +163,9 @@ pub struct StoreStats {
     pub batches: u64,
 }
 
+/// A payload's salt and body.
+pub type SaltedPayload = ([u8; 32], Vec<u8>);
+
 type Reply = mpsc::SyncSender<Vec<Result<Appended, AppendError>>>;
 
 struct Request {
@@ -789,10 +792,7 @@ impl<G: Gate> Store<G> {
         Ok(())
     }
 
-    pub fn payload(
-        &self,
-        digest: &PayloadDigest,
-    ) -> Result<Option<([u8; 32], Vec<u8>)>, StoreError> {
+    pub fn payload(&self, digest: &PayloadDigest) -> Result<Option<SaltedPayload>, StoreError> {
         Ok(self
             .shared
             .payloads

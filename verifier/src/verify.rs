@@ -324,17 +324,15 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
         // Checkpoints at this size.
         while cp_idx < cps.len() && cps[cp_idx].0 <= range.size() {
             let (size, cp, rel) = &cps[cp_idx];
-            if *size == range.size() {
-                if cp.head().root != range.root() {
-                    c.checkpoints.fail(
-                        Some(size.saturating_sub(1)),
-                        format!(
-                            "{rel}: signed root {} differs from the root of the first {size} entries {}",
-                            hash_to_hex(&cp.head().root),
-                            hash_to_hex(&range.root())
-                        ),
-                    );
-                }
+            if *size == range.size() && cp.head().root != range.root() {
+                c.checkpoints.fail(
+                    Some(size.saturating_sub(1)),
+                    format!(
+                        "{rel}: signed root {} differs from the root of the first {size} entries {}",
+                        hash_to_hex(&cp.head().root),
+                        hash_to_hex(&range.root())
+                    ),
+                );
             }
             cp_idx += 1;
         }
