@@ -14,6 +14,8 @@
 //! It is the lean path: the ledger and the offline verifier depend on it with no
 //! network, async runtime or JSON-LD processing.
 
+#[cfg(feature = "x509")]
+pub mod cert;
 pub mod delegation;
 mod did;
 mod error;
