@@ -222,7 +222,10 @@ impl Config {
             let contexts = s
                 .contexts
                 .iter()
-                .map(|c| Context::new(c.clone()).map_err(|e| invalid(format!("scopes.{name}.contexts: {e}"))))
+                .map(|c| {
+                    Context::new(c.clone())
+                        .map_err(|e| invalid(format!("scopes.{name}.contexts: {e}")))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             if contexts.is_empty() {
                 return Err(invalid(format!("scopes.{name}.contexts is empty")));
@@ -246,8 +249,9 @@ impl Config {
             Some(c) => CheckpointPolicy {
                 every_entries: c.every_entries.unwrap_or(1000).max(1),
                 every: match c.every {
-                    Some(t) => parse_duration(&t)
-                        .map_err(|e| invalid(format!("checkpoint.every: {e}")))?,
+                    Some(t) => {
+                        parse_duration(&t).map_err(|e| invalid(format!("checkpoint.every: {e}")))?
+                    }
                     None => Duration::from_secs(60),
                 },
             },
@@ -261,8 +265,8 @@ impl Config {
                 limits.max_body = b;
             }
             if let Some(s) = l.clock_skew {
-                limits.clock_skew = parse_duration(&s)
-                    .map_err(|e| invalid(format!("limits.clock_skew: {e}")))?;
+                limits.clock_skew =
+                    parse_duration(&s).map_err(|e| invalid(format!("limits.clock_skew: {e}")))?;
             }
             if let Some(r) = l.requests_per_second {
                 limits.requests_per_second = r.max(1);

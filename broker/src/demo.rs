@@ -1,25 +1,26 @@
-//! The demo scenario, run embedded: a real durable store in a directory, real
-//! keys, real credentials, nothing mocked — but no server and no Vault yet.
+//! The demo: the whole scenario through a real broker (HTTP on loopback) and a
+//! real OpenBao dev server, nothing mocked. A minted token reads the secret its
+//! scope allows, is refused by OpenBao on one it does not, and is dead in
+//! OpenBao after the kill switch; the exported bundle is verified offline.
 //!
 //! The scenario is data ([`scenario`]) so that tests can derive the counts a
 //! correct ledger must show (agent vs human activity, approvals by kind,
-//! revocations, refusals) from the same definition the demo runs.
+//! mints, revocations, refusals) from the same definition the demo runs.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::{bail, Context as _};
-use custody_identity::{Delegation, Did, KeyPair, Revocation};
-use custody_ledger::authority::Authority;
-use custody_ledger::bundle::payload_digest;
-use custody_ledger::checkpoint::{Origin, SignedCheckpoint};
-use custody_ledger::export::export_bundle;
-use custody_ledger::store::{AppendError, Store};
-use custody_ledger::{
-    actions, ActionType, ActorKind, Approval, Context, Event, PayloadRef, SessionId, SignedEvent,
-};
+use anyhow::{bail, ensure, Context as _};
+use custody_identity::{Did, KeyPair};
+use custody_ledger::{actions, ActionType, ActorKind, Approval, Event};
 use custody_verifier::{verify_bundle, VerifyOptions};
-use time::OffsetDateTime;
+
+use crate::client::{salted_payload, session_event, Client};
+use crate::config::Config;
+use crate::dev::{example_config, write_secret_file, OpenBao};
+use crate::server::{serve, AppState};
+use crate::sessionfile::SessionFile;
 
 /// The two agent sessions of the scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,10 +73,21 @@ pub enum Step {
     /// An agent tries again after its revocation; the ledger refuses it and
     /// records the refusal.
     RefusedAttempt { sess: Sess, tool: &'static str },
-    /// The payload of the n-th tool call is deleted; the chain stays valid.
+    /// The payload of the n-th tool call is deleted by the admin; the chain
+    /// stays valid.
     RedactToolInput { nth_call: usize },
     /// The ledger key signs a checkpoint of the tree so far.
     Checkpoint,
+    /// The session mints an OpenBao token for `scope`, which must read the
+    /// secret at `allowed` and be refused at `denied`.
+    Mint {
+        sess: Sess,
+        scope: &'static str,
+        allowed: &'static str,
+        denied: &'static str,
+    },
+    /// A mint after the revocation: refused by the broker.
+    RefusedMint { sess: Sess, scope: &'static str },
 }
 
 /// The scenario the demo runs.
@@ -102,6 +114,12 @@ pub fn scenario() -> Vec<Step> {
             sess: Sess::Chat,
             tool: "Read",
             ok: true,
+        },
+        Mint {
+            sess: Sess::Chat,
+            scope: "ci-read",
+            allowed: "ci/database",
+            denied: "prod/root",
         },
         ToolCall {
             sess: Sess::Chat,
@@ -131,6 +149,12 @@ pub fn scenario() -> Vec<Step> {
             tool: "Bash",
             ok: true,
         },
+        Mint {
+            sess: Sess::Ci,
+            scope: "deploy-staging",
+            allowed: "staging/deploy",
+            denied: "ci/database",
+        },
         ToolCall {
             sess: Sess::Ci,
             tool: "Bash",
@@ -156,6 +180,10 @@ pub fn scenario() -> Vec<Step> {
             sess: Sess::Ci,
             tool: "Bash",
         },
+        RefusedMint {
+            sess: Sess::Ci,
+            scope: "deploy-staging",
+        },
         RedactToolInput { nth_call: 0 },
     ]
 }
@@ -173,6 +201,9 @@ pub struct Summary {
     pub agents: usize,
     pub humans: usize,
     pub refused: u64,
+    pub mints: u64,
+    /// One line per fact checked against OpenBao.
+    pub vault_checks: Vec<String>,
     pub root: String,
     pub valid: bool,
     pub verification_text: String,
@@ -181,10 +212,10 @@ pub struct Summary {
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "custody demo: {}", self.out.display())?;
-        writeln!(f, "  ledger    {}", self.ledger)?;
+        writeln!(f, "  ledger     {}", self.ledger)?;
         writeln!(
             f,
-            "  entries   {} ({} agent, {} human, {} service)",
+            "  entries    {} ({} agent, {} human, {} service)",
             self.entries, self.agent_entries, self.human_entries, self.service_entries
         )?;
         writeln!(
@@ -192,16 +223,20 @@ impl fmt::Display for Summary {
             "  identities {} agent sessions, {} humans",
             self.agents, self.humans
         )?;
+        writeln!(f, "  tokens     {} minted through OpenBao", self.mints)?;
+        for c in &self.vault_checks {
+            writeln!(f, "             {c}")?;
+        }
         writeln!(
             f,
-            "  refused   {} attempt(s) after revocation",
+            "  refused    {} request(s) after revocation",
             self.refused
         )?;
-        writeln!(f, "  root      {}", self.root)?;
-        writeln!(f, "  bundle    {}", self.bundle.display())?;
+        writeln!(f, "  root       {}", self.root)?;
+        writeln!(f, "  bundle     {}", self.bundle.display())?;
         writeln!(
             f,
-            "  verify    {}",
+            "  verify     {}",
             if self.valid { "VALID" } else { "INVALID" }
         )?;
         writeln!(f)?;
@@ -210,27 +245,23 @@ impl fmt::Display for Summary {
     }
 }
 
-struct SessionKeys {
-    key: KeyPair,
-    id: SessionId,
-    context: Context,
-}
-
 struct Demo {
-    store: Store<Authority>,
-    ledger: KeyPair,
+    client: Client,
+    bao: OpenBao,
     human: KeyPair,
     admin: KeyPair,
-    chat: Option<SessionKeys>,
-    ci: Option<SessionKeys>,
+    chat: Option<SessionFile>,
+    ci: Option<SessionFile>,
+    tokens: Vec<(Sess, &'static str, String)>,
     tool_inputs: Vec<custody_ledger::PayloadDigest>,
     refused: u64,
-    keys_dir: PathBuf,
-    origin: Origin,
+    mints: u64,
+    vault_checks: Vec<String>,
+    dir: PathBuf,
 }
 
 impl Demo {
-    fn session(&self, s: Sess) -> anyhow::Result<&SessionKeys> {
+    fn session(&self, s: Sess) -> anyhow::Result<&SessionFile> {
         match s {
             Sess::Chat => self.chat.as_ref(),
             Sess::Ci => self.ci.as_ref(),
@@ -238,23 +269,7 @@ impl Demo {
         .context("scenario uses a session before delegating it")
     }
 
-    fn append(&self, signed: SignedEvent) -> anyhow::Result<()> {
-        self.store
-            .append(signed)
-            .map(|_| ())
-            .map_err(|e| anyhow::anyhow!("append refused: {e}"))
-    }
-
-    fn agent_event(&self, s: Sess, action: &str) -> anyhow::Result<Event> {
-        let sk = self.session(s)?;
-        let mut ev = Event::new(sk.key.did(), ActorKind::Agent, ActionType::new(action)?);
-        ev.session = Some(sk.id.clone());
-        ev.on_behalf_of = Some(self.human.did());
-        ev.context = Some(sk.context.clone());
-        Ok(ev)
-    }
-
-    fn step(&mut self, step: &Step) -> anyhow::Result<()> {
+    async fn step(&mut self, step: &Step) -> anyhow::Result<()> {
         match step {
             Step::Delegate {
                 sess,
@@ -262,40 +277,31 @@ impl Demo {
                 scopes,
                 context,
             } => {
-                // The session key is made first, so the delegation names a key
-                // only the session holds.
-                let key = KeyPair::generate();
-                let now = OffsetDateTime::now_utc();
-                let delegation = Delegation::new(
-                    self.human.did(),
-                    key.did(),
-                    agent.to_string(),
-                    scopes.iter().map(|s| s.to_string()).collect(),
-                    context.to_string(),
-                    now - time::Duration::seconds(5),
-                    now + time::Duration::hours(1),
-                )?;
-                let jws = delegation.issue(&self.human)?;
+                let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+                let (file, _) = self
+                    .client
+                    .start_session(
+                        &self.human,
+                        agent,
+                        &scopes,
+                        context,
+                        Duration::from_secs(600),
+                    )
+                    .await?;
                 let name = match sess {
                     Sess::Chat => "session-chat",
                     Sess::Ci => "session-ci",
                 };
-                // Demo only: the session keys are kept so tests can forge with them.
-                key.save(&self.keys_dir.join(format!("{name}.key")))?;
-                let sk = SessionKeys {
-                    id: SessionId::new(delegation.id.clone())?,
-                    context: Context::new(*context)?,
-                    key,
-                };
+                file.save(&self.dir.join("sessions").join(format!("{name}.json")))?;
+                // Demo only: the session keys are also kept as key files, so
+                // tests can forge entries with them.
+                file.key()?
+                    .save(&self.dir.join("keys").join(format!("{name}.key")))?;
                 match sess {
-                    Sess::Chat => self.chat = Some(sk),
-                    Sess::Ci => self.ci = Some(sk),
+                    Sess::Chat => self.chat = Some(file),
+                    Sess::Ci => self.ci = Some(file),
                 }
-                let mut ev = self.agent_event(*sess, actions::SESSION_START)?;
-                ev.details.insert("delegation".into(), jws.into());
-                ev.details.insert("agent".into(), (*agent).into());
-                let signed = ev.sign(&self.session(*sess)?.key)?;
-                self.append(signed)
+                Ok(())
             }
             Step::Human { action, detail } => {
                 let mut ev = Event::new(
@@ -304,7 +310,10 @@ impl Demo {
                     ActionType::new(*action)?,
                 );
                 ev.details.insert("summary".into(), (*detail).into());
-                self.append(ev.sign(&self.human)?)
+                self.client
+                    .log_as(&self.human, ev.sign(&self.human)?, None)
+                    .await?;
+                Ok(())
             }
             Step::ToolCall {
                 sess,
@@ -312,7 +321,7 @@ impl Demo {
                 input,
                 by,
             } => {
-                let mut ev = self.agent_event(*sess, actions::TOOL_CALL)?;
+                let mut ev = session_event(self.session(*sess)?, actions::TOOL_CALL)?;
                 if *by == By::Human {
                     let mut ap = Event::new(
                         self.human.did(),
@@ -323,7 +332,9 @@ impl Demo {
                     ap.details.insert("tool".into(), (*tool).into());
                     ap.details
                         .insert("request_nonce".into(), ev.nonce.to_hex().into());
-                    self.append(ap.sign(&self.human)?)?;
+                    self.client
+                        .log_as(&self.human, ap.sign(&self.human)?, None)
+                        .await?;
                 }
                 ev.approval = Some(match by {
                     By::Human => Approval::Human {
@@ -338,76 +349,100 @@ impl Demo {
                     By::Nobody => Approval::None,
                 });
                 ev.details.insert("tool".into(), (*tool).into());
-                let mut salt = [0u8; 32];
-                rand_fill(&mut salt);
-                let digest = payload_digest(&salt, input.as_bytes());
-                ev.payload = Some(PayloadRef {
-                    digest,
-                    size: input.len() as u64,
-                });
-                self.store.put_payload(digest, salt, input.as_bytes())?;
-                self.tool_inputs.push(digest);
-                let signed = ev.sign(&self.session(*sess)?.key)?;
-                self.append(signed)
+                let (pref, body) = salted_payload(input.as_bytes());
+                self.tool_inputs.push(pref.digest);
+                ev.payload = Some(pref);
+                let key = self.session(*sess)?.key()?;
+                self.client.log_as(&key, ev.sign(&key)?, Some(body)).await?;
+                Ok(())
             }
             Step::ToolResult { sess, tool, ok } => {
-                let mut ev = self.agent_event(*sess, actions::TOOL_RESULT)?;
+                let s = self.session(*sess)?;
+                let mut ev = session_event(s, actions::TOOL_RESULT)?;
                 ev.details.insert("tool".into(), (*tool).into());
                 ev.details.insert("ok".into(), (*ok).into());
-                let signed = ev.sign(&self.session(*sess)?.key)?;
-                self.append(signed)
+                self.client.log(s, ev).await?;
+                Ok(())
+            }
+            Step::Mint {
+                sess,
+                scope,
+                allowed,
+                denied,
+            } => {
+                let m = self.client.mint(self.session(*sess)?, scope).await?;
+                self.mints += 1;
+                let (ok, data) = self.bao.read_secret(&m.token, allowed).await?;
+                ensure!(
+                    ok == 200 && data.is_some(),
+                    "a {scope} token could not read secret/{allowed} (HTTP {ok})"
+                );
+                let (no, _) = self.bao.read_secret(&m.token, denied).await?;
+                ensure!(
+                    no == 403,
+                    "a {scope} token was not refused on secret/{denied} (HTTP {no})"
+                );
+                let (policies, ttl, _) = self
+                    .bao
+                    .lookup(&m.token)
+                    .await?
+                    .map_err(|s| anyhow::anyhow!("OpenBao refused a fresh token: HTTP {s}"))?;
+                self.vault_checks.push(format!(
+                    "{scope}: policies {policies:?}, TTL {ttl}s; reads secret/{allowed}: 200; secret/{denied}: {no}"
+                ));
+                self.tokens.push((*sess, scope, m.token));
+                Ok(())
             }
             Step::Revoke { sess, reason } => {
-                let target = self.session(*sess)?.key.did();
-                let rev = Revocation::new(
-                    self.admin.did(),
-                    target.clone(),
-                    reason.to_string(),
-                    OffsetDateTime::now_utc(),
-                )?;
-                let jws = rev.issue(&self.admin)?;
-                let mut ev = Event::new(
-                    self.admin.did(),
-                    ActorKind::Human,
-                    ActionType::new(actions::IDENTITY_REVOKE)?,
-                );
-                ev.details.insert("subject".into(), target.as_str().into());
-                ev.details.insert("revocation".into(), jws.into());
-                self.append(ev.sign(&self.admin)?)
+                let target = self.session(*sess)?.did.clone();
+                let r = self.client.revoke(&self.admin, &target, reason).await?;
+                let allowed = |scope: &str| match scope {
+                    "deploy-staging" => "staging/deploy",
+                    "repo-read" => "repo/github",
+                    _ => "ci/database",
+                };
+                for (s, scope, token) in &self.tokens {
+                    if s == sess {
+                        let path = allowed(scope);
+                        let (status, _) = self.bao.read_secret(token, path).await?;
+                        ensure!(
+                            status == 403,
+                            "a revoked session's token still reads secret/{path} (HTTP {status})"
+                        );
+                        self.vault_checks.push(format!(
+                            "after revoke ({} token(s) revoked): the {scope} token is refused on secret/{path} ({status})",
+                            r.tokens_revoked
+                        ));
+                    }
+                }
+                Ok(())
             }
             Step::RefusedAttempt { sess, tool } => {
-                let mut ev = self.agent_event(*sess, actions::TOOL_CALL)?;
+                let s = self.session(*sess)?;
+                let mut ev = session_event(s, actions::TOOL_CALL)?;
                 ev.details.insert("tool".into(), (*tool).into());
-                let signed = ev.sign(&self.session(*sess)?.key)?;
-                let actor = signed.event.actor.clone();
-                match self.store.append(signed) {
-                    Ok(_) => bail!("the ledger accepted an action by a revoked identity"),
-                    Err(AppendError::Rejected(r)) => {
+                match self.client.log(s, ev).await {
+                    Ok(_) => bail!("the broker accepted an action by a revoked identity"),
+                    Err(e) if e.to_string().contains("revoked") => {
                         self.refused += 1;
-                        let mut ev = Event::new(
-                            self.ledger.did(),
-                            ActorKind::Service,
-                            ActionType::new(actions::REQUEST_DENIED)?,
-                        );
-                        ev.details.insert("actor".into(), actor.as_str().into());
-                        ev.details
-                            .insert("attempted_action".into(), actions::TOOL_CALL.into());
-                        ev.details.insert("code".into(), r.code.clone().into());
-                        ev.details.insert("reason".into(), r.message.clone().into());
-                        self.append(ev.sign(&self.ledger)?)
+                        Ok(())
                     }
-                    Err(e) => Err(anyhow::anyhow!("append failed: {e}")),
+                    Err(e) => Err(e),
+                }
+            }
+            Step::RefusedMint { sess, scope } => {
+                match self.client.mint(self.session(*sess)?, scope).await {
+                    Ok(_) => bail!("the broker minted a token for a revoked identity"),
+                    Err(e) if e.to_string().contains("revoked") => {
+                        self.refused += 1;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
                 }
             }
             Step::Checkpoint => {
-                let head = self.store.head()?;
-                let cp = SignedCheckpoint::sign(
-                    &self.ledger,
-                    &self.origin,
-                    head,
-                    OffsetDateTime::now_utc(),
-                )?;
-                self.store.save_checkpoint(head.size, &cp.to_bytes())?;
+                let _: Result<serde_json::Value, _> =
+                    self.client.get(crate::api::PATH_CHECKPOINT).await;
                 Ok(())
             }
             Step::RedactToolInput { nth_call } => {
@@ -415,66 +450,89 @@ impl Demo {
                     .tool_inputs
                     .get(*nth_call)
                     .context("no such tool call to redact")?;
-                self.store.redact(&digest)?;
+                self.client
+                    .redact(
+                        &self.admin,
+                        &digest,
+                        "contained a file path from a private repository",
+                    )
+                    .await?;
                 Ok(())
             }
         }
     }
 }
 
-fn rand_fill(buf: &mut [u8]) {
-    use rand_core::RngCore;
-    rand_core::OsRng.fill_bytes(buf);
-}
-
 /// Runs the scenario into `out` (which must be empty or absent): keys in
-/// `out/keys`, the durable ledger in `out/data`, the bundle in `out/bundle`.
-pub fn run(out: &Path) -> anyhow::Result<Summary> {
+/// `out/keys`, session files in `out/sessions`, the broker's data in
+/// `out/data`, the bundle in `out/bundle`.
+pub async fn run(out: &Path) -> anyhow::Result<Summary> {
     if out.exists() && std::fs::read_dir(out)?.next().is_some() {
         bail!("{} is not empty; choose a new directory", out.display());
     }
-    let keys = out.join("keys");
-    std::fs::create_dir_all(&keys).with_context(|| format!("creating {}", keys.display()))?;
-    let ledger = KeyPair::generate();
+    for d in ["keys", "sessions", "openbao"] {
+        std::fs::create_dir_all(out.join(d))
+            .with_context(|| format!("creating {}", out.join(d).display()))?;
+    }
+    let out = std::fs::canonicalize(out)?;
+    let bao = OpenBao::start(&out.join("openbao")).await?;
+    let broker_token = bao.configure_examples().await?;
+    let token_file = out.join("vault-token");
+    write_secret_file(&token_file, &broker_token)?;
     let human = KeyPair::generate();
     let admin = KeyPair::generate();
-    ledger.save(&keys.join("ledger.key"))?;
-    human.save(&keys.join("developer.key"))?;
-    admin.save(&keys.join("admin.key"))?;
-
-    let ledger_did = ledger.did();
-    let store = Store::open(&out.join("data"), Authority::new(Some(ledger_did.clone())))?;
+    human.save(&out.join("keys/developer.key"))?;
+    admin.save(&out.join("keys/admin.key"))?;
+    let cfg_path = out.join("custody.toml");
+    std::fs::write(
+        &cfg_path,
+        example_config(
+            "127.0.0.1:0",
+            &out.join("data"),
+            &bao.addr,
+            &token_file,
+            admin.did().as_str(),
+            human.did().as_str(),
+        ),
+    )?;
+    let cfg = Config::load(&cfg_path)?;
+    let vault = crate::server::vault_from_config(&cfg)?;
+    let state = AppState::open(cfg, vault)?;
+    let ledger_did = state.ledger_key.did();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(state, listener, async move {
+        let _ = stop_rx.await;
+    }));
     let mut demo = Demo {
-        store,
-        ledger,
+        client: Client::new(&url, None)?,
+        bao,
         human,
         admin,
         chat: None,
         ci: None,
+        tokens: Vec::new(),
         tool_inputs: Vec::new(),
         refused: 0,
-        keys_dir: keys.clone(),
-        origin: Origin::for_ledger(&ledger_did),
+        mints: 0,
+        vault_checks: Vec::new(),
+        dir: out.clone(),
     };
-    let mut genesis = Event::new(
-        demo.ledger.did(),
-        ActorKind::Service,
-        ActionType::new(actions::GENESIS)?,
-    );
-    genesis.details = custody_ledger::authority::TrustRoots {
-        admins: [demo.admin.did()].into(),
-        delegators: [demo.human.did()].into(),
-    }
-    .to_details();
-    demo.append(genesis.sign(&demo.ledger)?)?;
+    let mut outcome = Ok(());
     for step in scenario() {
-        demo.step(&step)?;
+        if let Err(e) = demo.step(&step).await {
+            outcome = Err(e.context(format!("demo step {step:?}")));
+            break;
+        }
     }
-
     let bundle = out.join("bundle");
-    let manifest = export_bundle(&demo.store, &demo.ledger, &demo.origin, &bundle)?;
-    let refused = demo.refused;
-    drop(demo);
+    if outcome.is_ok() {
+        outcome = demo.client.export(&demo.admin, &bundle).await;
+    }
+    let _ = stop_tx.send(());
+    server.await.context("broker task")??;
+    outcome?;
 
     let v = verify_bundle(
         &bundle,
@@ -483,28 +541,21 @@ pub fn run(out: &Path) -> anyhow::Result<Summary> {
         },
     )?;
     let kind = |k: &str| v.stats.by_actor_kind.get(k).copied().unwrap_or(0);
+    let ids = |k: &str| v.stats.identities_by_kind.get(k).copied().unwrap_or(0) as usize;
     Ok(Summary {
-        out: out.to_path_buf(),
+        out: out.clone(),
         bundle,
         ledger: ledger_did,
-        entries: manifest.tree_size,
+        entries: v.tree_size,
         agent_entries: kind("agent"),
         human_entries: kind("human"),
         service_entries: kind("service"),
-        agents: v
-            .stats
-            .identities_by_kind
-            .get("agent")
-            .copied()
-            .unwrap_or(0) as usize,
-        humans: v
-            .stats
-            .identities_by_kind
-            .get("human")
-            .copied()
-            .unwrap_or(0) as usize,
-        refused,
-        root: manifest.root,
+        agents: ids("agent"),
+        humans: ids("human"),
+        refused: demo.refused,
+        mints: demo.mints,
+        vault_checks: demo.vault_checks.clone(),
+        root: v.root.clone().unwrap_or_default(),
         valid: v.valid,
         verification_text: v.to_text(),
     })

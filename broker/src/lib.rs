@@ -1,8 +1,19 @@
 //! # custody-broker
 //!
-//! The `custody` command: the broker that agents and admins talk to, and the
-//! client commands of the public contract. This first part holds key generation
-//! and the embedded demo ([`demo`]), which runs the whole scenario against a real
-//! durable ledger store in-process and verifies the bundle it exports.
+//! The `custody` command: the broker that agents and admins talk to
+//! ([`server`], tokio + axum), and the client commands of the public contract
+//! ([`client`]). Requests are signed by the caller's did:key ([`signing`]); the
+//! API's bodies live in [`api`]; [`config`] reads `custody.toml`; [`vault`] mints
+//! and revokes OpenBao/Vault tokens; [`sessionfile`] is what an agent runs with;
+//! [`dev`] spawns an OpenBao dev server for trying it out; [`demo`] runs the
+//! whole scenario.
 
+pub mod api;
+pub mod client;
+pub mod config;
 pub mod demo;
+pub mod dev;
+pub mod server;
+pub mod sessionfile;
+pub mod signing;
+pub mod vault;

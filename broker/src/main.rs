@@ -3,9 +3,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
-use custody_identity::KeyPair;
+use custody_broker::client::{session_event, Client};
+use custody_broker::config::{parse_duration, Config};
+use custody_broker::sessionfile::SessionFile;
+use custody_broker::{dev, server};
+use custody_identity::{Did, KeyPair};
 
 #[derive(Parser)]
 #[command(
@@ -25,9 +29,69 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Run the broker.
+    Serve {
+        #[arg(long, value_name = "FILE", default_value = "custody.toml")]
+        config: PathBuf,
+        /// Overrides `data` from the config.
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// Overrides `listen` from the config.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// A broker with a spawned OpenBao dev server and example scopes, for trying it out.
+    Dev {
+        /// Where to keep keys, config and data (default: a new temp dir).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7450")]
+        listen: String,
+    },
     /// Run the whole scenario end to end and write a verified bundle.
     Demo {
         /// Output directory (created; must be empty or absent).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Agent sessions.
+    Session {
+        #[command(subcommand)]
+        command: SessionCommand,
+    },
+    /// Mint a short-lived credential for a scope; prints only the token.
+    Token {
+        #[arg(long, value_name = "SESSIONFILE")]
+        session: PathBuf,
+        #[arg(long)]
+        scope: String,
+    },
+    /// Sign and append an action to the ledger.
+    Log {
+        #[arg(long, value_name = "SESSIONFILE")]
+        session: PathBuf,
+        #[arg(long, value_name = "TYPE")]
+        action: String,
+        /// A JSON object of details.
+        #[arg(long, value_name = "JSON")]
+        detail: Option<String>,
+    },
+    /// The kill switch: revoke an identity.
+    Revoke {
+        #[arg(long, value_name = "URL")]
+        broker: String,
+        #[arg(long = "as", value_name = "ADMINKEYFILE")]
+        as_key: PathBuf,
+        did: String,
+        #[arg(long, default_value = "revoked by admin")]
+        reason: String,
+    },
+    /// Export the ledger as a bundle directory.
+    Export {
+        #[arg(long, value_name = "URL")]
+        broker: String,
+        #[arg(long = "as", value_name = "ADMINKEYFILE")]
+        as_key: PathBuf,
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
@@ -42,6 +106,33 @@ enum KeyCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum SessionCommand {
+    /// Delegate a scoped, time-boxed session to an agent.
+    Start {
+        #[arg(long, value_name = "URL")]
+        broker: String,
+        #[arg(long = "as", value_name = "KEYFILE")]
+        as_key: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        agent: String,
+        /// Comma-separated scopes.
+        #[arg(long, value_name = "S[,S]", value_delimiter = ',', required = true)]
+        scope: Vec<String>,
+        #[arg(long, value_name = "CTX")]
+        context: String,
+        #[arg(long, value_name = "DUR", default_value = "15m")]
+        ttl: String,
+        #[arg(long, value_name = "SESSIONFILE")]
+        out: PathBuf,
+    },
+    /// Print `export` lines for the agent's environment.
+    Env {
+        #[arg(long, value_name = "SESSIONFILE")]
+        session: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -53,25 +144,183 @@ fn main() -> ExitCode {
     }
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CUSTODY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Key {
             command: KeyCommand::New { out },
         } => {
             let key = KeyPair::generate();
-            key.save(&out)
-                .with_context(|| format!("writing {}", out.display()))?;
+            key.save(&out)?;
             println!("{}", key.did());
-            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve {
+            config,
+            data,
+            listen,
+        } => {
+            init_tracing();
+            custody_broker::client::install_crypto_provider();
+            let mut cfg = Config::load(&config)?;
+            if let Some(d) = data {
+                cfg.data = d;
+            }
+            if let Some(l) = listen {
+                cfg.listen = l.parse().with_context(|| format!("--listen {l:?}"))?;
+            }
+            runtime()?.block_on(async move {
+                let vault = server::vault_from_config(&cfg)?;
+                let listen = cfg.listen;
+                let state = server::AppState::open(cfg, vault)?;
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("binding {listen}"))?;
+                let addr = listener.local_addr()?;
+                // One line on stdout that scripts and tests can wait for.
+                println!(
+                    "custody broker listening on http://{addr} ledger {}",
+                    state.ledger_key.did()
+                );
+                server::serve(state, listener, server::shutdown_signal()).await
+            })?;
+        }
+        Command::Dev { dir, listen } => {
+            init_tracing();
+            runtime()?.block_on(dev::run(dir, &listen))?;
         }
         Command::Demo { out } => {
-            let summary = custody_broker::demo::run(&out)?;
+            let summary = runtime()?.block_on(custody_broker::demo::run(&out))?;
             print!("{summary}");
-            Ok(if summary.valid {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            if !summary.valid {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Session {
+            command:
+                SessionCommand::Start {
+                    broker,
+                    as_key,
+                    agent,
+                    scope,
+                    context,
+                    ttl,
+                    out,
+                },
+        } => {
+            let key = KeyPair::load(&as_key)?;
+            let ttl = parse_duration(&ttl).map_err(|e| anyhow::anyhow!("--ttl {e}"))?;
+            if out.exists() {
+                bail!("{} already exists", out.display());
+            }
+            let client = Client::new(&broker, None)?;
+            let (file, seq) =
+                runtime()?.block_on(client.start_session(&key, &agent, &scope, &context, ttl))?;
+            file.save(&out)?;
+            eprintln!(
+                "session {} started (entry {seq}), expires {}; session file {}",
+                file.did,
+                file.expires_at,
+                out.display()
+            );
+            println!("{}", file.did);
+        }
+        Command::Session {
+            command: SessionCommand::Env { session },
+        } => {
+            let s = SessionFile::load(&session)?;
+            let path = std::fs::canonicalize(&session)?;
+            println!(
+                "export CUSTODY_SESSION={}",
+                shell_quote(&path.display().to_string())
+            );
+            println!(
+                "export OTEL_EXPORTER_OTLP_ENDPOINT={}",
+                shell_quote(&s.broker)
+            );
+            println!("export OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf");
+            println!(
+                "export OTEL_EXPORTER_OTLP_HEADERS={}",
+                shell_quote(&format!("Authorization=Bearer {}", s.ingest_token()))
+            );
+        }
+        Command::Token { session, scope } => {
+            let s = SessionFile::load(&session)?;
+            let client = Client::new(&s.broker, Some(&s.ca_pem))?;
+            let m = runtime()?.block_on(client.mint(&s, &scope))?;
+            eprintln!(
+                "token for scope {scope}: policies {:?}, TTL {}s, recorded as entries {} and {}",
+                m.policies, m.ttl_seconds, m.request_seq, m.mint_seq
+            );
+            println!("{}", m.token);
+        }
+        Command::Log {
+            session,
+            action,
+            detail,
+        } => {
+            let s = SessionFile::load(&session)?;
+            let mut ev = session_event(&s, &action)?;
+            if let Some(d) = detail {
+                let v: serde_json::Value =
+                    serde_json::from_str(&d).context("--detail must be JSON")?;
+                match v {
+                    serde_json::Value::Object(m) => ev.details = m,
+                    _ => bail!("--detail must be a JSON object"),
+                }
+            }
+            let client = Client::new(&s.broker, Some(&s.ca_pem))?;
+            let a = runtime()?.block_on(client.log(&s, ev))?;
+            println!("{}", a.seq);
+        }
+        Command::Revoke {
+            broker,
+            as_key,
+            did,
+            reason,
+        } => {
+            let key = KeyPair::load(&as_key)?;
+            let did = Did::parse(&did)?;
+            let client = Client::new(&broker, None)?;
+            let t0 = std::time::Instant::now();
+            let r = runtime()?.block_on(client.revoke(&key, &did, &reason))?;
+            println!(
+                "revoked {} (entry {}): {} session(s), {} token(s) revoked in {:?}",
+                r.subject,
+                r.seq,
+                r.sessions.len(),
+                r.tokens_revoked,
+                t0.elapsed()
+            );
+        }
+        Command::Export {
+            broker,
+            as_key,
+            out,
+        } => {
+            let key = KeyPair::load(&as_key)?;
+            let client = Client::new(&broker, None)?;
+            runtime()?.block_on(client.export(&key, &out))?;
+            println!("exported the ledger to {}", out.display());
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }

@@ -39,9 +39,16 @@ pub struct SignedHeaders {
 }
 
 /// The exact bytes signed for a request.
-pub fn signing_input(method: &str, path: &str, timestamp_ms: i64, nonce: &str, body: &[u8]) -> Vec<u8> {
+pub fn signing_input(
+    method: &str,
+    path: &str,
+    timestamp_ms: i64,
+    nonce: &str,
+    body: &[u8],
+) -> Vec<u8> {
     let digest = hex::encode(Sha256::digest(body));
-    format!("{REQUEST_SIGNING_PREFIX}\n{method}\n{path}\n{timestamp_ms}\n{nonce}\n{digest}").into_bytes()
+    format!("{REQUEST_SIGNING_PREFIX}\n{method}\n{path}\n{timestamp_ms}\n{nonce}\n{digest}")
+        .into_bytes()
 }
 
 /// Signs a request as `key`.
@@ -97,9 +104,13 @@ pub fn verify_request(
     max_skew_ms: i64,
 ) -> Result<(Did, i64, [u8; 16]), RequestAuthError> {
     let did = p.did.ok_or(RequestAuthError::Missing(HEADER_DID))?;
-    let ts = p.timestamp.ok_or(RequestAuthError::Missing(HEADER_TIMESTAMP))?;
+    let ts = p
+        .timestamp
+        .ok_or(RequestAuthError::Missing(HEADER_TIMESTAMP))?;
     let nonce = p.nonce.ok_or(RequestAuthError::Missing(HEADER_NONCE))?;
-    let sig = p.signature.ok_or(RequestAuthError::Missing(HEADER_SIGNATURE))?;
+    let sig = p
+        .signature
+        .ok_or(RequestAuthError::Missing(HEADER_SIGNATURE))?;
     let did = Did::parse(did).map_err(|e| RequestAuthError::BadDid(e.to_string()))?;
     if ts.is_empty() || ts.len() > 16 || !ts.bytes().all(|b| b.is_ascii_digit()) {
         return Err(RequestAuthError::Malformed(HEADER_TIMESTAMP));
@@ -109,7 +120,8 @@ pub fn verify_request(
         .map_err(|_| RequestAuthError::Malformed(HEADER_TIMESTAMP))?;
     let nonce_bytes = custody_ledger::Nonce::from_hex(nonce)
         .map_err(|_| RequestAuthError::Malformed(HEADER_NONCE))?;
-    let sig = Signature::from_base64url(sig).map_err(|_| RequestAuthError::Malformed(HEADER_SIGNATURE))?;
+    let sig = Signature::from_base64url(sig)
+        .map_err(|_| RequestAuthError::Malformed(HEADER_SIGNATURE))?;
     let skew = (now_ms - ts_ms).abs();
     if skew > max_skew_ms {
         return Err(RequestAuthError::Stale(now_ms - ts_ms, max_skew_ms));
@@ -125,7 +137,12 @@ pub fn verify_request(
 mod tests {
     use super::*;
 
-    fn parts<'a>(h: &'a SignedHeaders, method: &'a str, path: &'a str, body: &'a [u8]) -> RequestParts<'a> {
+    fn parts<'a>(
+        h: &'a SignedHeaders,
+        method: &'a str,
+        path: &'a str,
+        body: &'a [u8],
+    ) -> RequestParts<'a> {
         RequestParts {
             method,
             path,
@@ -142,9 +159,14 @@ mod tests {
         let k = KeyPair::generate();
         let h = sign_request(&k, "POST", "/v1/events", b"{}");
         let now = now_ms();
-        let (did, _, _) = verify_request(&parts(&h, "POST", "/v1/events", b"{}"), now, 60_000).unwrap();
+        let (did, _, _) =
+            verify_request(&parts(&h, "POST", "/v1/events", b"{}"), now, 60_000).unwrap();
         assert_eq!(did, k.did());
-        for (m, p, b) in [("GET", "/v1/events", &b"{}"[..]), ("POST", "/v1/tokens", b"{}"), ("POST", "/v1/events", b"{ }")] {
+        for (m, p, b) in [
+            ("GET", "/v1/events", &b"{}"[..]),
+            ("POST", "/v1/tokens", b"{}"),
+            ("POST", "/v1/events", b"{ }"),
+        ] {
             assert!(matches!(
                 verify_request(&parts(&h, m, p, b), now, 60_000),
                 Err(RequestAuthError::BadSignature(_))

@@ -41,7 +41,7 @@ fn demo_writes_a_verified_bundle_and_refuses_a_used_directory() {
         "{text}{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(text.contains("verify    VALID"), "{text}");
+    assert!(text.contains("result VALID"), "{text}");
     assert!(out.join("bundle/entries.jsonl").is_file());
     let o = custody(&["demo", "--out", out.to_str().unwrap()]);
     assert!(!o.status.success());

@@ -103,8 +103,14 @@ impl DemoRun {
         self.out().join("bundle")
     }
 
+    /// A demo key: `ledger` (the broker's, in `data/`), `developer`, `admin`,
+    /// `session-chat`, `session-ci`.
     pub fn key(&self, name: &str) -> KeyPair {
-        KeyPair::load(&self.out().join("keys").join(format!("{name}.key"))).expect("demo key")
+        let path = match name {
+            "ledger" => self.out().join("data/ledger.key"),
+            _ => self.out().join("keys").join(format!("{name}.key")),
+        };
+        KeyPair::load(&path).expect("demo key")
     }
 
     /// A fresh copy of the bundle that a test may damage.

@@ -1,0 +1,186 @@
+//! Request and response bodies of the broker's HTTP API (`docs/API.md`), shared
+//! by the server and the client so the two cannot drift apart.
+
+use custody_ledger::SignedEvent;
+use serde::{Deserialize, Serialize};
+
+pub const PATH_HEALTH: &str = "/v1/health";
+pub const PATH_SESSIONS: &str = "/v1/sessions";
+pub const PATH_TOKENS: &str = "/v1/tokens";
+pub const PATH_EVENTS: &str = "/v1/events";
+pub const PATH_EVENTS_BATCH: &str = "/v1/events/batch";
+pub const PATH_REVOKE: &str = "/v1/revoke";
+pub const PATH_EXPORT: &str = "/v1/export";
+pub const PATH_CHECKPOINT: &str = "/v1/checkpoint";
+pub const PATH_PROOF_INCLUSION: &str = "/v1/proof/inclusion";
+pub const PATH_PROOF_CONSISTENCY: &str = "/v1/proof/consistency";
+pub const PATH_STATUS: &str = "/v1/session/status";
+pub const PATH_REDACT: &str = "/v1/redact";
+
+/// Most events one batch request may carry.
+pub const MAX_BATCH_EVENTS: usize = 1000;
+
+/// Every error the API returns: a stable code and a message for people.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+}
+
+/// `POST /v1/sessions`, signed by the delegator.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartSession {
+    /// The delegation credential (compact JWS) naming the session key.
+    pub delegation: String,
+    /// The session's own `session.start` event, signed by the session key.
+    pub start: SignedEvent,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SessionStarted {
+    pub seq: u64,
+    pub session_id: String,
+    pub session_did: String,
+    pub expires_at: String,
+    /// X.509 client certificate for the session key (SAN URI = session DID).
+    pub certificate_pem: String,
+    pub ca_pem: String,
+    /// Bearer token for the OTLP receiver; dies with the session.
+    pub ingest_token: String,
+}
+
+/// `POST /v1/tokens`, signed by the session: a `credential.request` event.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintRequest {
+    pub request: SignedEvent,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Minted {
+    /// The Vault/OpenBao token. Shown once, never stored by the broker.
+    pub token: String,
+    pub ttl_seconds: u64,
+    pub policies: Vec<String>,
+    pub accessor_sha256: String,
+    pub request_seq: u64,
+    pub mint_seq: u64,
+}
+
+impl std::fmt::Debug for Minted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Minted")
+            .field("token", &"<redacted>")
+            .field("ttl_seconds", &self.ttl_seconds)
+            .field("policies", &self.policies)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /v1/events`, signed by the event's actor.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendEvent {
+    pub event: SignedEvent,
+    /// The body behind `event.payload`, kept beside the chain (redactable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<PayloadBody>,
+}
+
+/// A payload body and its salt, unpadded base64url.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadBody {
+    pub salt: String,
+    pub body: String,
+}
+
+/// `POST /v1/redact`, signed by an admin: delete a payload body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactRequest {
+    pub digest: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Appended {
+    pub seq: u64,
+    pub hash: String,
+    pub received_at: String,
+}
+
+/// `POST /v1/events/batch`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendBatch {
+    pub events: Vec<SignedEvent>,
+}
+
+/// One result per event, in order.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BatchResult {
+    pub results: Vec<BatchItem>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BatchItem {
+    Ok(Appended),
+    Err(ErrorBody),
+}
+
+/// `POST /v1/revoke`, signed by an admin: an `identity.revoke` event carrying
+/// the revocation statement.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    pub event: SignedEvent,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Revoked {
+    pub seq: u64,
+    pub subject: String,
+    /// Sessions cut by the revocation (the subject itself, or those it delegated).
+    pub sessions: Vec<String>,
+    pub tokens_revoked: u64,
+}
+
+/// `POST /v1/export`, signed by an admin. The answer is a tar of the bundle.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRequest {}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InclusionProofBody {
+    pub seq: u64,
+    pub tree_size: u64,
+    pub entry: String,
+    pub path: Vec<String>,
+    pub checkpoint: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConsistencyProofBody {
+    pub old_size: u64,
+    pub new_size: u64,
+    pub path: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub ledger: String,
+    pub entries: u64,
+    pub vault: String,
+}
+
+/// `GET /v1/session/status`, signed by the session: whether it may still act.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SessionStatus {
+    pub active: bool,
+    pub reason: Option<String>,
+    pub expires_at: Option<String>,
+}

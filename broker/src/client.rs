@@ -1,0 +1,371 @@
+//! The client side of the API: what `custody session start`, `token`, `log`,
+//! `revoke` and `export` do, and what the demo drives. Every request is signed
+//! with the caller's key ([`crate::signing`]).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use custody_identity::{Delegation, Did, KeyPair, Revocation};
+use custody_ledger::{actions, ActionType, ActorKind, Context, Event, SessionId, SignedEvent};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::api::*;
+use crate::sessionfile::SessionFile;
+use crate::signing;
+
+/// An error answered by the broker, or a failure to reach it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the broker refused ({status} {code}): {message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("cannot reach the broker at {url}: {reason}")]
+    Transport { url: String, reason: String },
+    #[error("unexpected answer from the broker: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// Makes sure a rustls crypto provider is installed (reqwest and vaultrs are
+/// built without one, so custody picks ring, the same as its other TLS users).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    pub fn new(base: &str, ca_pem: Option<&str>) -> anyhow::Result<Self> {
+        install_crypto_provider();
+        let url = url::Url::parse(base).with_context(|| format!("broker URL {base:?}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            bail!("broker URL {base:?} must be http:// or https://");
+        }
+        let mut b = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .no_proxy();
+        if let Some(pem) = ca_pem {
+            b = b.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes())?);
+        }
+        Ok(Self {
+            http: b.build()?,
+            base: base.trim_end_matches('/').to_string(),
+        })
+    }
+
+    fn transport(&self, e: reqwest::Error) -> ClientError {
+        ClientError::Transport {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    async fn decode<R: DeserializeOwned>(&self, resp: reqwest::Response) -> Result<R, ClientError> {
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(e) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: e.error,
+                    message: e.message,
+                },
+                Err(_) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: "http".into(),
+                    message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+                },
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// POSTs `body` as JSON, signed by `key`; returns the raw response.
+    async fn post_raw<T: Serialize>(
+        &self,
+        key: &KeyPair,
+        path: &str,
+        body: &T,
+    ) -> Result<reqwest::Response, ClientError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let h = signing::sign_request(key, "POST", path, &bytes);
+        self.http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .header(signing::HEADER_DID, h.did)
+            .header(signing::HEADER_TIMESTAMP, h.timestamp)
+            .header(signing::HEADER_NONCE, h.nonce)
+            .header(signing::HEADER_SIGNATURE, h.signature)
+            .body(bytes)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))
+    }
+
+    pub async fn post<T: Serialize, R: DeserializeOwned>(
+        &self,
+        key: &KeyPair,
+        path: &str,
+        body: &T,
+    ) -> Result<R, ClientError> {
+        let resp = self.post_raw(key, path, body).await?;
+        self.decode(resp).await
+    }
+
+    pub async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        self.decode(resp).await
+    }
+
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.get(PATH_HEALTH).await
+    }
+
+    /// Creates a session key, has `delegator` sign the delegation, registers it.
+    pub async fn start_session(
+        &self,
+        delegator: &KeyPair,
+        agent: &str,
+        scopes: &[String],
+        context: &str,
+        ttl: Duration,
+    ) -> anyhow::Result<(SessionFile, u64)> {
+        // The session key is made first, so the delegation names a key only
+        // the session holds.
+        let session = KeyPair::generate();
+        let now = OffsetDateTime::now_utc();
+        let d = Delegation::new(
+            delegator.did(),
+            session.did(),
+            agent.into(),
+            scopes.to_vec(),
+            context.into(),
+            now - time::Duration::seconds(1),
+            now + time::Duration::try_from(ttl).context("TTL out of range")?,
+        )?;
+        let jws = d.issue(delegator)?;
+        let mut ev = Event::new(
+            session.did(),
+            ActorKind::Agent,
+            ActionType::new(actions::SESSION_START)?,
+        );
+        ev.session = Some(SessionId::new(d.id.clone())?);
+        ev.on_behalf_of = Some(delegator.did());
+        ev.context = Some(Context::new(context)?);
+        ev.details.insert("delegation".into(), jws.clone().into());
+        ev.details.insert("agent".into(), agent.into());
+        let start = ev.sign(&session)?;
+        let r: SessionStarted = self
+            .post(
+                delegator,
+                PATH_SESSIONS,
+                &StartSession {
+                    delegation: jws,
+                    start,
+                },
+            )
+            .await?;
+        let file = SessionFile::new(
+            &self.base,
+            &session,
+            d.id,
+            delegator.did(),
+            agent.into(),
+            context.into(),
+            scopes.to_vec(),
+            r.expires_at,
+            r.certificate_pem,
+            r.ca_pem,
+            r.ingest_token,
+        );
+        Ok((file, r.seq))
+    }
+
+    /// Mints a token for `scope`; the answer holds the token itself.
+    pub async fn mint(&self, session: &SessionFile, scope: &str) -> anyhow::Result<Minted> {
+        let key = session.key()?;
+        let mut ev = session_event(session, "credential.request")?;
+        ev.details.insert("scope".into(), scope.into());
+        let request = ev.sign(&key)?;
+        Ok(self
+            .post(&key, PATH_TOKENS, &MintRequest { request })
+            .await?)
+    }
+
+    /// Appends an event the session signs.
+    pub async fn log(
+        &self,
+        session: &SessionFile,
+        event: Event,
+    ) -> Result<Appended, anyhow::Error> {
+        let key = session.key()?;
+        let signed = event.sign(&key)?;
+        Ok(self.log_as(&key, signed, None).await?)
+    }
+
+    /// Appends an event signed by `key` (a session, a human or CI identity),
+    /// with the payload body behind its `payload` digest if any.
+    pub async fn log_as(
+        &self,
+        key: &KeyPair,
+        event: SignedEvent,
+        payload: Option<PayloadBody>,
+    ) -> Result<Appended, ClientError> {
+        self.post(key, PATH_EVENTS, &AppendEvent { event, payload })
+            .await
+    }
+
+    /// Deletes a payload body as an admin; the chain is unchanged.
+    pub async fn redact(
+        &self,
+        admin: &KeyPair,
+        digest: &custody_ledger::PayloadDigest,
+        reason: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.post(
+            admin,
+            PATH_REDACT,
+            &RedactRequest {
+                digest: digest.to_hex(),
+                reason: reason.into(),
+            },
+        )
+        .await
+    }
+
+    pub async fn status(&self, session: &SessionFile) -> Result<SessionStatus, anyhow::Error> {
+        let key = session.key()?;
+        Ok(self.post(&key, PATH_STATUS, &serde_json::json!({})).await?)
+    }
+
+    /// The kill switch: revokes `subject` as `admin`.
+    pub async fn revoke(
+        &self,
+        admin: &KeyPair,
+        subject: &Did,
+        reason: &str,
+    ) -> anyhow::Result<Revoked> {
+        let rev = Revocation::new(
+            admin.did(),
+            subject.clone(),
+            reason.into(),
+            OffsetDateTime::now_utc(),
+        )?;
+        let jws = rev.issue(admin)?;
+        let mut ev = Event::new(
+            admin.did(),
+            ActorKind::Human,
+            ActionType::new(actions::IDENTITY_REVOKE)?,
+        );
+        ev.details.insert("subject".into(), subject.as_str().into());
+        ev.details.insert("reason".into(), reason.into());
+        ev.details.insert("revocation".into(), jws.into());
+        let event = ev.sign(admin)?;
+        Ok(self
+            .post(admin, PATH_REVOKE, &RevokeRequest { event })
+            .await?)
+    }
+
+    /// Downloads the bundle and unpacks it into `out` (which must not exist or be empty).
+    pub async fn export(&self, admin: &KeyPair, out: &Path) -> anyhow::Result<()> {
+        if out.exists() && std::fs::read_dir(out)?.next().is_some() {
+            bail!("{} is not empty", out.display());
+        }
+        let resp = self.post_raw(admin, PATH_EXPORT, &ExportRequest {}).await?;
+        if !resp.status().is_success() {
+            let e: Result<(), ClientError> = self.decode(resp).await;
+            return Err(e
+                .err()
+                .map(anyhow::Error::from)
+                .unwrap_or_else(|| anyhow::anyhow!("export failed")));
+        }
+        let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
+        let tmp = out.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
+        let mut ar = tar::Archive::new(std::io::Cursor::new(bytes));
+        for item in ar.entries()? {
+            let mut item = item?;
+            let path = item.path()?.into_owned();
+            // Only plain files under bundle/ (no absolute paths, no `..`).
+            let rel = path
+                .strip_prefix("bundle")
+                .map_err(|_| anyhow::anyhow!("unexpected path {} in export", path.display()))?;
+            if rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                bail!("unsafe path {} in export", path.display());
+            }
+            match item.header().entry_type() {
+                tar::EntryType::Directory => std::fs::create_dir_all(tmp.join(rel))?,
+                tar::EntryType::Regular => {
+                    if let Some(p) = tmp.join(rel).parent() {
+                        std::fs::create_dir_all(p)?;
+                    }
+                    item.unpack(tmp.join(rel))?;
+                }
+                _ => bail!("unexpected entry type for {} in export", path.display()),
+            }
+        }
+        if out.exists() {
+            std::fs::remove_dir(out)?;
+        }
+        std::fs::rename(&tmp, out)?;
+        Ok(())
+    }
+}
+
+/// Salts a payload: the digest for the event and the body for the broker.
+pub fn salted_payload(body: &[u8]) -> (custody_ledger::PayloadRef, PayloadBody) {
+    use base64::Engine;
+    let mut salt = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut salt);
+    let digest = custody_ledger::bundle::payload_digest(&salt, body);
+    let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    (
+        custody_ledger::PayloadRef {
+            digest,
+            size: body.len() as u64,
+        },
+        PayloadBody {
+            salt: e.encode(salt),
+            body: e.encode(body),
+        },
+    )
+}
+
+/// An event by the session, with its session id, delegator and context filled in.
+pub fn session_event(session: &SessionFile, action: &str) -> anyhow::Result<Event> {
+    let mut ev = Event::new(
+        session.did.clone(),
+        ActorKind::Agent,
+        ActionType::new(action)?,
+    );
+    ev.session = Some(SessionId::new(session.session_id.clone())?);
+    ev.on_behalf_of = Some(session.delegator.clone());
+    ev.context = Some(Context::new(session.context.clone())?);
+    Ok(ev)
+}

@@ -1,0 +1,1284 @@
+//! `custody serve`: the broker.
+//!
+//! Every request but health, checkpoint and proofs is signed by its caller's
+//! did:key ([`crate::signing`]); the handler then checks what that DID may do.
+//! The ledger's [`Authority`] runs as the store's admission gate, so the rules an
+//! offline verifier applies are the rules the broker enforced, decided in
+//! sequence order. An authenticated request that is refused is itself recorded
+//! (`request.denied`, signed by the ledger key): a denied attempt is evidence.
+//!
+//! Credentials: a mint holds a shared lock from its authorization check until
+//! its accessor is recorded; a revocation takes the lock exclusively, appends
+//! `identity.revoke` (after which the gate refuses every mint and append by the
+//! identity) and then revokes every recorded accessor in Vault. So no token
+//! minted before or during a revocation survives it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use custody_identity::cert::SessionCa;
+use custody_identity::{Delegation, Did, KeyPair, Revocation};
+use custody_ledger::authority::{Authority, TrustRoots};
+use custody_ledger::checkpoint::{Origin, SignedCheckpoint};
+use custody_ledger::export::export_bundle;
+use custody_ledger::merkle::hash_to_hex;
+use custody_ledger::store::{AppendError, Store};
+use custody_ledger::{actions, ActionType, ActorKind, Event, SignedEvent, Timestamp};
+use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::api::*;
+use crate::config::Config;
+use crate::signing::{self, RequestAuthError, RequestParts};
+use crate::vault::{accessor_hash, Vault};
+
+/// How many nonces the replay cache holds before it prunes expired ones.
+const NONCE_PRUNE_AT: usize = 100_000;
+
+/// An API error: status, stable code, message.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn bad_request(code: &'static str, m: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, m)
+    }
+    fn forbidden(code: &'static str, m: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, m)
+    }
+    fn internal(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.code.into(),
+                message: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Broker state shared by handlers.
+pub struct AppState {
+    pub cfg: Config,
+    pub store: Arc<Store<Authority>>,
+    pub ledger_key: KeyPair,
+    pub origin: Origin,
+    pub vault: Option<Vault>,
+    pub ca: SessionCa,
+    /// Accessors (raw, needed to revoke) and ingest tokens (hashed).
+    pub db: sled::Db,
+    accessors: sled::Tree,
+    ingest: sled::Tree,
+    nonces: Mutex<HashMap<[u8; 16], i64>>,
+    rate: Mutex<HashMap<Did, (Instant, u32)>>,
+    mint_lock: tokio::sync::RwLock<()>,
+    checkpointed: Mutex<(u64, Instant)>,
+}
+
+/// What `custody serve` prints and tests read.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub ledger: Did,
+    pub state: Arc<AppState>,
+}
+
+fn io_ctx(p: &Path, e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("{}: {e}", p.display())
+}
+
+/// Loads the key at `path`, creating it on first start.
+fn load_or_create_key(path: &Path) -> anyhow::Result<KeyPair> {
+    if path.exists() {
+        Ok(KeyPair::load(path)?)
+    } else {
+        let k = KeyPair::generate();
+        k.save(path)?;
+        Ok(k)
+    }
+}
+
+impl AppState {
+    /// Opens the data directory: ledger, keys, CA, broker state; writes the
+    /// genesis entry or a trust update when the config's trust roots changed.
+    pub fn open(cfg: Config, vault: Option<Vault>) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(&cfg.data).map_err(|e| io_ctx(&cfg.data, e))?;
+        let ledger_key = load_or_create_key(&cfg.data.join("ledger.key"))?;
+        let ca_key = load_or_create_key(&cfg.data.join("ca.key"))?;
+        let ca_pem_path = cfg.data.join("ca.pem");
+        let ca = if ca_pem_path.exists() {
+            let pem = std::fs::read_to_string(&ca_pem_path).map_err(|e| io_ctx(&ca_pem_path, e))?;
+            SessionCa::from_key(ca_key, "custody session CA", pem)?
+        } else {
+            let ca = SessionCa::generate(ca_key, "custody session CA")?;
+            std::fs::write(&ca_pem_path, ca.ca_cert_pem()).map_err(|e| io_ctx(&ca_pem_path, e))?;
+            ca
+        };
+        let store = Store::open(
+            &cfg.data.join("ledger"),
+            Authority::new(Some(ledger_key.did())),
+        )?;
+        let db = sled::Config::new().path(cfg.data.join("broker")).open()?;
+        let accessors = db.open_tree("accessors")?;
+        let ingest = db.open_tree("ingest")?;
+        let origin = Origin::for_ledger(&ledger_key.did());
+
+        let want = TrustRoots {
+            admins: cfg.admins.iter().cloned().collect(),
+            delegators: cfg.delegators.iter().cloned().collect(),
+        };
+        if store.is_empty() || store.with_gate(|a| a.trust() != &want) {
+            let action = if store.is_empty() {
+                actions::GENESIS
+            } else {
+                actions::TRUST_UPDATE
+            };
+            let mut e = Event::new(
+                ledger_key.did(),
+                ActorKind::Service,
+                ActionType::new(action)?,
+            );
+            e.details = want.to_details();
+            store
+                .append(e.sign(&ledger_key)?)
+                .map_err(|e| anyhow::anyhow!("writing {action}: {e}"))?;
+        }
+        let size = store.len();
+        Ok(Arc::new(Self {
+            cfg,
+            store: Arc::new(store),
+            ledger_key,
+            origin,
+            vault,
+            ca,
+            db,
+            accessors,
+            ingest,
+            nonces: Mutex::new(HashMap::new()),
+            rate: Mutex::new(HashMap::new()),
+            mint_lock: tokio::sync::RwLock::new(()),
+            checkpointed: Mutex::new((size, Instant::now())),
+        }))
+    }
+
+    /// Checks a signed request: headers, signature, freshness, replay, rate.
+    fn authenticate(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> ApiResult<Did> {
+        let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let parts = RequestParts {
+            method: method.as_str(),
+            path,
+            did: h(signing::HEADER_DID),
+            timestamp: h(signing::HEADER_TIMESTAMP),
+            nonce: h(signing::HEADER_NONCE),
+            signature: h(signing::HEADER_SIGNATURE),
+            body,
+        };
+        let skew = self.cfg.limits.clock_skew.as_millis() as i64;
+        let now = signing::now_ms();
+        let (did, ts, nonce) = signing::verify_request(&parts, now, skew).map_err(|e| {
+            let code = match e {
+                RequestAuthError::Missing(_) => "unsigned",
+                RequestAuthError::Malformed(_) => "malformed_signature",
+                RequestAuthError::BadDid(_) => "bad_did",
+                RequestAuthError::Stale(..) => "stale_request",
+                RequestAuthError::Replayed => "replayed_request",
+                RequestAuthError::BadSignature(_) => "bad_signature",
+            };
+            ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
+        })?;
+        {
+            let mut nonces = self.nonces.lock().expect("lock");
+            if nonces.len() >= NONCE_PRUNE_AT {
+                nonces.retain(|_, exp| *exp > now);
+            }
+            if nonces.contains_key(&nonce) {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "replayed_request",
+                    RequestAuthError::Replayed.to_string(),
+                ));
+            }
+            // A nonce only needs remembering while its timestamp is acceptable.
+            nonces.insert(nonce, ts + skew + 1);
+        }
+        {
+            let mut rate = self.rate.lock().expect("lock");
+            let limit = self.cfg.limits.requests_per_second;
+            let entry = rate.entry(did.clone()).or_insert((Instant::now(), 0));
+            if entry.0.elapsed() >= Duration::from_secs(1) {
+                *entry = (Instant::now(), 0);
+            }
+            entry.1 += 1;
+            if entry.1 > limit {
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!("more than {limit} requests per second from {did}"),
+                ));
+            }
+        }
+        Ok(did)
+    }
+
+    /// Appends events on a blocking thread (the store's append waits for fdatasync).
+    async fn append_many(
+        self: &Arc<Self>,
+        events: Vec<SignedEvent>,
+    ) -> ApiResult<Vec<Result<custody_ledger::store::Appended, AppendError>>> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.append_many(events))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))
+    }
+
+    async fn append_one(
+        self: &Arc<Self>,
+        event: SignedEvent,
+    ) -> ApiResult<custody_ledger::store::Appended> {
+        let actor = event.event.actor.clone();
+        let action = event.event.action.to_string();
+        let r = self
+            .append_many(vec![event])
+            .await?
+            .pop()
+            .ok_or_else(|| ApiError::internal("no append result"))?;
+        match r {
+            Ok(a) => Ok(a),
+            Err(AppendError::Rejected(rej)) => {
+                self.record_denial(&actor, &action, &rej.code, &rej.message)
+                    .await;
+                Err(ApiError::forbidden(denial_code(&rej.code), rej.message))
+            }
+            Err(AppendError::Store(e)) => Err(ApiError::internal(format!("ledger: {e}"))),
+        }
+    }
+
+    /// Records a refused request by an authenticated caller.
+    async fn record_denial(
+        self: &Arc<Self>,
+        actor: &Did,
+        attempted: &str,
+        code: &str,
+        reason: &str,
+    ) {
+        let mut e = match ActionType::new(actions::REQUEST_DENIED) {
+            Ok(a) => Event::new(self.ledger_key.did(), ActorKind::Service, a),
+            Err(_) => return,
+        };
+        e.details.insert("actor".into(), actor.as_str().into());
+        e.details
+            .insert("attempted_action".into(), attempted.into());
+        e.details.insert("code".into(), code.into());
+        e.details.insert(
+            "reason".into(),
+            reason.chars().take(500).collect::<String>().into(),
+        );
+        if let Ok(signed) = e.sign(&self.ledger_key) {
+            if let Ok(mut rs) = self.append_many(vec![signed]).await {
+                if let Some(Err(err)) = rs.pop() {
+                    tracing::error!("recording a denial failed: {err}");
+                }
+            }
+        }
+    }
+
+    /// Refuses with 403 and records the refusal.
+    async fn deny(
+        self: &Arc<Self>,
+        actor: &Did,
+        attempted: &str,
+        code: &'static str,
+        message: String,
+    ) -> ApiError {
+        self.record_denial(actor, attempted, code, &message).await;
+        ApiError::forbidden(code, message)
+    }
+
+    /// Signs a checkpoint if the policy asks for one (or `force`).
+    pub fn maybe_checkpoint(&self, force: bool) -> anyhow::Result<()> {
+        let head = self.store.head()?;
+        let mut last = self.checkpointed.lock().expect("lock");
+        let due = head.size > last.0
+            && (force
+                || head.size - last.0 >= self.cfg.checkpoint.every_entries
+                || last.1.elapsed() >= self.cfg.checkpoint.every);
+        if due {
+            let cp = SignedCheckpoint::sign(
+                &self.ledger_key,
+                &self.origin,
+                head,
+                OffsetDateTime::now_utc(),
+            )?;
+            self.store.save_checkpoint(head.size, &cp.to_bytes())?;
+            *last = (head.size, Instant::now());
+        }
+        Ok(())
+    }
+}
+
+fn denial_code(code: &str) -> &'static str {
+    match code {
+        "bad_signature" => "bad_signature",
+        "replayed_nonce" => "replayed_nonce",
+        "unknown_actor" => "unknown_actor",
+        "wrong_actor_kind" => "wrong_actor_kind",
+        "not_admin" => "not_admin",
+        "no_session" => "no_session",
+        "delegation_invalid" => "delegation_invalid",
+        "context_mismatch" => "context_mismatch",
+        "out_of_scope" => "out_of_scope",
+        "not_yet_valid" => "not_yet_valid",
+        "expired" => "expired",
+        "revoked" => "revoked",
+        "too_large" => "too_large",
+        _ => "refused",
+    }
+}
+
+/// Parses a JSON body with a message that names the problem.
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("malformed_json", format!("request body: {e}")))
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.cfg.limits.max_body;
+    Router::new()
+        .route(PATH_HEALTH, get(health))
+        .route(PATH_SESSIONS, post(start_session))
+        .route(PATH_TOKENS, post(mint))
+        .route(PATH_EVENTS, post(append_event))
+        .route(PATH_EVENTS_BATCH, post(append_batch))
+        .route(PATH_REVOKE, post(revoke))
+        .route(PATH_EXPORT, post(export))
+        .route(PATH_STATUS, post(session_status))
+        .route(PATH_REDACT, post(redact))
+        .route(PATH_CHECKPOINT, get(checkpoint))
+        .route(PATH_PROOF_INCLUSION, get(inclusion))
+        .route(PATH_PROOF_CONSISTENCY, get(consistency))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn health(State(s): State<Arc<AppState>>) -> Json<Health> {
+    let vault = match &s.vault {
+        None => "not configured".to_string(),
+        Some(v) => match v.health().await {
+            Ok(()) => "ok".into(),
+            Err(e) => e.to_string(),
+        },
+    };
+    Json(Health {
+        status: "ok".into(),
+        ledger: s.ledger_key.did().to_string(),
+        entries: s.store.len(),
+        vault,
+    })
+}
+
+async fn start_session(
+    State(s): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<SessionStarted>> {
+    let caller = s.authenticate(&method, &uri, &headers, &body)?;
+    let req: StartSession = parse_body(&body)?;
+    let what = actions::SESSION_START;
+    let d = match Delegation::verify(&req.delegation) {
+        Ok(d) => d,
+        Err(e) => {
+            return Err(s
+                .deny(&caller, what, "delegation_invalid", e.to_string())
+                .await)
+        }
+    };
+    if d.issuer != caller {
+        return Err(s
+            .deny(
+                &caller,
+                what,
+                "delegation_invalid",
+                format!(
+                    "the request is signed by {caller}, not by the delegation's issuer {}",
+                    d.issuer
+                ),
+            )
+            .await);
+    }
+    if !s.cfg.delegators.contains(&caller) {
+        return Err(s
+            .deny(
+                &caller,
+                what,
+                "not_delegator",
+                format!("{caller} is not in [trust] delegators"),
+            )
+            .await);
+    }
+    let now = OffsetDateTime::now_utc();
+    if d.not_after <= now {
+        return Err(s
+            .deny(
+                &caller,
+                what,
+                "expired",
+                "the delegation has already expired".into(),
+            )
+            .await);
+    }
+    if d.scopes.is_empty() {
+        return Err(s
+            .deny(
+                &caller,
+                what,
+                "out_of_scope",
+                "the delegation grants no scope".into(),
+            )
+            .await);
+    }
+    let ttl = d.not_after - now.max(d.not_before);
+    for name in &d.scopes {
+        let Some(sc) = s.cfg.scope(name) else {
+            return Err(s
+                .deny(
+                    &caller,
+                    what,
+                    "unknown_scope",
+                    format!("scope {name:?} is not defined in the broker's config"),
+                )
+                .await);
+        };
+        if !sc.contexts.iter().any(|c| c.as_str() == d.context) {
+            return Err(s
+                .deny(
+                    &caller,
+                    what,
+                    "context_mismatch",
+                    format!("scope {name:?} is not allowed in context {:?}", d.context),
+                )
+                .await);
+        }
+        if ttl
+            > time::Duration::try_from(sc.max_ttl).unwrap_or(time::Duration::MAX)
+                + time::Duration::seconds(5)
+        {
+            return Err(s
+                .deny(
+                    &caller,
+                    what,
+                    "ttl_too_long",
+                    format!(
+                        "session TTL {}s exceeds scope {name:?} max_ttl {}s",
+                        ttl.whole_seconds(),
+                        sc.max_ttl.as_secs()
+                    ),
+                )
+                .await);
+        }
+    }
+    let start = &req.start.event;
+    if start.action.as_str() != actions::SESSION_START
+        || start.detail_str("delegation") != Some(req.delegation.as_str())
+    {
+        return Err(ApiError::bad_request(
+            "malformed",
+            "`start` must be the session's session.start event carrying the same delegation",
+        ));
+    }
+    let appended = s.append_one(req.start).await?;
+    let cert_ttl = Duration::from_secs(ttl.whole_seconds().clamp(1, 24 * 3600) as u64);
+    let certificate_pem =
+        s.ca.issue_session_cert(&d.session, cert_ttl)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+    let ingest_token = random_token();
+    s.ingest
+        .insert(
+            sha256_hex(&ingest_token).as_bytes(),
+            d.session.as_str().as_bytes(),
+        )
+        .and_then(|_| s.db.flush().map(|_| ()))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(SessionStarted {
+        seq: appended.seq.0,
+        session_id: d.id.clone(),
+        session_did: d.session.to_string(),
+        expires_at: custody_identity::delegation::format_time(d.not_after),
+        certificate_pem,
+        ca_pem: s.ca.ca_cert_pem().to_string(),
+        ingest_token,
+    }))
+}
+
+fn random_token() -> String {
+    use base64::Engine;
+    let mut b = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+async fn mint(
+    State(s): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Minted>> {
+    let caller = s.authenticate(&method, &uri, &headers, &body)?;
+    let req: MintRequest = parse_body(&body)?;
+    let ev = &req.request.event;
+    let what = actions::CREDENTIAL_MINT;
+    if ev.actor != caller {
+        return Err(s
+            .deny(
+                &caller,
+                what,
+                "did_mismatch",
+                format!(
+                    "the request is signed by {caller} but the event's actor is {}",
+                    ev.actor
+                ),
+            )
+            .await);
+    }
+    if ev.action.as_str() != "credential.request" {
+        return Err(ApiError::bad_request(
+            "malformed",
+            "the request event's action must be credential.request",
+        ));
+    }
+    let Some(scope_name) = ev.detail_str("scope").map(str::to_string) else {
+        return Err(ApiError::bad_request(
+            "malformed",
+            "credential.request needs details.scope",
+        ));
+    };
+    let Some(scope) = s.cfg.scope(&scope_name).cloned() else {
+        return Err(s
+            .deny(
+                &caller,
+                what,
+                "unknown_scope",
+                format!("scope {scope_name:?} is not defined"),
+            )
+            .await);
+    };
+    let Some(vault) = &s.vault else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_vault",
+            "this broker has no [vault] configured",
+        ));
+    };
+    // Held until the accessor is recorded, so a revocation waits for us.
+    let _mint_guard = s.mint_lock.read().await;
+    let now = Timestamp::now();
+    let grant = s.store.with_gate(|a| {
+        a.check(&req.request, now)
+            .map(|_| a.session(&caller).map(|g| g.delegation.clone()))
+    });
+    let delegation = match grant {
+        Err(d) => {
+            return Err(s
+                .deny(&caller, what, denial_code(d.code.as_str()), d.message)
+                .await)
+        }
+        Ok(None) => {
+            return Err(s
+                .deny(
+                    &caller,
+                    what,
+                    "no_session",
+                    format!("{caller} is not a started session"),
+                )
+                .await)
+        }
+        Ok(Some(d)) => d,
+    };
+    if !scope
+        .contexts
+        .iter()
+        .any(|c| c.as_str() == delegation.context)
+    {
+        return Err(s
+            .deny(
+                &caller,
+                what,
+                "context_mismatch",
+                format!(
+                    "scope {scope_name:?} is not allowed in context {:?}",
+                    delegation.context
+                ),
+            )
+            .await);
+    }
+    let remaining = delegation.not_after - OffsetDateTime::now_utc();
+    let remaining = Duration::from_secs(remaining.whole_seconds().max(0) as u64);
+    let ttl = scope.max_ttl.min(remaining);
+    if ttl.as_secs() < 1 {
+        return Err(s
+            .deny(&caller, what, "expired", "the session has expired".into())
+            .await);
+    }
+    let meta = HashMap::from([
+        ("custody_session_did".to_string(), caller.to_string()),
+        ("custody_session_id".to_string(), delegation.id.clone()),
+        ("custody_scope".to_string(), scope_name.clone()),
+    ]);
+    let minted = vault
+        .mint(&scope.policies, ttl, meta, &format!("custody-{scope_name}"))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "vault", e.to_string()))?;
+    let acc_hash = accessor_hash(&minted.accessor);
+    let mut rec = Event::new(
+        s.ledger_key.did(),
+        ActorKind::Service,
+        ActionType::new(actions::CREDENTIAL_MINT).map_err(|e| ApiError::internal(e.to_string()))?,
+    );
+    rec.details.insert("subject".into(), caller.as_str().into());
+    rec.details
+        .insert("session".into(), delegation.id.clone().into());
+    rec.details
+        .insert("scope".into(), scope_name.clone().into());
+    rec.details
+        .insert("policies".into(), json!(minted.policies));
+    rec.details
+        .insert("ttl_seconds".into(), minted.ttl.as_secs().into());
+    rec.details
+        .insert("accessor_sha256".into(), acc_hash.clone().into());
+    rec.details
+        .insert("request_nonce".into(), ev.nonce.to_hex().into());
+    let rec = rec
+        .sign(&s.ledger_key)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    // Record the accessor before the ledger says the token exists, so a crash
+    // between the two can only leave a revocable token, never an unknown one.
+    let exp =
+        (OffsetDateTime::now_utc().unix_timestamp() + minted.ttl.as_secs() as i64).to_be_bytes();
+    s.accessors
+        .insert(accessor_key(&caller, &minted.accessor), &exp)
+        .and_then(|_| s.db.flush().map(|_| ()))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let results = s.append_many(vec![req.request.clone(), rec]).await?;
+    let mut it = results.into_iter();
+    match (it.next(), it.next()) {
+        (Some(Ok(r)), Some(Ok(m))) => Ok(Json(Minted {
+            token: minted.token.clone(),
+            ttl_seconds: minted.ttl.as_secs(),
+            policies: minted.policies.clone(),
+            accessor_sha256: acc_hash,
+            request_seq: r.seq.0,
+            mint_seq: m.seq.0,
+        })),
+        (first, _) => {
+            // Not recorded: the token must not live.
+            let _ = vault.revoke_accessor(&minted.accessor).await;
+            let _ = s.accessors.remove(accessor_key(&caller, &minted.accessor));
+            match first {
+                Some(Err(AppendError::Rejected(rej))) => Err(s
+                    .deny(&caller, what, denial_code(&rej.code), rej.message)
+                    .await),
+                Some(Err(e)) => Err(ApiError::internal(e.to_string())),
+                _ => Err(ApiError::internal(
+                    "the mint could not be recorded; token revoked",
+                )),
+            }
+        }
+    }
+}
+
+fn accessor_key(did: &Did, accessor: &str) -> Vec<u8> {
+    let mut k = did.as_str().as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(accessor.as_bytes());
+    k
+}
+
+async fn append_event(
+    State(s): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<crate::api::Appended>> {
+    let caller = s.authenticate(&method, &uri, &headers, &body)?;
+    let req: AppendEvent = parse_body(&body)?;
+    if req.event.event.actor != caller {
+        return Err(s
+            .deny(
+                &caller,
+                req.event.event.action.as_str(),
+                "did_mismatch",
+                format!(
+                    "the request is signed by {caller} but the event's actor is {}",
+                    req.event.event.actor
+                ),
+            )
+            .await);
+    }
+    if let Some(p) = &req.payload {
+        let Some(r) = &req.event.event.payload else {
+            return Err(ApiError::bad_request(
+                "malformed",
+                "a payload was sent for an event without `payload`",
+            ));
+        };
+        let dec = |x: &str| {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(x)
+        };
+        let (Ok(salt), Ok(body)) = (dec(&p.salt), dec(&p.body)) else {
+            return Err(ApiError::bad_request(
+                "malformed",
+                "payload salt and body must be unpadded base64url",
+            ));
+        };
+        let Ok(salt) = <[u8; 32]>::try_from(salt.as_slice()) else {
+            return Err(ApiError::bad_request(
+                "malformed",
+                "payload salt must be 32 bytes",
+            ));
+        };
+        if body.len() as u64 != r.size {
+            return Err(ApiError::bad_request(
+                "payload_mismatch",
+                "payload size differs from the event's",
+            ));
+        }
+        s.store
+            .put_payload(r.digest, salt, &body)
+            .map_err(|e| ApiError::bad_request("payload_mismatch", e.to_string()))?;
+    }
+    let a = s.append_one(req.event).await?;
+    Ok(Json(appended_body(&a)))
+}
+
+async fn redact(
+    State(s): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    let caller = s.authenticate(&method, &uri, &headers, &body)?;
+    let req: RedactRequest = parse_body(&body)?;
+    if !s.cfg.admins.contains(&caller) {
+        return Err(s
+            .deny(
+                &caller,
+                "payload.redact",
+                "not_admin",
+                format!("{caller} is not in [trust] admins"),
+            )
+            .await);
+    }
+    let digest = custody_ledger::PayloadDigest::from_hex(&req.digest)
+        .map_err(|e| ApiError::bad_request("malformed", e.to_string()))?;
+    let had = s
+        .store
+        .redact(&digest)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    // The redaction itself is on the record, with who asked and why.
+    let mut e = Event::new(
+        s.ledger_key.did(),
+        ActorKind::Service,
+        ActionType::new("payload.redact").map_err(|e| ApiError::internal(e.to_string()))?,
+    );
+    e.details.insert("digest".into(), digest.to_hex().into());
+    e.details
+        .insert("requested_by".into(), caller.as_str().into());
+    e.details.insert(
+        "reason".into(),
+        req.reason.chars().take(500).collect::<String>().into(),
+    );
+    e.details.insert("existed".into(), had.into());
+    let signed = e
+        .sign(&s.ledger_key)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let a = s.append_one(signed).await?;
+    Ok(Json(json!({"redacted": had, "seq": a.seq.0})))
+}
+
+fn appended_body(a: &custody_ledger::store::Appended) -> crate::api::Appended {
+    crate::api::Appended {
+        seq: a.seq.0,
+        hash: a.hash.to_hex(),
+        received_at: a.entry.received_at.to_string(),
+    }
+}
+
+async fn append_batch(
+    State(s): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<BatchResult>> {
+    let caller = s.authenticate(&method, &uri, &headers, &body)?;
+    let req: AppendBatch = parse_body(&body)?;
+    if req.events.len() > MAX_BATCH_EVENTS {
+        return Err(ApiError::bad_request(
+            "too_many_events",
+            format!("at most {MAX_BATCH_EVENTS} events per batch"),
+        ));
+    }
+    if let Some(e) = req.events.iter().find(|e| e.event.actor != caller) {
+        return Err(s
+            .deny(
+                &caller,
+                e.event.action.as_str(),
+                "did_mismatch",
+                format!(
+                    "the request is signed by {caller} but an event's actor is {}",
+                    e.event.actor
+                ),
+            )
+            .await);
+    }
+    let actions_: Vec<String> = req
+        .events
+        .iter()
+        .map(|e| e.event.action.to_string())
+        .collect();
+    let results = s.append_many(req.events).await?;
+    let mut out = Vec::with_capacity(results.len());
+    for (r, action) in results.into_iter().zip(actions_) {
+        out.push(match r {
+            Ok(a) => BatchItem::Ok(appended_body(&a)),
+            Err(AppendError::Rejected(rej)) => {
+                s.record_denial(&caller, &action, &rej.code, &rej.message)
+                    .await;
+                BatchItem::Err(ErrorBody {
+                    error: rej.code,
+                    message: rej.message,
+                })
+            }
+            Err(AppendError::Store(e)) => BatchItem::Err(ErrorBody {
+                error: "internal".into(),
+                message: e.to_string(),
+            }),
+        });
+    }
+    Ok(Json(BatchResult { results: out }))
+}
+
+async fn session_status(
+    State(s): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<SessionStatus>> {
+    let caller = s.authenticate(&method, &uri, &headers, &body)?;
+    let now = Timestamp::now();
+    Ok(Json(s.store.with_gate(|a| {
+        let expires = a
+            .session(&caller)
+            .map(|g| custody_identity::delegation::format_time(g.delegation.not_after));
+        if let Some(r) = a.revoked_at(&caller, now) {
+            return SessionStatus {
+                active: false,
+                reason: Some(format!("revoked: {}", r.revocation.reason)),
+                expires_at: expires,
+            };
+        }
+        match a.session(&caller) {
+            None => SessionStatus {
+                active: false,
+                reason: Some("no such session".into()),
+                expires_at: None,
+            },
+            Some(g) => match g.delegation.is_valid_at(now.datetime()) {
+                Ok(()) => SessionStatus {
+                    active: true,
+                    reason: None,
+                    expires_at: expires,
+                },
+                Err(e) => SessionStatus {
+                    active: false,
+                    reason: Some(e.to_string()),
+                    expires_at: expires,
+                },
+            },
+        }
+    })))
+}
+
+async fn revoke(
+    State(s): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Revoked>> {
+    let caller = s.authenticate(&method, &uri, &headers, &body)?;
+    let req: RevokeRequest = parse_body(&body)?;
+    let what = actions::IDENTITY_REVOKE;
+    if !s.cfg.admins.contains(&caller) {
+        return Err(s
+            .deny(
+                &caller,
+                what,
+                "not_admin",
+                format!("{caller} is not in [trust] admins"),
+            )
+            .await);
+    }
+    if req.event.event.actor != caller
+        || req.event.event.action.as_str() != actions::IDENTITY_REVOKE
+    {
+        return Err(ApiError::bad_request(
+            "malformed",
+            "the body must be the caller's own identity.revoke event",
+        ));
+    }
+    let rev = req
+        .event
+        .event
+        .detail_str("revocation")
+        .ok_or_else(|| {
+            ApiError::bad_request("malformed", "identity.revoke needs details.revocation")
+        })
+        .and_then(|j| {
+            Revocation::verify(j).map_err(|e| ApiError::bad_request("malformed", e.to_string()))
+        })?;
+    // Exclusive: in-flight mints finish (and record their accessors) first;
+    // once the revocation is appended the gate refuses new ones.
+    let _guard = s.mint_lock.write().await;
+    let appended = s.append_one(req.event).await?;
+    let subject = rev.subject.clone();
+    let mut targets = vec![subject.clone()];
+    s.store.with_gate(|a| {
+        for (did, g) in a.sessions() {
+            if g.delegation.issuer == subject {
+                targets.push(did.clone());
+            }
+        }
+    });
+    let mut revoked = 0u64;
+    let mut hashes = Vec::new();
+    let mut failures = Vec::new();
+    for did in &targets {
+        let mut prefix = did.as_str().as_bytes().to_vec();
+        prefix.push(0);
+        let keys: Vec<_> = s
+            .accessors
+            .scan_prefix(&prefix)
+            .filter_map(Result::ok)
+            .map(|(k, _)| k)
+            .collect();
+        for k in keys {
+            let accessor = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            match &s.vault {
+                Some(v) => match v.revoke_accessor(&accessor).await {
+                    Ok(()) => {
+                        revoked += 1;
+                        hashes.push(accessor_hash(&accessor));
+                        let _ = s.accessors.remove(&k);
+                    }
+                    Err(e) => failures.push(e.to_string()),
+                },
+                None => failures.push("no vault configured".into()),
+            }
+        }
+        // The session's ingest tokens die with it.
+        let dead: Vec<_> = s
+            .ingest
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.as_ref() == did.as_str().as_bytes())
+            .map(|(k, _)| k)
+            .collect();
+        for k in dead {
+            let _ = s.ingest.remove(k);
+        }
+    }
+    let _ = s.db.flush();
+    let mut rec = Event::new(
+        s.ledger_key.did(),
+        ActorKind::Service,
+        ActionType::new(actions::CREDENTIAL_REVOKE)
+            .map_err(|e| ApiError::internal(e.to_string()))?,
+    );
+    rec.details
+        .insert("subject".into(), subject.as_str().into());
+    rec.details
+        .insert("revocation_seq".into(), appended.seq.0.into());
+    rec.details.insert(
+        "sessions".into(),
+        json!(targets.iter().map(|d| d.to_string()).collect::<Vec<_>>()),
+    );
+    rec.details.insert("accessor_sha256".into(), json!(hashes));
+    rec.details.insert("tokens_revoked".into(), revoked.into());
+    if !failures.is_empty() {
+        rec.details.insert("failures".into(), json!(failures));
+    }
+    if let Ok(signed) = rec.sign(&s.ledger_key) {
+        let _ = s.append_many(vec![signed]).await;
+    }
+    if !failures.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "vault",
+            format!(
+                "revocation recorded (seq {}), but {} token(s) could not be revoked: {}",
+                appended.seq,
+                failures.len(),
+                failures.join("; ")
+            ),
+        ));
+    }
+    Ok(Json(Revoked {
+        seq: appended.seq.0,
+        subject: subject.to_string(),
+        sessions: targets.iter().map(|d| d.to_string()).collect(),
+        tokens_revoked: revoked,
+    }))
+}
+
+async fn export(
+    State(s): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let caller = s.authenticate(&method, &uri, &headers, &body)?;
+    if !s.cfg.admins.contains(&caller) {
+        return Err(s
+            .deny(
+                &caller,
+                "ledger.export",
+                "not_admin",
+                format!("{caller} is not in [trust] admins"),
+            )
+            .await);
+    }
+    let s2 = s.clone();
+    let tar = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
+        let dir = s2.cfg.data.join("exports").join(format!(
+            "export-{}",
+            OffsetDateTime::now_utc().unix_timestamp_nanos()
+        ));
+        std::fs::create_dir_all(dir.parent().unwrap_or(Path::new(".")))?;
+        export_bundle(&s2.store, &s2.ledger_key, &s2.origin, &dir)?;
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_dir_all("bundle", &dir)?;
+        let out = b.into_inner()?;
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(out)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(format!("export: {e}")))?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-tar")],
+        Body::from(tar),
+    )
+        .into_response())
+}
+
+async fn checkpoint(State(s): State<Arc<AppState>>) -> ApiResult<Response> {
+    s.maybe_checkpoint(true)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    match s
+        .store
+        .latest_checkpoint()
+        .map_err(|e| ApiError::internal(e.to_string()))?
+    {
+        Some((_, note)) => Ok((
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )],
+            note,
+        )
+            .into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_checkpoint",
+            "no checkpoint yet",
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+struct InclusionQuery {
+    seq: u64,
+}
+
+async fn inclusion(
+    State(s): State<Arc<AppState>>,
+    Query(q): Query<InclusionQuery>,
+) -> ApiResult<Json<InclusionProofBody>> {
+    s.maybe_checkpoint(true)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let (size, note) = s
+        .store
+        .latest_checkpoint()
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, "no_checkpoint", "no checkpoint yet")
+        })?;
+    if q.seq >= size {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_such_entry",
+            format!(
+                "seq {} is not covered by the latest checkpoint (size {size})",
+                q.seq
+            ),
+        ));
+    }
+    let path = s
+        .store
+        .inclusion_proof(q.seq, size)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let entry = s
+        .store
+        .line(q.seq)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(InclusionProofBody {
+        seq: q.seq,
+        tree_size: size,
+        entry: String::from_utf8_lossy(&entry).into_owned(),
+        path: path.iter().map(hash_to_hex).collect(),
+        checkpoint: String::from_utf8_lossy(&note).into_owned(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct ConsistencyQuery {
+    old: u64,
+    new: u64,
+}
+
+async fn consistency(
+    State(s): State<Arc<AppState>>,
+    Query(q): Query<ConsistencyQuery>,
+) -> ApiResult<Json<ConsistencyProofBody>> {
+    if q.old == 0 || q.old > q.new || q.new > s.store.len() {
+        return Err(ApiError::bad_request(
+            "bad_sizes",
+            format!("need 1 <= old <= new <= {}", s.store.len()),
+        ));
+    }
+    let path = s
+        .store
+        .consistency_proof(q.old, q.new)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(ConsistencyProofBody {
+        old_size: q.old,
+        new_size: q.new,
+        path: path.iter().map(hash_to_hex).collect(),
+    }))
+}
+
+/// Where the broker's own Vault token comes from.
+pub fn vault_from_config(cfg: &Config) -> anyhow::Result<Option<Vault>> {
+    let Some(v) = &cfg.vault else { return Ok(None) };
+    let token = match &v.token_file {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| io_ctx(p, e))?
+            .trim()
+            .to_string(),
+        None => std::env::var("VAULT_TOKEN")
+            .map_err(|_| anyhow::anyhow!("[vault] needs token_file or VAULT_TOKEN"))?,
+    };
+    Ok(Some(Vault::new(&v.addr, &token, v.role.clone())?))
+}
+
+/// Binds, serves until `shutdown` resolves, then flushes: a final checkpoint
+/// and a clean store close.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let ticker_state = state.clone();
+    let ticker = tokio::spawn(async move {
+        let mut iv = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            iv.tick().await;
+            let s = ticker_state.clone();
+            let _ = tokio::task::spawn_blocking(move || s.maybe_checkpoint(false)).await;
+        }
+    });
+    axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    ticker.abort();
+    let s = state.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        s.maybe_checkpoint(true)?;
+        s.store.close()?;
+        s.db.flush()?;
+        Ok(())
+    })
+    .await??;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
