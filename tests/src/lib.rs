@@ -3,6 +3,8 @@
 //! checkpoints re-signed with the ledger key) so a test can isolate exactly one
 //! kind of tampering.
 
+pub mod broker;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

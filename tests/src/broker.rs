@@ -1,0 +1,151 @@
+//! A real OpenBao dev server and a real `custody serve` process for tests.
+//! Both are started on free loopback ports and killed by their own PIDs when
+//! dropped.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use custody_broker::client::Client;
+use custody_broker::dev::{example_config, free_port, write_secret_file, OpenBao};
+use custody_identity::KeyPair;
+
+/// OpenBao + broker + the keys the config trusts.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub bao: OpenBao,
+    pub broker: Option<BrokerProcess>,
+    pub developer: KeyPair,
+    pub admin: KeyPair,
+    pub url: String,
+}
+
+pub struct BrokerProcess {
+    child: Child,
+    pub ledger: String,
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl BrokerProcess {
+    /// SIGTERM and wait: the broker's graceful shutdown.
+    pub fn stop(mut self) {
+        let pid = self.child.id() as i32;
+        // kill(1), because the standard library can only send SIGKILL.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn crash(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Harness {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bao = OpenBao::start(dir.path())
+            .await
+            .expect("OpenBao dev server");
+        let token = bao.configure_examples().await.expect("configure OpenBao");
+        write_secret_file(&dir.path().join("vault-token"), &token).unwrap();
+        let developer = KeyPair::generate();
+        let admin = KeyPair::generate();
+        developer.save(&dir.path().join("developer.key")).unwrap();
+        admin.save(&dir.path().join("admin.key")).unwrap();
+        let port = free_port().unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        std::fs::write(
+            dir.path().join("custody.toml"),
+            example_config(
+                &format!("127.0.0.1:{port}"),
+                &dir.path().join("data"),
+                &bao.addr,
+                &dir.path().join("vault-token"),
+                admin.did().as_str(),
+                developer.did().as_str(),
+            ),
+        )
+        .unwrap();
+        let mut h = Self {
+            dir,
+            bao,
+            broker: None,
+            developer,
+            admin,
+            url,
+        };
+        h.start_broker();
+        h
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.path().join("custody.toml")
+    }
+
+    /// Starts `custody serve` and waits for its "listening" line.
+    pub fn start_broker(&mut self) {
+        let mut child = Command::new(crate::bin("custody"))
+            .arg("serve")
+            .arg("--config")
+            .arg(self.config())
+            .env("CUSTODY_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn custody serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        assert!(line.contains("listening"), "custody serve said: {line}");
+        let ledger = line
+            .split_whitespace()
+            .last()
+            .unwrap_or_default()
+            .to_string();
+        self.broker = Some(BrokerProcess { child, ledger });
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url, None).unwrap()
+    }
+
+    /// Runs the `custody` binary with arguments.
+    pub fn custody(&self, args: &[&str]) -> std::process::Output {
+        Command::new(crate::bin("custody"))
+            .args(args)
+            .output()
+            .expect("run custody")
+    }
+
+    /// Exports through the broker and verifies offline, pinned to the ledger key.
+    pub async fn export_and_verify(&self, name: &str) -> (i32, serde_json::Value) {
+        let out = self.path().join(name);
+        self.client()
+            .export(&self.admin, &out)
+            .await
+            .expect("export");
+        crate::verify_json(&out)
+    }
+}
+
+/// Waits a little for something asynchronous (e.g. a port to free up).
+pub async fn settle() {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
