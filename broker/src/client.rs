@@ -61,7 +61,16 @@ impl Client {
         let mut b = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .no_proxy();
-        if let Some(pem) = ca_pem {
+        // The broker's CA: from the session file, or CUSTODY_CA (a PEM file)
+        // for commands that run before there is a session file.
+        let env_ca = match std::env::var_os("CUSTODY_CA") {
+            Some(p) => Some(
+                std::fs::read_to_string(&p)
+                    .with_context(|| format!("CUSTODY_CA={}", p.to_string_lossy()))?,
+            ),
+            None => None,
+        };
+        for pem in ca_pem.into_iter().chain(env_ca.as_deref()) {
             b = b.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes())?);
         }
         Ok(Self {

@@ -58,6 +58,18 @@ struct RawConfig {
     checkpoint: Option<RawCheckpoint>,
     #[serde(default)]
     limits: Option<RawLimits>,
+    #[serde(default)]
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    /// `true` / `false`; absent means HTTPS exactly when listening beyond loopback.
+    enabled: Option<bool>,
+    /// DNS names and IP addresses for the broker's certificate.
+    #[serde(default)]
+    names: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +154,13 @@ impl Default for Limits {
     }
 }
 
+/// HTTPS for the listener, with a certificate from the broker's own CA.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub enabled: bool,
+    pub names: Vec<String>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -152,6 +171,7 @@ pub struct Config {
     pub scopes: BTreeMap<String, ScopeConfig>,
     pub checkpoint: CheckpointPolicy,
     pub limits: Limits,
+    pub tls: TlsConfig,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7450";
@@ -257,6 +277,7 @@ impl Config {
             },
         };
         let mut limits = Limits::default();
+        // (TLS is resolved below, once `listen` is known.)
         if let Some(l) = raw.limits {
             if let Some(b) = l.max_body {
                 if !(1024..=64 << 20).contains(&b) {
@@ -273,8 +294,19 @@ impl Config {
             }
         }
 
+        let tls = match raw.tls {
+            None => TlsConfig {
+                enabled: !listen.ip().is_loopback(),
+                names: Vec::new(),
+            },
+            Some(t) => TlsConfig {
+                enabled: t.enabled.unwrap_or(!listen.ip().is_loopback()),
+                names: t.names,
+            },
+        };
         Ok(Self {
             listen,
+            tls,
             data: resolve(raw.data.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA))),
             vault: raw.vault.map(|v| VaultConfig {
                 addr: v.addr,

@@ -191,9 +191,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .await
                     .with_context(|| format!("binding {listen}"))?;
                 let addr = listener.local_addr()?;
+                let scheme = if state.cfg.tls.enabled {
+                    "https"
+                } else {
+                    "http"
+                };
                 // One line on stdout that scripts and tests can wait for.
                 println!(
-                    "custody broker listening on http://{addr} ledger {}",
+                    "custody broker listening on {scheme}://{addr} ledger {}",
                     state.ledger_key.did()
                 );
                 server::serve(state, listener, server::shutdown_signal()).await

@@ -1230,8 +1230,43 @@ pub fn vault_from_config(cfg: &Config) -> anyhow::Result<Option<Vault>> {
     Ok(Some(Vault::new(&v.addr, &token, v.role.clone())?))
 }
 
+/// The rustls config for HTTPS: a server certificate from the broker's CA for
+/// the configured names (plus the listen address and `localhost`), with an
+/// Ed25519 key kept in `data/server.key`.
+async fn tls_config(
+    state: &AppState,
+    addr: SocketAddr,
+) -> anyhow::Result<axum_server::tls_rustls::RustlsConfig> {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let key = load_or_create_key(&state.cfg.data.join("server.key"))?;
+    let mut names = state.cfg.tls.names.clone();
+    names.push("localhost".into());
+    if !addr.ip().is_unspecified() {
+        names.push(addr.ip().to_string());
+    }
+    names.sort();
+    names.dedup();
+    let cert = state.ca.issue_server_cert(&names, &key)?;
+    let der = key
+        .dalek()
+        .to_pkcs8_der()
+        .map_err(|e| anyhow::anyhow!("encoding the TLS key: {e}"))?;
+    let cert_der = rustls_pki_der(&cert)?;
+    Ok(
+        axum_server::tls_rustls::RustlsConfig::from_der(vec![cert_der], der.as_bytes().to_vec())
+            .await?,
+    )
+}
+
+fn rustls_pki_der(pem: &str) -> anyhow::Result<Vec<u8>> {
+    use base64::Engine;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    Ok(base64::engine::general_purpose::STANDARD.decode(body)?)
+}
+
 /// Binds, serves until `shutdown` resolves, then flushes: a final checkpoint
-/// and a clean store close.
+/// and a clean store close. Serves HTTPS when `[tls]` says so (by default,
+/// whenever the listen address is not loopback).
 pub async fn serve(
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
@@ -1246,9 +1281,25 @@ pub async fn serve(
             let _ = tokio::task::spawn_blocking(move || s.maybe_checkpoint(false)).await;
         }
     });
-    axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    if state.cfg.tls.enabled {
+        crate::client::install_crypto_provider();
+        let addr = listener.local_addr()?;
+        let config = tls_config(&state, addr).await?;
+        let handle = axum_server::Handle::new();
+        let h2 = handle.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            h2.graceful_shutdown(Some(Duration::from_secs(10)));
+        });
+        axum_server::from_tcp_rustls(listener.into_std()?, config)
+            .handle(handle)
+            .serve(router(state.clone()).into_make_service())
+            .await?;
+    } else {
+        axum::serve(listener, router(state.clone()))
+            .with_graceful_shutdown(shutdown)
+            .await?;
+    }
     ticker.abort();
     let s = state.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {

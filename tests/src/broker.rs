@@ -54,6 +54,11 @@ impl BrokerProcess {
 
 impl Harness {
     pub async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// Starts with `extra` appended to the example config (e.g. a `[tls]` table).
+    pub async fn start_with(extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let bao = OpenBao::start(dir.path())
             .await
@@ -65,19 +70,21 @@ impl Harness {
         developer.save(&dir.path().join("developer.key")).unwrap();
         admin.save(&dir.path().join("admin.key")).unwrap();
         let port = free_port().unwrap();
-        let url = format!("http://127.0.0.1:{port}");
-        std::fs::write(
-            dir.path().join("custody.toml"),
-            example_config(
-                &format!("127.0.0.1:{port}"),
-                &dir.path().join("data"),
-                &bao.addr,
-                &dir.path().join("vault-token"),
-                admin.did().as_str(),
-                developer.did().as_str(),
-            ),
-        )
-        .unwrap();
+        let scheme = if extra.contains("enabled = true") {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://localhost:{port}");
+        let config = example_config(
+            &format!("127.0.0.1:{port}"),
+            &dir.path().join("data"),
+            &bao.addr,
+            &dir.path().join("vault-token"),
+            admin.did().as_str(),
+            developer.did().as_str(),
+        ) + extra;
+        std::fs::write(dir.path().join("custody.toml"), config).unwrap();
         let mut h = Self {
             dir,
             bao,
@@ -123,7 +130,8 @@ impl Harness {
     }
 
     pub fn client(&self) -> Client {
-        Client::new(&self.url, None).unwrap()
+        let ca = std::fs::read_to_string(self.path().join("data/ca.pem")).ok();
+        Client::new(&self.url, ca.as_deref()).unwrap()
     }
 
     /// Runs the `custody` binary with arguments.

@@ -579,3 +579,37 @@ async fn cli_commands_work_against_the_broker() {
     let entries = std::fs::read_to_string(h.path().join("bundle/entries.jsonl")).unwrap();
     assert!(!entries.contains(token));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_the_brokers_own_ca() {
+    let h = Harness::start_with("\n[tls]\nenabled = true\n").await;
+    assert!(h.url.starts_with("https://"));
+    let c = h.client();
+    let (s, _) = c
+        .start_session(
+            &h.developer,
+            "a",
+            &scopes(&["ci-read"]),
+            "ci",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(s.broker.starts_with("https://"));
+    c.mint(&s, "ci-read").await.unwrap();
+    // Without the CA the client refuses the broker's certificate.
+    let plain = custody_broker::client::Client::new(&h.url, None).unwrap();
+    let e = plain.health().await.unwrap_err().to_string();
+    assert!(e.contains("cannot reach"), "{e}");
+    // The CLI reads the CA from the session file.
+    let p = h.path().join("s.json");
+    s.save(&p).unwrap();
+    let o = h.custody(&[
+        "token",
+        "--session",
+        p.to_str().unwrap(),
+        "--scope",
+        "ci-read",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
