@@ -67,6 +67,8 @@ fn describe(e: ClientError) -> String {
 pub struct Vault {
     client: VaultClient,
     role: Option<String>,
+    addr: String,
+    http: reqwest::Client,
 }
 
 impl Vault {
@@ -80,19 +82,44 @@ impl Vault {
             .build()
             .map_err(|e| VaultError::Client(e.to_string()))?;
         let client = VaultClient::new(settings).map_err(|e| VaultError::Client(describe(e)))?;
-        Ok(Self { client, role })
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| VaultError::Client(e.to_string()))?;
+        Ok(Self {
+            client,
+            role,
+            addr: addr.trim_end_matches('/').to_string(),
+            http,
+        })
     }
 
-    /// Checks that Vault is up and unsealed. (vaultrs' `sys::status` does not
-    /// parse OpenBao's answer; the health endpoint does.)
+    /// Checks that Vault is up, initialized and unsealed. vaultrs 0.8 cannot
+    /// parse OpenBao's answers to `sys/status` or `sys/health`, so this reads
+    /// the health endpoint directly: 200 means active and unsealed.
     pub async fn health(&self) -> Result<(), VaultError> {
-        let h = vaultrs::sys::health(&self.client)
+        let r = self
+            .http
+            .get(format!("{}/v1/sys/health", self.addr))
+            .send()
             .await
-            .map_err(|e| VaultError::Unavailable(describe(e)))?;
-        if h.sealed || !h.initialized {
-            return Err(VaultError::Unavailable("sealed or not initialized".into()));
+            .map_err(|e| {
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg.push_str(": ");
+                    msg.push_str(&s.to_string());
+                    src = s.source();
+                }
+                VaultError::Unavailable(msg)
+            })?;
+        match r.status().as_u16() {
+            200 => Ok(()),
+            429 | 473 => Err(VaultError::Unavailable("standby node".into())),
+            501 => Err(VaultError::Unavailable("not initialized".into())),
+            503 => Err(VaultError::Unavailable("sealed".into())),
+            s => Err(VaultError::Unavailable(format!("health answered HTTP {s}"))),
         }
-        Ok(())
     }
 
     /// Mints a token with exactly `policies`.

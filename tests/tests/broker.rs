@@ -613,3 +613,77 @@ async fn https_with_the_brokers_own_ca() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custody_dev_serves_and_cleans_up() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let port = custody_broker::dev::free_port().unwrap();
+    /// Kills `custody dev` (and so OpenBao) even when an assertion fails.
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .arg(self.0.id().to_string())
+                .status();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Guard(
+        std::process::Command::new(custody_tests::bin("custody"))
+            .args([
+                "dev",
+                "--dir",
+                dir.path().to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("CUSTODY_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let mut text = String::new();
+    while !text.contains("Ctrl-C") {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        text.push_str(&line);
+    }
+    assert!(text.contains("custody session start"), "{text}");
+    let bao_pid: u32 = text
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .expect("OpenBao pid printed");
+    let url = format!("http://127.0.0.1:{port}");
+    let c = custody_broker::client::Client::new(&url, None).unwrap();
+    assert_eq!(c.health().await.unwrap().vault, "ok");
+    let dev = custody_identity::KeyPair::load(&dir.path().join("developer.key")).unwrap();
+    let (s, _) = c
+        .start_session(
+            &dev,
+            "claude-code",
+            &scopes(&["ci-read"]),
+            "chat",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    c.mint(&s, "ci-read").await.unwrap();
+    // SIGTERM: the broker flushes and OpenBao is killed with it.
+    std::process::Command::new("kill")
+        .arg(child.0.id().to_string())
+        .status()
+        .unwrap();
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{bao_pid}")).exists(),
+        "OpenBao still running"
+    );
+}
