@@ -23,6 +23,8 @@ pub mod jws;
 mod key;
 pub mod keyfile;
 pub mod revocation;
+#[cfg(feature = "ssi")]
+pub mod ssi_bridge;
 
 pub use delegation::Delegation;
 pub use did::{Did, MAX_DID_LEN};

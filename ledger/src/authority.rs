@@ -531,6 +531,7 @@ fn parse_revocation(ev: &Event) -> Result<(Revocation, String), Denial> {
 }
 
 /// The broker runs the rules as the store's admission gate.
+#[cfg(feature = "store")]
 impl crate::store::Gate for Authority {
     fn admit(
         &mut self,

@@ -23,8 +23,10 @@ pub mod checkpoint;
 pub mod entry;
 mod error;
 pub mod event;
+#[cfg(feature = "store")]
 pub mod export;
 pub mod merkle;
+#[cfg(feature = "store")]
 pub mod store;
 pub mod time;
 pub mod types;
