@@ -236,6 +236,11 @@ impl fmt::Display for Summary {
         writeln!(f, "  bundle     {}", self.bundle.display())?;
         writeln!(
             f,
+            "  report     {}/report.html (and report.md; report.json signed by keys/auditor.key)",
+            self.out.display()
+        )?;
+        writeln!(
+            f,
             "  verify     {}",
             if self.valid { "VALID" } else { "INVALID" }
         )?;
@@ -534,11 +539,26 @@ pub async fn run(out: &Path) -> anyhow::Result<Summary> {
     server.await.context("broker task")??;
     outcome?;
 
-    let v = verify_bundle(
-        &bundle,
-        &VerifyOptions {
-            ledger_key: Some(ledger_did.clone()),
-        },
+    let opts = VerifyOptions {
+        ledger_key: Some(ledger_did.clone()),
+    };
+    let v = verify_bundle(&bundle, &opts)?;
+    // The attestation report, signed by an auditor key, in JSON and HTML.
+    let (report, _) = custody_verifier::attest::build_report(&bundle, &opts)?;
+    let auditor = KeyPair::generate();
+    auditor.save(&out.join("keys/auditor.key"))?;
+    let envelope = custody_verifier::dsse::sign(&report, &auditor)?;
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&envelope)? + "\n",
+    )?;
+    std::fs::write(
+        out.join("report.html"),
+        custody_verifier::render::html(&report),
+    )?;
+    std::fs::write(
+        out.join("report.md"),
+        custody_verifier::render::markdown(&report),
     )?;
     let kind = |k: &str| v.stats.by_actor_kind.get(k).copied().unwrap_or(0);
     let ids = |k: &str| v.stats.identities_by_kind.get(k).copied().unwrap_or(0) as usize;

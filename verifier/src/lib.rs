@@ -4,11 +4,16 @@
 //! Vault — only the bundle directory and, ideally, the ledger DID the auditor
 //! pins. [`verify::verify_bundle`] streams `entries.jsonl` once and reports every
 //! check with the entries that fail it ([`report::Verification`]); [`proof`]
-//! builds and checks self-contained inclusion proofs for single entries.
+//! builds and checks self-contained inclusion proofs for single entries;
+//! [`attest`] turns a verified bundle into an EU AI Act attestation report,
+//! rendered by [`render`] and signed as a DSSE envelope by [`dsse`].
 //!
 //! Exit codes of `custody-verify`: 0 valid, 1 invalid, 2 unreadable or bad usage.
 
+pub mod attest;
+pub mod dsse;
 pub mod proof;
+pub mod render;
 pub mod report;
 pub mod verify;
 

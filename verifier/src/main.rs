@@ -46,6 +46,23 @@ enum Command {
         #[arg(long, value_name = "PROOF")]
         out: PathBuf,
     },
+    /// Write an attestation report (FILE.json, FILE.md or FILE.html) from a bundle.
+    Report {
+        dir: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Sign the report (DSSE envelope over an in-toto statement) with this key file.
+        #[arg(long, value_name = "KEYFILE")]
+        sign_key: Option<PathBuf>,
+        #[arg(long, value_name = "DID")]
+        ledger_key: Option<String>,
+    },
+    /// Check a report's signature and that it matches the bundle.
+    CheckReport {
+        report: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        bundle: PathBuf,
+    },
     /// Check an inclusion proof on its own, without the bundle.
     CheckProof {
         proof: PathBuf,
@@ -123,6 +140,19 @@ fn run(cli: Cli) -> u8 {
                 }
             }
         }
+        Command::Report {
+            dir,
+            out,
+            sign_key,
+            ledger_key,
+        } => {
+            let ledger_key = match parse_did(ledger_key) {
+                Ok(k) => k,
+                Err(code) => return code,
+            };
+            report_cmd(&dir, &out, sign_key.as_deref(), ledger_key)
+        }
+        Command::CheckReport { report, bundle } => check_report_cmd(&report, &bundle),
         Command::Prove { dir, seq, out } => match prove(&dir, seq) {
             Ok(p) => {
                 let text = match serde_json::to_string_pretty(&p) {
@@ -194,4 +224,165 @@ fn proof_error(e: ProofError) -> u8 {
         ProofError::Unreadable(_) => EXIT_UNREADABLE,
         ProofError::Invalid(_) => EXIT_INVALID,
     }
+}
+
+fn report_cmd(
+    dir: &std::path::Path,
+    out: &std::path::Path,
+    sign_key: Option<&std::path::Path>,
+    ledger_key: Option<Did>,
+) -> u8 {
+    use custody_verifier::{attest, dsse, render};
+    let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if !matches!(ext, "json" | "md" | "html") {
+        eprintln!("custody-verify: --out must end in .json, .md or .html");
+        return EXIT_UNREADABLE;
+    }
+    let key = match sign_key.map(custody_identity::KeyPair::load).transpose() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("custody-verify: --sign-key: {e}");
+            return EXIT_UNREADABLE;
+        }
+    };
+    let (report, v) = match attest::build_report(dir, &VerifyOptions { ledger_key }) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("custody-verify: cannot read bundle: {e}");
+            return EXIT_UNREADABLE;
+        }
+    };
+    let text = match ext {
+        "md" => render::markdown(&report),
+        "html" => render::html(&report),
+        _ => match &key {
+            Some(k) => {
+                match dsse::sign(&report, k).and_then(|e| serde_json::to_string_pretty(&e)) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("custody-verify: {e}");
+                        return EXIT_UNREADABLE;
+                    }
+                }
+            }
+            None => serde_json::to_string_pretty(&report).unwrap_or_default(),
+        },
+    };
+    if let Err(e) = std::fs::write(out, text + "\n") {
+        eprintln!("custody-verify: {}: {e}", out.display());
+        return EXIT_UNREADABLE;
+    }
+    if ext != "json" {
+        if let Some(k) = &key {
+            let side = out.with_extension(format!("{ext}.dsse.json"));
+            let env = match dsse::sign(&report, k).and_then(|e| serde_json::to_string_pretty(&e)) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("custody-verify: {e}");
+                    return EXIT_UNREADABLE;
+                }
+            };
+            if let Err(e) = std::fs::write(&side, env + "\n") {
+                eprintln!("custody-verify: {}: {e}", side.display());
+                return EXIT_UNREADABLE;
+            }
+            println!("signed statement written to {}", side.display());
+        }
+    }
+    println!(
+        "report written to {}: bundle {} ({} entries); {}",
+        out.display(),
+        if v.valid {
+            "VERIFIED"
+        } else {
+            "NOT VERIFIED — every section is marked unverified"
+        },
+        v.tree_size,
+        report
+            .articles
+            .iter()
+            .map(|a| format!("Art. {} {}", a.article, a.status))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if v.unreadable {
+        EXIT_UNREADABLE
+    } else if v.valid {
+        EXIT_VALID
+    } else {
+        EXIT_INVALID
+    }
+}
+
+fn check_report_cmd(report: &std::path::Path, bundle: &std::path::Path) -> u8 {
+    use custody_verifier::{attest, dsse};
+    let text = match std::fs::read(report) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("custody-verify: {}: {e}", report.display());
+            return EXIT_UNREADABLE;
+        }
+    };
+    let value: serde_json::Value = match serde_json::from_slice(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!(
+                "custody-verify: {}: not a JSON report or DSSE envelope ({e})",
+                report.display()
+            );
+            return EXIT_UNREADABLE;
+        }
+    };
+    let (claimed, signers) = if value.get("payloadType").is_some() {
+        let env: dsse::Envelope = match serde_json::from_value(value) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("custody-verify: malformed DSSE envelope: {e}");
+                return EXIT_UNREADABLE;
+            }
+        };
+        match dsse::verify(&env) {
+            Ok((signers, st)) => (st["predicate"].clone(), signers),
+            Err(e) => {
+                println!("INVALID: {e}");
+                return EXIT_INVALID;
+            }
+        }
+    } else {
+        (value, Vec::new())
+    };
+    let pinned = claimed["verification"]["ledger_key_pinned"].as_bool() == Some(true);
+    let ledger = claimed["verification"]["ledger"]
+        .as_str()
+        .and_then(|d| Did::parse(d).ok());
+    let opts = VerifyOptions {
+        ledger_key: if pinned { ledger } else { None },
+    };
+    let (fresh, _) = match attest::build_report(bundle, &opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("custody-verify: cannot read bundle: {e}");
+            return EXIT_UNREADABLE;
+        }
+    };
+    let fresh = serde_json::to_value(&fresh).unwrap_or_default();
+    if fresh != claimed {
+        println!("INVALID: the report does not match the bundle (it was edited, or is about another ledger or tree size)");
+        return EXIT_INVALID;
+    }
+    if signers.is_empty() {
+        println!("report matches the bundle, but it is not signed");
+    } else {
+        println!(
+            "valid: signed by {} and matches the bundle (tree size {}, root {})",
+            signers
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            fresh["verification"]["tree_size"],
+            fresh["verification"]["root"].as_str().unwrap_or_default()
+        );
+    }
+    EXIT_VALID
 }

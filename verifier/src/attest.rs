@@ -1,0 +1,690 @@
+//! Attestation reports: what a verified bundle proves, in the terms of the EU
+//! AI Act articles an audit ledger speaks to.
+//!
+//! The report is computed only from the bundle and the verifier's result. When
+//! the bundle does not verify, `verification.valid` is false, every article's
+//! status is `unverified`, and the counts below are marked as claims of an
+//! unverified record. Each article says what the ledger proves and, plainly,
+//! what it cannot. The schema is documented in `docs/REPORT.md`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use custody_ledger::bundle::Bundle;
+use custody_ledger::{actions, ActorKind, Approval, Entry, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::report::Verification;
+use crate::verify::{verify_bundle, VerifyError, VerifyOptions};
+
+pub const REPORT_FORMAT: &str = "custody-attestation-report";
+pub const REPORT_VERSION: u64 = 1;
+/// Six months, the minimum retention of Art. 19 / 26(6), in days.
+pub const RETENTION_DAYS: i64 = 183;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub format: String,
+    pub version: u64,
+    pub verification: VerificationSummary,
+    pub period: Period,
+    pub identities: Vec<Identity>,
+    pub activity: Activity,
+    pub credentials: Vec<CredentialLine>,
+    pub oversight: Oversight,
+    pub exceptions: Exceptions,
+    pub articles: Vec<Article>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct VerificationSummary {
+    pub valid: bool,
+    pub ledger: String,
+    pub ledger_key_pinned: bool,
+    pub root: String,
+    pub tree_size: u64,
+    pub checks: Vec<CheckLine>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CheckLine {
+    pub name: String,
+    pub ok: bool,
+    pub failing_seqs: Vec<u64>,
+    pub failure_count: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Period {
+    pub first: Option<String>,
+    pub last: Option<String>,
+    pub days: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Identity {
+    pub did: String,
+    /// `agent`, `human`, `service`.
+    pub kind: String,
+    /// `ledger`, `admin`, `delegator`, `admin+delegator`, `session`, `unknown`.
+    pub role: String,
+    pub entries: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionInfo>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SessionInfo {
+    pub id: String,
+    pub agent: String,
+    pub delegated_by: String,
+    pub scopes: Vec<String>,
+    pub context: String,
+    pub not_before: String,
+    pub not_after: String,
+    pub start_seq: u64,
+    pub revoked_at_seq: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Activity {
+    /// Entries per actor kind.
+    pub by_kind: BTreeMap<String, u64>,
+    /// Entries per actor kind and action type.
+    pub by_kind_action: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Agent tool calls by who approved them: human, policy, auto_review, none, unrecorded.
+    pub agent_approvals: BTreeMap<String, u64>,
+    /// Human `approval` decisions: approve / deny.
+    pub human_decisions: BTreeMap<String, u64>,
+    /// Entries per time bucket and kind, for the timeline.
+    pub timeline: Vec<Bucket>,
+    pub bucket_seconds: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Bucket {
+    pub start: String,
+    pub agent: u64,
+    pub human: u64,
+    pub service: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CredentialLine {
+    pub seq: u64,
+    pub action: String,
+    pub subject: String,
+    pub scope: Option<String>,
+    pub ttl_seconds: Option<u64>,
+    pub tokens_revoked: Option<u64>,
+    pub at: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Oversight {
+    pub revocations: Vec<RevocationLine>,
+    pub approvals: u64,
+    pub denials: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RevocationLine {
+    pub seq: u64,
+    pub at: String,
+    pub admin: String,
+    pub subject: String,
+    pub reason: String,
+    /// Refused attempts by the subject (or sessions it delegated) afterwards.
+    pub refused_after: u64,
+    /// Milliseconds from the revocation to the last refused attempt.
+    pub last_refusal_after_ms: Option<i64>,
+    /// Entries by the subject after the revocation that verified (must be 0).
+    pub accepted_after: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Exceptions {
+    pub denied: Vec<DeniedLine>,
+    pub redactions: Vec<u64>,
+    pub payloads_redacted: u64,
+    pub sessions_without_end: Vec<String>,
+    pub results_without_call: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DeniedLine {
+    pub seq: u64,
+    pub actor: String,
+    pub attempted: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Article {
+    pub article: String,
+    pub title: String,
+    /// `met`, `partial`, `not_met`, `not_applicable`, or `unverified`.
+    pub status: String,
+    pub reasoning: String,
+    pub evidence: Vec<String>,
+    pub cannot_prove: String,
+}
+
+/// Builds the report for `dir`. Returns it with the verification it rests on.
+pub fn build_report(
+    dir: &Path,
+    opts: &VerifyOptions,
+) -> Result<(Report, Verification), VerifyError> {
+    let v = verify_bundle(dir, opts)?;
+    let b = Bundle::open(dir)?;
+    let mut acc = Acc::default();
+    for item in b.entry_lines()? {
+        let (_, line) = item?;
+        // Lines that do not parse are already failures in `v`; skip them here.
+        if let Ok(e) = Entry::parse_line(&line) {
+            acc.add(&e);
+        }
+    }
+    acc.payloads_redacted = v.stats.payloads_redacted;
+    Ok((acc.finish(&v), v))
+}
+
+#[derive(Default)]
+struct Acc {
+    first: Option<Timestamp>,
+    last: Option<Timestamp>,
+    ledger: Option<String>,
+    admins: BTreeSet<String>,
+    delegators: BTreeSet<String>,
+    kinds: BTreeMap<String, String>,
+    counts: BTreeMap<String, u64>,
+    sessions: BTreeMap<String, SessionInfo>,
+    session_ends: BTreeSet<String>,
+    by_kind: BTreeMap<String, u64>,
+    by_kind_action: BTreeMap<String, BTreeMap<String, u64>>,
+    approvals: BTreeMap<String, u64>,
+    decisions: BTreeMap<String, u64>,
+    times: Vec<(i128, ActorKind)>,
+    credentials: Vec<CredentialLine>,
+    revocations: Vec<(RevocationLine, Timestamp)>,
+    denied: Vec<(DeniedLine, Timestamp)>,
+    redactions: Vec<u64>,
+    tool_calls: BTreeMap<String, u64>,
+    results_without_call: u64,
+    payloads_redacted: u64,
+    accepted_after: BTreeMap<String, u64>,
+}
+
+impl Acc {
+    fn add(&mut self, e: &Entry) {
+        let ev = &e.event;
+        let actor = ev.actor.to_string();
+        let kind = ev.actor_kind.as_str().to_string();
+        self.first.get_or_insert(e.received_at);
+        self.last = Some(e.received_at);
+        self.kinds.entry(actor.clone()).or_insert(kind.clone());
+        *self.counts.entry(actor.clone()).or_default() += 1;
+        *self.by_kind.entry(kind.clone()).or_default() += 1;
+        *self
+            .by_kind_action
+            .entry(kind.clone())
+            .or_default()
+            .entry(ev.action.to_string())
+            .or_default() += 1;
+        self.times
+            .push((e.received_at.unix_millis(), ev.actor_kind));
+        let s = |k: &str| ev.detail_str(k).map(str::to_string);
+        let list = |k: &str| -> Vec<String> {
+            ev.details
+                .get(k)
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        // Activity by a revoked identity after its revocation.
+        for (r, _) in &self.revocations {
+            if r.subject == actor
+                || self
+                    .sessions
+                    .get(&actor)
+                    .map(|si| si.delegated_by == r.subject)
+                    == Some(true)
+            {
+                *self.accepted_after.entry(r.subject.clone()).or_default() += 1;
+            }
+        }
+        match ev.action.as_str() {
+            actions::GENESIS | actions::TRUST_UPDATE => {
+                self.ledger.get_or_insert(actor.clone());
+                self.admins = list("admins").into_iter().collect();
+                self.delegators = list("delegators").into_iter().collect();
+            }
+            actions::SESSION_START => {
+                if let Some(d) = ev
+                    .detail_str("delegation")
+                    .and_then(|j| custody_identity::Delegation::verify(j).ok())
+                {
+                    self.sessions.insert(
+                        actor.clone(),
+                        SessionInfo {
+                            id: d.id.clone(),
+                            agent: d.agent.clone(),
+                            delegated_by: d.issuer.to_string(),
+                            scopes: d.scopes.clone(),
+                            context: d.context.clone(),
+                            not_before: custody_identity::delegation::format_time(d.not_before),
+                            not_after: custody_identity::delegation::format_time(d.not_after),
+                            start_seq: e.seq.0,
+                            revoked_at_seq: None,
+                        },
+                    );
+                }
+            }
+            actions::SESSION_END => {
+                self.session_ends.insert(actor.clone());
+            }
+            actions::TOOL_CALL if ev.actor_kind == ActorKind::Agent => {
+                let k = match &ev.approval {
+                    Some(
+                        a @ (Approval::Human { .. }
+                        | Approval::Policy { .. }
+                        | Approval::AutoReview { .. }
+                        | Approval::None),
+                    ) => a.kind(),
+                    None => "unrecorded",
+                };
+                *self.approvals.entry(k.to_string()).or_default() += 1;
+                *self.tool_calls.entry(actor.clone()).or_default() += 1;
+            }
+            actions::TOOL_RESULT => match self.tool_calls.get_mut(&actor) {
+                Some(n) if *n > 0 => *n -= 1,
+                _ => self.results_without_call += 1,
+            },
+            actions::APPROVAL => {
+                let d = s("decision").unwrap_or_else(|| "unknown".into());
+                *self.decisions.entry(d).or_default() += 1;
+            }
+            actions::CREDENTIAL_MINT | actions::CREDENTIAL_REVOKE => {
+                self.credentials.push(CredentialLine {
+                    seq: e.seq.0,
+                    action: ev.action.to_string(),
+                    subject: s("subject").unwrap_or_else(|| actor.clone()),
+                    scope: s("scope"),
+                    ttl_seconds: ev.details.get("ttl_seconds").and_then(|v| v.as_u64()),
+                    tokens_revoked: ev.details.get("tokens_revoked").and_then(|v| v.as_u64()),
+                    at: e.received_at.to_string(),
+                });
+            }
+            actions::IDENTITY_REVOKE => {
+                if let Some(r) = ev
+                    .detail_str("revocation")
+                    .and_then(|j| custody_identity::Revocation::verify(j).ok())
+                {
+                    let subject = r.subject.to_string();
+                    if let Some(si) = self.sessions.get_mut(&subject) {
+                        si.revoked_at_seq = Some(e.seq.0);
+                    }
+                    for si in self.sessions.values_mut() {
+                        if si.delegated_by == subject && si.revoked_at_seq.is_none() {
+                            si.revoked_at_seq = Some(e.seq.0);
+                        }
+                    }
+                    self.revocations.push((
+                        RevocationLine {
+                            seq: e.seq.0,
+                            at: e.received_at.to_string(),
+                            admin: actor.clone(),
+                            subject,
+                            reason: r.reason.clone(),
+                            refused_after: 0,
+                            last_refusal_after_ms: None,
+                            accepted_after: 0,
+                        },
+                        e.received_at,
+                    ));
+                }
+            }
+            actions::REQUEST_DENIED => {
+                let who = s("actor").unwrap_or_default();
+                let line = DeniedLine {
+                    seq: e.seq.0,
+                    actor: who.clone(),
+                    attempted: s("attempted_action").unwrap_or_default(),
+                    code: s("code").unwrap_or_default(),
+                };
+                for (r, t) in &mut self.revocations {
+                    let by_subject = r.subject == who
+                        || self
+                            .sessions
+                            .get(&who)
+                            .map(|si| si.delegated_by == r.subject)
+                            == Some(true);
+                    if by_subject {
+                        r.refused_after += 1;
+                        r.last_refusal_after_ms =
+                            Some((e.received_at.unix_millis() - t.unix_millis()) as i64);
+                    }
+                }
+                self.denied.push((line, e.received_at));
+            }
+            "payload.redact" => self.redactions.push(e.seq.0),
+            _ => {}
+        }
+    }
+
+    fn finish(mut self, v: &Verification) -> Report {
+        let valid = v.valid;
+        for (r, _) in &mut self.revocations {
+            r.accepted_after = self.accepted_after.get(&r.subject).copied().unwrap_or(0);
+        }
+        let days = match (self.first, self.last) {
+            (Some(a), Some(b)) => (b.unix_millis() - a.unix_millis()) as f64 / 86_400_000.0,
+            _ => 0.0,
+        };
+        let identities: Vec<Identity> = self
+            .counts
+            .iter()
+            .map(|(did, n)| {
+                let role = if Some(did) == self.ledger.as_ref() {
+                    "ledger"
+                } else if self.sessions.contains_key(did) {
+                    "session"
+                } else {
+                    match (self.admins.contains(did), self.delegators.contains(did)) {
+                        (true, true) => "admin+delegator",
+                        (true, false) => "admin",
+                        (false, true) => "delegator",
+                        _ => "unknown",
+                    }
+                };
+                Identity {
+                    did: did.clone(),
+                    kind: self.kinds.get(did).cloned().unwrap_or_default(),
+                    role: role.into(),
+                    entries: *n,
+                    session: self.sessions.get(did).cloned(),
+                }
+            })
+            .collect();
+        let (timeline, bucket_seconds) = timeline(&self.times);
+        let sessions_without_end: Vec<String> = self
+            .sessions
+            .keys()
+            .filter(|d| !self.session_ends.contains(*d))
+            .cloned()
+            .collect();
+        let revocations: Vec<RevocationLine> = self.revocations.into_iter().map(|r| r.0).collect();
+        let denied: Vec<DeniedLine> = self.denied.into_iter().map(|d| d.0).collect();
+        let activity = Activity {
+            by_kind: self.by_kind,
+            by_kind_action: self.by_kind_action,
+            agent_approvals: self.approvals,
+            human_decisions: self.decisions.clone(),
+            timeline,
+            bucket_seconds,
+        };
+        let oversight = Oversight {
+            revocations,
+            approvals: self.decisions.get("approve").copied().unwrap_or(0),
+            denials: self.decisions.get("deny").copied().unwrap_or(0),
+        };
+        let exceptions = Exceptions {
+            denied,
+            redactions: self.redactions,
+            payloads_redacted: self.payloads_redacted,
+            sessions_without_end,
+            results_without_call: self.results_without_call,
+        };
+        let verification = VerificationSummary {
+            valid,
+            ledger: v.ledger.clone().unwrap_or_default(),
+            ledger_key_pinned: v.ledger_key_pinned,
+            root: v.root.clone().unwrap_or_default(),
+            tree_size: v.tree_size,
+            checks: v
+                .checks
+                .iter()
+                .map(|c| CheckLine {
+                    name: c.name.to_string(),
+                    ok: c.ok,
+                    failing_seqs: c.failing_seqs(),
+                    failure_count: c.failure_count,
+                })
+                .collect(),
+        };
+        let period = Period {
+            first: self.first.map(|t| t.to_string()),
+            last: self.last.map(|t| t.to_string()),
+            days,
+        };
+        let max_ttl = self.credentials.iter().filter_map(|c| c.ttl_seconds).max();
+        let articles = articles(
+            &verification,
+            &period,
+            &identities,
+            &activity,
+            &oversight,
+            &exceptions,
+            v,
+            max_ttl,
+        );
+        Report {
+            format: REPORT_FORMAT.into(),
+            version: REPORT_VERSION,
+            verification,
+            period,
+            identities,
+            activity,
+            credentials: self.credentials,
+            oversight,
+            exceptions,
+            articles,
+        }
+    }
+}
+
+/// Buckets entries by time: at most about 24 buckets over the period.
+fn timeline(times: &[(i128, ActorKind)]) -> (Vec<Bucket>, i64) {
+    let (Some(first), Some(last)) = (times.first(), times.last()) else {
+        return (Vec::new(), 60);
+    };
+    let span_s = ((last.0 - first.0) / 1000).max(1) as i64;
+    let steps = [
+        1,
+        5,
+        10,
+        30,
+        60,
+        300,
+        900,
+        3600,
+        6 * 3600,
+        86_400,
+        7 * 86_400,
+        30 * 86_400,
+    ];
+    let bucket = steps
+        .iter()
+        .copied()
+        .find(|s| span_s / s <= 24)
+        .unwrap_or(30 * 86_400);
+    let start = (first.0 / 1000) as i64 / bucket * bucket;
+    let n = ((last.0 / 1000) as i64 - start) / bucket + 1;
+    let mut out: Vec<Bucket> = (0..n)
+        .map(|i| Bucket {
+            start: Timestamp::from_unix_millis(((start + i * bucket) as i128) * 1000)
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+            agent: 0,
+            human: 0,
+            service: 0,
+        })
+        .collect();
+    for (t, k) in times {
+        let i = (((t / 1000) as i64 - start) / bucket) as usize;
+        if let Some(b) = out.get_mut(i) {
+            match k {
+                ActorKind::Agent => b.agent += 1,
+                ActorKind::Human => b.human += 1,
+                ActorKind::Service => b.service += 1,
+            }
+        }
+    }
+    (out, bucket)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn articles(
+    ver: &VerificationSummary,
+    period: &Period,
+    ids: &[Identity],
+    act: &Activity,
+    ov: &Oversight,
+    ex: &Exceptions,
+    v: &Verification,
+    max_ttl: Option<u64>,
+) -> Vec<Article> {
+    let art = |article: &str,
+               title: &str,
+               status: &str,
+               reasoning: String,
+               evidence: Vec<String>,
+               cannot: &str| Article {
+        article: article.into(),
+        title: title.into(),
+        status: if ver.valid {
+            status.into()
+        } else {
+            "unverified".into()
+        },
+        reasoning: if ver.valid {
+            reasoning
+        } else {
+            format!("The bundle does not verify, so nothing below is proven. (Unverified claim: {reasoning})")
+        },
+        evidence,
+        cannot_prove: cannot.into(),
+    };
+    let sessions: Vec<&Identity> = ids.iter().filter(|i| i.session.is_some()).collect();
+    let agents: BTreeSet<&str> = sessions
+        .iter()
+        .filter_map(|i| i.session.as_ref().map(|s| s.agent.as_str()))
+        .collect();
+    let failing: Vec<&str> = ver
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.name.as_str())
+        .collect();
+    let accepted_after: u64 = ov.revocations.iter().map(|r| r.accepted_after).sum();
+    let unrecorded = act.agent_approvals.get("unrecorded").copied().unwrap_or(0);
+    let mut out = Vec::new();
+
+    let coverage_gaps = ex.sessions_without_end.len() as u64 + ex.results_without_call;
+    out.push(art(
+        "12",
+        "Record-keeping",
+        if coverage_gaps == 0 { "met" } else { "partial" },
+        format!(
+            "{} entries over {:.2} days are signed by their actors, sequenced, hash-chained and covered by {} signed checkpoint(s); the whole record verifies. Coverage signals: {} session(s) without a recorded end, {} tool result(s) without a matching call.",
+            ver.tree_size, period.days, v.stats.checkpoints, ex.sessions_without_end.len(), ex.results_without_call
+        ),
+        vec![format!("root {} at tree size {}", ver.root, ver.tree_size)],
+        "That every action of an agent was logged: an agent acting outside its hooks leaves no entry.",
+    ));
+    out.push(art(
+        "13",
+        "Transparency to deployers",
+        if sessions.is_empty() { "not_applicable" } else { "met" },
+        format!(
+            "{} agent session(s) of {} agent(s) ({}) ran under signed delegations naming scopes and contexts; the bundle format (docs/FORMAT.md) and this verifier are the documented way to interpret the logs.",
+            sessions.len(),
+            agents.len(),
+            agents.iter().copied().collect::<Vec<_>>().join(", ")
+        ),
+        sessions
+            .iter()
+            .filter_map(|i| i.session.as_ref().map(|s| format!("seq {}: {} for {} in {} scopes {:?}", s.start_seq, s.agent, s.delegated_by, s.context, s.scopes)))
+            .collect(),
+        "The quality of the provider's instructions for use.",
+    ));
+    let kill = ov.revocations.len();
+    out.push(art(
+        "14",
+        "Human oversight",
+        if accepted_after > 0 {
+            "not_met"
+        } else if kill > 0 || ov.approvals + ov.denials > 0 {
+            "met"
+        } else {
+            "partial"
+        },
+        format!(
+            "{} human approval(s) and {} denial(s) recorded; agent tool calls approved by human {}, policy {}, auto-review {}, nobody {}, unrecorded {}. {} kill-switch use(s); every later attempt by a revoked identity was refused ({} refused, {} accepted).",
+            ov.approvals,
+            ov.denials,
+            act.agent_approvals.get("human").copied().unwrap_or(0),
+            act.agent_approvals.get("policy").copied().unwrap_or(0),
+            act.agent_approvals.get("auto_review").copied().unwrap_or(0),
+            act.agent_approvals.get("none").copied().unwrap_or(0),
+            unrecorded,
+            kill,
+            ov.revocations.iter().map(|r| r.refused_after).sum::<u64>(),
+            accepted_after
+        ),
+        ov.revocations
+            .iter()
+            .map(|r| format!("seq {}: {} revoked {} ({}); last refusal {} ms later", r.seq, r.admin, r.subject, r.reason, r.last_refusal_after_ms.map(|m| m.to_string()).unwrap_or_else(|| "-".into())))
+            .collect(),
+        "That the humans understood what they approved (automation bias).",
+    ));
+    out.push(art(
+        "15",
+        "Accuracy, robustness and cybersecurity",
+        if failing.is_empty() { "met" } else { "not_met" },
+        format!(
+            "Integrity: {} of {} checks pass (chain, Merkle tree, checkpoints, Ed25519 signatures checked strictly). {} request(s) were refused and recorded. {}",
+            ver.checks.len() - failing.len(),
+            ver.checks.len(),
+            ex.denied.len(),
+            match max_ttl {
+                Some(t) => format!("Credentials were minted per scope with TTLs of at most {t} s."),
+                None => "No credentials were minted.".into(),
+            }
+        ),
+        ex.denied.iter().take(50).map(|d| format!("seq {}: {} refused for {} ({})", d.seq, d.actor, d.attempted, d.code)).collect(),
+        "Model accuracy.",
+    ));
+    let retention_days = period.days;
+    out.push(art(
+        "19, 26(6)",
+        "Log retention (at least six months)",
+        if retention_days >= RETENTION_DAYS as f64 { "met" } else { "partial" },
+        format!(
+            "The bundle covers {retention_days:.2} days ({} to {}); six months is {RETENTION_DAYS} days. {} payload(s) redacted with the chain still valid.",
+            period.first.clone().unwrap_or_default(),
+            period.last.clone().unwrap_or_default(),
+            ex.payloads_redacted
+        ),
+        ex.redactions.iter().map(|s| format!("seq {s}: payload redaction recorded")).collect(),
+        "Retention beyond the bundle handed over.",
+    ));
+    out.push(art(
+        "72",
+        "Post-market monitoring",
+        if ex.denied.is_empty() && kill == 0 { "partial" } else { "met" },
+        format!(
+            "The ledger records {} refused attempt(s), {} revocation(s) and {} redaction(s) over the period, per agent session, as the data source for monitoring.",
+            ex.denied.len(),
+            kill,
+            ex.redactions.len()
+        ),
+        vec![format!("{} agent entries, {} human entries", act.by_kind.get("agent").copied().unwrap_or(0), act.by_kind.get("human").copied().unwrap_or(0))],
+        "That the analysis was done.",
+    ));
+    out
+}
