@@ -110,14 +110,7 @@ impl Entry {
 
     /// Checks the actor's signature on the event.
     pub fn verify_signature(&self) -> Result<(), LedgerError> {
-        let msg = self.event.signing_input()?;
-        self.event
-            .actor
-            .public_key()
-            .verify(&msg, &self.sig)
-            .map_err(|_| LedgerError::BadSignature {
-                actor: self.event.actor.to_string(),
-            })
+        self.event.verify_signature(&self.sig)
     }
 }
 

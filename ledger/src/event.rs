@@ -159,6 +159,17 @@ impl Event {
         Ok(SignedEvent { event: self, sig })
     }
 
+    /// Checks `sig` as the actor's signature over this event (`verify_strict`).
+    pub fn verify_signature(&self, sig: &Signature) -> Result<(), LedgerError> {
+        let msg = self.signing_input()?;
+        self.actor
+            .public_key()
+            .verify(&msg, sig)
+            .map_err(|_| LedgerError::BadSignature {
+                actor: self.actor.to_string(),
+            })
+    }
+
     /// A string detail, if present.
     pub fn detail_str(&self, key: &str) -> Option<&str> {
         self.details.get(key).and_then(|v| v.as_str())
@@ -183,14 +194,7 @@ impl SignedEvent {
                 supported: EVENT_VERSION,
             });
         }
-        let msg = self.event.signing_input()?;
-        self.event
-            .actor
-            .public_key()
-            .verify(&msg, &self.sig)
-            .map_err(|_| LedgerError::BadSignature {
-                actor: self.event.actor.to_string(),
-            })
+        self.event.verify_signature(&self.sig)
     }
 }
 
