@@ -60,12 +60,13 @@ fn events(n: usize) -> Vec<SignedEvent> {
         .collect()
 }
 
+/// The p-quantile of sorted latencies, in milliseconds to 3 decimals.
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
+    (sorted[i].as_secs_f64() * 1e6).round() / 1000.0
 }
 
 /// `writers` threads append `evs` concurrently; returns (appends/s, latencies).

@@ -235,9 +235,13 @@ impl Authority {
 
     /// Whether the actor of `signed` may append it at `at`. Does not change state.
     pub fn check(&self, signed: &SignedEvent, at: Timestamp) -> Result<(), Denial> {
-        signed
-            .verify()
-            .map_err(|e| deny(DenialCode::BadSignature, e.to_string()))?;
+        check_signature(signed)?;
+        self.check_verified(signed, at)
+    }
+
+    /// [`check`](Self::check) for an event whose signature was already
+    /// verified: the part that depends on the ledger's state.
+    pub fn check_verified(&self, signed: &SignedEvent, at: Timestamp) -> Result<(), Denial> {
         let ev = &signed.event;
         if self.nonces.contains(&ev.nonce) {
             return Err(deny(
@@ -442,6 +446,13 @@ impl Authority {
     }
 }
 
+/// The stateless part of the rules: the actor's signature.
+pub fn check_signature(signed: &SignedEvent) -> Result<(), Denial> {
+    signed
+        .verify()
+        .map_err(|e| deny(DenialCode::BadSignature, e.to_string()))
+}
+
 fn check_session_event(grant: &SessionGrant, ev: &Event, at: Timestamp) -> Result<(), Denial> {
     let d = &grant.delegation;
     if ev.actor_kind != ActorKind::Agent {
@@ -533,12 +544,19 @@ fn parse_revocation(ev: &Event) -> Result<(Revocation, String), Denial> {
 /// The broker runs the rules as the store's admission gate.
 #[cfg(feature = "store")]
 impl crate::store::Gate for Authority {
+    fn precheck(event: &SignedEvent) -> Result<(), crate::store::Rejection> {
+        check_signature(event).map_err(|d| crate::store::Rejection {
+            code: d.code.as_str().to_string(),
+            message: d.message,
+        })
+    }
+
     fn admit(
         &mut self,
         event: &SignedEvent,
         received_at: Timestamp,
     ) -> Result<(), crate::store::Rejection> {
-        self.check(event, received_at)
+        self.check_verified(event, received_at)
             .map_err(|d| crate::store::Rejection {
                 code: d.code.as_str().to_string(),
                 message: d.message,

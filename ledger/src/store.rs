@@ -77,6 +77,12 @@ pub struct Rejection {
 
 /// Decides, in sequence order, whether an event may be appended.
 pub trait Gate: Send + 'static {
+    /// The checks that do not depend on the ledger's state (signatures). They
+    /// run in the appending caller's thread, in parallel, before the event is
+    /// queued, so the single writer thread only does what must be sequential.
+    fn precheck(event: &SignedEvent) -> Result<(), Rejection>
+    where
+        Self: Sized;
     /// Whether `event` may be appended with this receive time. Must not change
     /// state: a rejected event changes nothing.
     fn admit(&mut self, event: &SignedEvent, received_at: Timestamp) -> Result<(), Rejection>;
@@ -90,11 +96,14 @@ pub trait Gate: Send + 'static {
 pub struct AcceptAll;
 
 impl Gate for AcceptAll {
-    fn admit(&mut self, event: &SignedEvent, _: Timestamp) -> Result<(), Rejection> {
+    fn precheck(event: &SignedEvent) -> Result<(), Rejection> {
         event.verify().map_err(|e| Rejection {
             code: "bad_signature".into(),
             message: e.to_string(),
         })
+    }
+    fn admit(&mut self, _: &SignedEvent, _: Timestamp) -> Result<(), Rejection> {
+        Ok(())
     }
     fn applied(&mut self, _: &Entry) {}
 }

@@ -213,6 +213,9 @@ fn roots_and_proofs_agree_with_an_independent_tree() {
 /// Refuses events whose `details.i` is odd.
 struct OddRefuser;
 impl Gate for OddRefuser {
+    fn precheck(_: &SignedEvent) -> Result<(), Rejection> {
+        Ok(())
+    }
     fn admit(&mut self, e: &SignedEvent, _: Timestamp) -> Result<(), Rejection> {
         match e.event.details.get("i").and_then(|v| v.as_u64()) {
             Some(i) if i % 2 == 1 => Err(Rejection {
