@@ -111,10 +111,10 @@ impl Harness {
             .arg("serve")
             .arg("--config")
             .arg(self.config())
-            .env("CUSTODY_LOG", "warn")
+            .env("CUSTODY_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(self.log_file())
             .spawn()
             .expect("spawn custody serve");
         let stdout = child.stdout.take().unwrap();
@@ -127,6 +127,16 @@ impl Harness {
             .unwrap_or_default()
             .to_string();
         self.broker = Some(BrokerProcess { child, ledger });
+    }
+
+    /// The broker's log (stderr), appended across restarts.
+    fn log_file(&self) -> Stdio {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path().join("broker.log"))
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::inherit())
     }
 
     pub fn client(&self) -> Client {

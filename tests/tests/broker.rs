@@ -687,3 +687,110 @@ async fn custody_dev_serves_and_cleans_up() {
         "OpenBao still running"
     );
 }
+
+/// Every file below `dir`, recursively.
+fn all_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(all_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_logs_ledger_bundle_or_report() {
+    use base64::Engine;
+    let h = Harness::start().await;
+    let c = h.client();
+    let (s, _) = c
+        .start_session(
+            &h.developer,
+            "a",
+            &scopes(&["ci-read"]),
+            "ci",
+            Duration::from_secs(300),
+        )
+        .await
+        .unwrap();
+    let m1 = c.mint(&s, "ci-read").await.unwrap();
+    let m2 = c.mint(&s, "ci-read").await.unwrap();
+    let mut ev = session_event(&s, actions::TOOL_CALL).unwrap();
+    ev.details.insert("tool".into(), "Bash".into());
+    c.log(&s, ev).await.unwrap();
+    c.revoke(&h.admin, &s.did, "done").await.unwrap();
+    let _ = c.mint(&s, "ci-read").await;
+    let bundle = h.path().join("bundle");
+    c.export(&h.admin, &bundle).await.unwrap();
+    let report = h.path().join("report.html");
+    let o = custody_tests::run(
+        "custody-verify",
+        &[
+            "report",
+            bundle.to_str().unwrap(),
+            "--out",
+            report.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success());
+    let o = custody_tests::run(
+        "custody-verify",
+        &[
+            "report",
+            bundle.to_str().unwrap(),
+            "--out",
+            h.path().join("report.json").to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success());
+
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut secrets: Vec<(String, String)> = vec![
+        ("vault token 1".into(), m1.token.clone()),
+        ("vault token 2".into(), m2.token.clone()),
+        (
+            "broker's vault token".into(),
+            std::fs::read_to_string(h.path().join("vault-token")).unwrap(),
+        ),
+        ("OpenBao root token".into(), h.bao.root_token().to_string()),
+        ("session seed".into(), b64.encode(*s.key().unwrap().seed())),
+        (
+            "session seed (hex)".into(),
+            hex::encode(*s.key().unwrap().seed()),
+        ),
+        ("developer seed".into(), b64.encode(*h.developer.seed())),
+        ("admin seed".into(), b64.encode(*h.admin.seed())),
+        ("ingest token".into(), s.ingest_token().to_string()),
+    ];
+    let ledger = custody_identity::KeyPair::load(&h.path().join("data/ledger.key")).unwrap();
+    secrets.push(("ledger seed".into(), b64.encode(*ledger.seed())));
+    // Where secrets must never appear: logs, the ledger's segments, the bundle, the reports.
+    let mut places = all_files(&bundle);
+    places.extend(all_files(&h.path().join("data/ledger/segments")));
+    places.extend(all_files(&h.path().join("data/ledger/checkpoints")));
+    places.push(h.path().join("broker.log"));
+    places.push(report);
+    places.push(h.path().join("report.json"));
+    let mut searched = 0;
+    for p in &places {
+        let Ok(bytes) = std::fs::read(p) else {
+            continue;
+        };
+        searched += 1;
+        let text = String::from_utf8_lossy(&bytes);
+        for (what, secret) in &secrets {
+            assert!(
+                !text.contains(secret.as_str()),
+                "the {what} appears in {}",
+                p.display()
+            );
+        }
+    }
+    assert!(searched >= 8, "searched only {searched} files");
+}
