@@ -561,10 +561,7 @@ impl<G: Gate> Store<G> {
             Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
         }
 
-        let db = sled::Config::new()
-            .path(dir.join(INDEX))
-            .open()
-            .map_err(idx)?;
+        let db = open_index(&dir.join(INDEX))?;
         let tree = |name: &str| db.open_tree(name).map_err(idx);
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
@@ -894,6 +891,26 @@ impl<G: Gate> Store<G> {
 impl<G: Gate> Drop for Store<G> {
     fn drop(&mut self) {
         let _ = self.close();
+    }
+}
+
+/// Opens the sled index. sled releases its own file lock from background
+/// threads a moment after the previous handle in this process is dropped (a
+/// restart in the same process, as in tests), so a held lock is retried briefly;
+/// our own LOCK file already guarantees no other store has the directory.
+fn open_index(path: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::Config::new().path(path).open() {
+            Ok(db) => return Ok(db),
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(idx(e)),
+        }
     }
 }
 
