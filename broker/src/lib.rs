@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod dev;
+pub mod hook;
 pub mod server;
 pub mod sessionfile;
 pub mod signing;

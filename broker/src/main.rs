@@ -86,6 +86,11 @@ enum Command {
         #[arg(long, default_value = "revoked by admin")]
         reason: String,
     },
+    /// Agent hooks: read the hook JSON on stdin, sign and record it, answer.
+    Hook {
+        #[command(subcommand)]
+        agent: HookAgent,
+    },
     /// Export the ledger as a bundle directory.
     Export {
         #[arg(long, value_name = "URL")]
@@ -94,6 +99,20 @@ enum Command {
         as_key: PathBuf,
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum HookAgent {
+    /// Claude Code hooks (SessionStart, UserPromptSubmit, PreToolUse, PostToolUse, Stop, SessionEnd).
+    ClaudeCode {
+        #[arg(long, value_name = "SESSIONFILE")]
+        session: PathBuf,
+    },
+    /// Codex hooks, same shape.
+    Codex {
+        #[arg(long, value_name = "SESSIONFILE")]
+        session: PathBuf,
     },
 }
 
@@ -311,6 +330,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 r.tokens_revoked,
                 t0.elapsed()
             );
+        }
+        Command::Hook { agent } => {
+            let (agent, session) = match agent {
+                HookAgent::ClaudeCode { session } => {
+                    (custody_broker::hook::Agent::ClaudeCode, session)
+                }
+                HookAgent::Codex { session } => (custody_broker::hook::Agent::Codex, session),
+            };
+            let input = custody_broker::hook::read_input()?;
+            let out = runtime()?.block_on(custody_broker::hook::run(agent, &session, &input))?;
+            if let Some(v) = out.stdout {
+                println!("{v}");
+            }
+            return Ok(ExitCode::from(out.exit_code));
         }
         Command::Export {
             broker,
