@@ -220,9 +220,9 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
     let mut prev_hash = EntryHash::ZERO;
     let mut prev_time: Option<Timestamp> = None;
     let mut cp_idx = 0usize;
-    let lines = b.entry_lines()?;
+    let lines = Prepared::new(b.entry_lines()?);
     for item in lines {
-        let (n, line) = match item {
+        let (n, hash, parsed, sig) = match item {
             Ok(x) => x,
             Err(e) => {
                 c.encoding.fail(Some(range.size()), e.to_string());
@@ -230,10 +230,9 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
                 break;
             }
         };
-        let hash = entry_hash(&line);
         range.push(tlog_hash(&hash));
 
-        match Entry::parse_line(&line) {
+        match parsed {
             Err(e) => {
                 c.encoding.fail(Some(n), e.to_string());
                 unreadable = true;
@@ -266,7 +265,7 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
                     }
                 }
                 prev_time = Some(entry.received_at);
-                let sig_ok = match entry.verify_signature() {
+                let sig_ok = match sig {
                     Ok(()) => true,
                     Err(e) => {
                         c.signatures.fail(Some(n), e.to_string());
@@ -274,7 +273,9 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
                     }
                 };
                 if sig_ok {
-                    if let Err(d) = authority.check(&entry.signed_event(), entry.received_at) {
+                    if let Err(d) =
+                        authority.check_verified(&entry.signed_event(), entry.received_at)
+                    {
                         c.authorization
                             .fail(Some(n), format!("{} ({})", d.message, d.code.as_str()));
                     }
@@ -433,6 +434,95 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
         checks,
         stats,
     })
+}
+
+/// Lines read ahead and prepared on every core: the per-line work that does
+/// not depend on order (parsing, canonical-form check, entry hash, signature).
+/// The ordered checks (chain, authorization, Merkle) then run on the results.
+/// Memory stays bounded by the chunk size.
+struct Prepared {
+    lines: bundle::LineReader,
+    ready: std::collections::VecDeque<PreparedLine>,
+    error: Option<bundle::BundleError>,
+    done: bool,
+}
+
+type PreparedLine = (
+    u64,
+    EntryHash,
+    Result<Entry, custody_ledger::LedgerError>,
+    Result<(), custody_ledger::LedgerError>,
+);
+
+/// Lines prepared per round; a few MiB at most.
+const PREPARE_CHUNK: usize = 4096;
+
+impl Prepared {
+    fn new(lines: bundle::LineReader) -> Self {
+        Self {
+            lines,
+            ready: Default::default(),
+            error: None,
+            done: false,
+        }
+    }
+
+    fn fill(&mut self) {
+        let mut raw = Vec::with_capacity(PREPARE_CHUNK);
+        while raw.len() < PREPARE_CHUNK {
+            match self.lines.next() {
+                Some(Ok(x)) => raw.push(x),
+                Some(Err(e)) => {
+                    self.error = Some(e);
+                    self.done = true;
+                    break;
+                }
+                None => {
+                    self.done = true;
+                    break;
+                }
+            }
+        }
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(16);
+        let per = raw.len().div_ceil(workers).max(1);
+        let prepare = |(n, line): &(u64, Vec<u8>)| -> PreparedLine {
+            let hash = entry_hash(line);
+            let parsed = Entry::parse_line(line);
+            let sig = match &parsed {
+                Ok(e) => e.verify_signature(),
+                Err(_) => Ok(()),
+            };
+            (*n, hash, parsed, sig)
+        };
+        let out: Vec<PreparedLine> = std::thread::scope(|s| {
+            let handles: Vec<_> = raw
+                .chunks(per)
+                .map(|part| s.spawn(move || part.iter().map(prepare).collect::<Vec<_>>()))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        self.ready.extend(out);
+    }
+}
+
+impl Iterator for Prepared {
+    type Item = Result<PreparedLine, bundle::BundleError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.ready.is_empty() && !self.done {
+            self.fill();
+        }
+        match self.ready.pop_front() {
+            Some(x) => Some(Ok(x)),
+            None => self.error.take().map(Err),
+        }
+    }
 }
 
 fn tlog_hash(h: &EntryHash) -> custody_ledger::merkle::Hash {
