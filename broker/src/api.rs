@@ -16,6 +16,9 @@ pub const PATH_PROOF_INCLUSION: &str = "/v1/proof/inclusion";
 pub const PATH_PROOF_CONSISTENCY: &str = "/v1/proof/consistency";
 pub const PATH_STATUS: &str = "/v1/session/status";
 pub const PATH_REDACT: &str = "/v1/redact";
+pub const PATH_POLICY_CHECK: &str = "/v1/policy/check";
+/// OTLP/HTTP logs (the standard path, so exporters need only the base URL).
+pub const PATH_OTLP_LOGS: &str = "/v1/logs";
 
 /// Most events one batch request may carry.
 pub const MAX_BATCH_EVENTS: usize = 1000;
@@ -183,4 +186,28 @@ pub struct SessionStatus {
     pub active: bool,
     pub reason: Option<String>,
     pub expires_at: Option<String>,
+}
+
+/// `POST /v1/policy/check`, signed by the session before a tool runs.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyCheck {
+    /// The agent's tool name (`Bash`, `Read`, `exec_command`, …).
+    pub tool: String,
+    /// The tool's input as the agent gave it.
+    pub input: serde_json::Value,
+    #[serde(default)]
+    pub cwd: String,
+    /// The checked-out git branch in `cwd`, or empty.
+    #[serde(default)]
+    pub branch: String,
+}
+
+/// The decision, recorded as a `policy.decision` entry at `seq`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PolicyDecision {
+    pub allow: bool,
+    /// Ids of the policies that determined the decision.
+    pub policies: Vec<String>,
+    pub seq: u64,
 }

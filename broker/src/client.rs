@@ -269,6 +269,16 @@ impl Client {
         Ok(self.post(&key, PATH_STATUS, &serde_json::json!({})).await?)
     }
 
+    /// Asks the broker's pre-tool policy about a tool call (recorded there).
+    pub async fn policy_check(
+        &self,
+        session: &SessionFile,
+        check: &PolicyCheck,
+    ) -> Result<PolicyDecision, anyhow::Error> {
+        let key = session.key()?;
+        Ok(self.post(&key, PATH_POLICY_CHECK, check).await?)
+    }
+
     /// The kill switch: revokes `subject` as `admin`.
     pub async fn revoke(
         &self,

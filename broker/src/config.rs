@@ -13,6 +13,8 @@
 //! policies = ["ci-read"]
 //! max_ttl = "15m"
 //! contexts = ["ci", "chat"]
+//! [policy]
+//! file = "policy.cedar"                 # optional; the shipped default otherwise
 //! ```
 //!
 //! Parsing validates everything up front (DIDs, scope names, durations,
@@ -60,6 +62,17 @@ struct RawConfig {
     limits: Option<RawLimits>,
     #[serde(default)]
     tls: Option<RawTls>,
+    #[serde(default)]
+    policy: Option<RawPolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    /// A Cedar policy set replacing the shipped default.
+    file: Option<PathBuf>,
+    /// `false` turns the pre-tool policy off (every call allowed, still recorded).
+    enabled: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +185,15 @@ pub struct Config {
     pub checkpoint: CheckpointPolicy,
     pub limits: Limits,
     pub tls: TlsConfig,
+    pub policy: PolicyConfig,
+}
+
+/// The pre-tool policy's source.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyConfig {
+    pub enabled: bool,
+    /// `None`: the shipped default set.
+    pub file: Option<PathBuf>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7450";
@@ -294,6 +316,17 @@ impl Config {
             }
         }
 
+        let policy = match raw.policy {
+            None => PolicyConfig {
+                enabled: true,
+                file: None,
+            },
+            Some(p) => PolicyConfig {
+                enabled: p.enabled.unwrap_or(true),
+                file: p.file.map(resolve),
+            },
+        };
+
         let tls = match raw.tls {
             None => TlsConfig {
                 enabled: !listen.ip().is_loopback(),
@@ -307,6 +340,7 @@ impl Config {
         Ok(Self {
             listen,
             tls,
+            policy,
             data: resolve(raw.data.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA))),
             vault: raw.vault.map(|v| VaultConfig {
                 addr: v.addr,

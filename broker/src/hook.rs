@@ -7,8 +7,10 @@
 //! signs the matching event with the session key and sends it to the broker.
 //! Tool inputs, outputs and prompts go in as salted payload digests, their
 //! bodies beside the chain (redactable). On `PreToolUse` it asks the broker
-//! whether the session may still act; a revoked or expired session gets a
-//! `deny` with the reason, in Claude Code's hook output format.
+//! whether the session may still act and whether the pre-tool policy
+//! ([`crate::policy`]) allows the call; a revoked or expired session, or a
+//! call a policy forbids, gets a `deny` with the reason, in Claude Code's hook
+//! output format.
 //!
 //! When the broker cannot be reached, events are appended to a spool file
 //! beside the session file (`<session>.spool.jsonl`, signed, 0600) and sent,
@@ -24,7 +26,7 @@ use anyhow::Context as _;
 use custody_ledger::{actions, Approval, SignedEvent};
 use serde_json::{json, Value};
 
-use crate::api::PayloadBody;
+use crate::api::{PayloadBody, PolicyCheck};
 use crate::client::{salted_payload, session_event, Client, ClientError};
 use crate::sessionfile::SessionFile;
 
@@ -247,6 +249,23 @@ fn deny(agent: Agent, reason: &str) -> HookOutput {
     }
 }
 
+/// The checked-out branch, only for commands that push (a bare `git push`
+/// pushes it); empty otherwise or when git cannot say.
+fn branch_for(tool_input: &Value, cwd: &str) -> String {
+    let cmd = crate::policy::Resource::of("Bash", tool_input).text;
+    if !cmd.contains("git push") || cwd.is_empty() {
+        return String::new();
+    }
+    std::process::Command::new("git")
+        .args(["-C", cwd, "rev-parse", "--abbrev-ref", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
 fn offline_denies(tool: &str) -> bool {
     match std::env::var("CUSTODY_OFFLINE").as_deref() {
         Ok("allow") => false,
@@ -278,20 +297,45 @@ pub async fn run(agent: Agent, session_path: &Path, input: &[u8]) -> anyhow::Res
         Err(_) => true,
     };
 
+    // Before a tool runs: is the session still alive, and does the policy
+    // allow this call? One round trip; the broker records the decision.
+    let mut decided = None;
     if name == "PreToolUse" && reachable {
-        match client.status(&session).await {
-            Ok(st) if !st.active => {
-                let why = st.reason.unwrap_or_else(|| "inactive".into());
-                return Ok(deny(agent, &format!("custody: this agent session may no longer act ({why}); ask a human to start a new session")));
+        let cwd = input["cwd"].as_str().unwrap_or_default().to_string();
+        let check = PolicyCheck {
+            tool: tool.clone(),
+            branch: branch_for(&input["tool_input"], &cwd),
+            input: input["tool_input"].clone(),
+            cwd,
+        };
+        match client.policy_check(&session, &check).await {
+            Ok(d) if !d.allow => {
+                return Ok(deny(
+                    agent,
+                    &format!(
+                        "custody: policy {} denies this {tool} call (ledger entry {}); ask a human if it is needed",
+                        d.policies.join(", "),
+                        d.seq
+                    ),
+                ));
             }
-            Ok(_) => {}
+            Ok(d) => decided = Some(d),
             Err(e) if is_unreachable(&e) => {}
-            Err(e) => return Err(e),
+            Err(e) => match e.downcast_ref::<ClientError>() {
+                Some(ClientError::Api { code, message, .. }) if code == "session_inactive" => {
+                    return Ok(deny(agent, &format!("custody: this agent session may no longer act ({message}); ask a human to start a new session")));
+                }
+                _ => return Err(e),
+            },
         }
     }
-    let Some((ev, body)) = event_for(&session, agent, &input)? else {
+    let Some((mut ev, body)) = event_for(&session, agent, &input)? else {
         return Ok(allow);
     };
+    if let Some(d) = decided {
+        ev.details.insert("policy_seq".into(), d.seq.into());
+        ev.details.insert("policies".into(), json!(d.policies));
+    }
     let key = session.key()?;
     let signed = ev.sign(&key)?;
     let sent = if reachable {

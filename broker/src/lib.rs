@@ -5,7 +5,8 @@
 //! ([`client`]). Requests are signed by the caller's did:key ([`signing`]); the
 //! API's bodies live in [`api`]; [`config`] reads `custody.toml`; [`vault`] mints
 //! and revokes OpenBao/Vault tokens; [`sessionfile`] is what an agent runs with;
-//! [`dev`] spawns an OpenBao dev server for trying it out; [`demo`] runs the
+//! [`otlp`] decodes agents' OpenTelemetry logs (recorded as
+//! broker-attested telemetry); [`policy`] is the Cedar pre-tool policy; [`dev`] spawns an OpenBao dev server for trying it out; [`demo`] runs the
 //! whole scenario.
 
 pub mod api;
@@ -14,6 +15,8 @@ pub mod config;
 pub mod demo;
 pub mod dev;
 pub mod hook;
+pub mod otlp;
+pub mod policy;
 pub mod server;
 pub mod sessionfile;
 pub mod signing;

@@ -277,6 +277,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 shell_quote(&s.broker)
             );
             println!("export OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf");
+            // Claude Code exports its events only when asked to.
+            println!("export CLAUDE_CODE_ENABLE_TELEMETRY=1");
+            println!("export OTEL_LOGS_EXPORTER=otlp");
             println!(
                 "export OTEL_EXPORTER_OTLP_HEADERS={}",
                 shell_quote(&format!("Authorization=Bearer {}", s.ingest_token()))

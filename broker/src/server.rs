@@ -103,6 +103,8 @@ pub struct AppState {
     rate: Mutex<HashMap<Did, (Instant, u32)>>,
     mint_lock: tokio::sync::RwLock<()>,
     checkpointed: Mutex<(u64, Instant)>,
+    /// The pre-tool policy; `None` when `[policy] enabled = false`.
+    policy: Option<crate::policy::Policy>,
 }
 
 /// What `custody serve` prints and tests read.
@@ -172,8 +174,20 @@ impl AppState {
                 .append(e.sign(&ledger_key)?)
                 .map_err(|e| anyhow::anyhow!("writing {action}: {e}"))?;
         }
+        let policy = match (&cfg.policy.enabled, &cfg.policy.file) {
+            (false, _) => None,
+            (true, None) => Some(crate::policy::Policy::default_set()),
+            (true, Some(f)) => {
+                let text = std::fs::read_to_string(f).map_err(|e| io_ctx(f, e))?;
+                Some(
+                    crate::policy::Policy::parse(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?,
+                )
+            }
+        };
         let size = store.len();
         Ok(Arc::new(Self {
+            policy,
             cfg,
             store: Arc::new(store),
             ledger_key,
@@ -254,6 +268,53 @@ impl AppState {
             }
         }
         Ok(did)
+    }
+
+    /// The delegation of a session that may still act now, or why not.
+    fn active_session(&self, did: &Did) -> Result<Delegation, String> {
+        let now = Timestamp::now();
+        self.store.with_gate(|a| {
+            if let Some(r) = a.revoked_at(did, now) {
+                return Err(format!("revoked: {}", r.revocation.reason));
+            }
+            let g = a
+                .session(did)
+                .ok_or_else(|| "no such session".to_string())?;
+            g.delegation
+                .is_valid_at(now.datetime())
+                .map_err(|e| e.to_string())?;
+            Ok(g.delegation.clone())
+        })
+    }
+
+    /// Keeps a body beside the chain under a fresh salt; returns its reference.
+    fn put_salted_payload(&self, body: &[u8]) -> ApiResult<custody_ledger::PayloadRef> {
+        let mut salt = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut salt);
+        let digest = custody_ledger::bundle::payload_digest(&salt, body);
+        self.store
+            .put_payload(digest, salt, body)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(custody_ledger::PayloadRef {
+            digest,
+            size: body.len() as u64,
+        })
+    }
+
+    /// A service event by the ledger key about a session's activity.
+    fn attested_event(&self, action: &str, d: &Delegation) -> ApiResult<Event> {
+        let bad = |e: custody_ledger::LedgerError| ApiError::internal(e.to_string());
+        let mut e = Event::new(
+            self.ledger_key.did(),
+            ActorKind::Service,
+            ActionType::new(action).map_err(bad)?,
+        );
+        e.session = Some(custody_ledger::SessionId::new(d.id.clone()).map_err(bad)?);
+        e.context = Some(custody_ledger::Context::new(d.context.clone()).map_err(bad)?);
+        e.on_behalf_of = Some(d.issuer.clone());
+        e.details
+            .insert("session_did".into(), d.session.as_str().into());
+        Ok(e)
     }
 
     /// Appends events on a blocking thread (the store's append waits for fdatasync).
@@ -392,6 +453,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(PATH_CHECKPOINT, get(checkpoint))
         .route(PATH_PROOF_INCLUSION, get(inclusion))
         .route(PATH_PROOF_CONSISTENCY, get(consistency))
+        .route(PATH_POLICY_CHECK, post(policy_check))
+        .route(
+            PATH_OTLP_LOGS,
+            post(otlp_logs).layer(tower_http::decompression::RequestDecompressionLayer::new()),
+        )
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -544,6 +610,173 @@ async fn start_session(
         certificate_pem,
         ca_pem: s.ca.ca_cert_pem().to_string(),
         ingest_token,
+    }))
+}
+
+/// `POST /v1/logs`: an OTLP export from a session's agent, authenticated by
+/// the session's ingest token; see [`crate::otlp`].
+async fn otlp_logs(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    use crate::otlp::{self, Decider, Encoding};
+    let unauth = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "bad_ingest_token", m);
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            unauth("send the session's ingest token as `Authorization: Bearer <token>`")
+        })?;
+    let did = s
+        .ingest
+        .get(sha256_hex(token.trim()).as_bytes())
+        .ok()
+        .flatten()
+        .and_then(|v| {
+            std::str::from_utf8(&v)
+                .ok()
+                .and_then(|d| Did::parse(d).ok())
+        })
+        .ok_or_else(|| unauth("unknown or revoked ingest token"))?;
+    let ct = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let enc = Encoding::from_content_type(ct).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            e.to_string(),
+        )
+    })?;
+    let records = otlp::decode(enc, &body)
+        .map_err(|e| ApiError::bad_request("malformed_otlp", e.to_string()))?;
+    let Some(d) = s
+        .store
+        .with_gate(|a| a.session(&did).map(|g| g.delegation.clone()))
+    else {
+        return Err(unauth("the ingest token's session is not in the ledger"));
+    };
+    let bad = |e: custody_ledger::LedgerError| ApiError::internal(e.to_string());
+    let mut events = Vec::with_capacity(records.len());
+    for r in &records {
+        let c = otlp::classify(r);
+        let mut e = s.attested_event(&c.action, &d)?;
+        let det = &mut e.details;
+        det.insert("attested_by".into(), "broker".into());
+        det.insert("source".into(), "otlp".into());
+        det.insert("event".into(), r.name.clone().into());
+        det.insert("origin".into(), c.origin.into());
+        det.insert(
+            "agent_time_unix_nano".into(),
+            r.time_unix_nano.to_string().into(),
+        );
+        det.insert("attributes".into(), otlp::ledger_attributes(r).into());
+        if let Some(dec) = &c.decision {
+            det.insert("decision".into(), dec.clone().into());
+        }
+        e.approval = match &c.decider {
+            // The person at the keyboard of a session is its delegator.
+            Some(Decider::User(_)) => Some(custody_ledger::Approval::Human {
+                approver: d.issuer.clone(),
+            }),
+            Some(Decider::Config) => Some(custody_ledger::Approval::Policy {
+                policy: "agent-config".into(),
+            }),
+            Some(Decider::Reviewer(r)) => Some(custody_ledger::Approval::AutoReview {
+                reviewer: r.clone(),
+            }),
+            Some(Decider::Other(_)) | None => None,
+        };
+        if let Some(Decider::User(src) | Decider::Reviewer(src) | Decider::Other(src)) = &c.decider
+        {
+            e.details
+                .insert("decision_source".into(), src.clone().into());
+        }
+        e.payload = Some(s.put_salted_payload(&otlp::payload_of(r))?);
+        events.push(e.sign(&s.ledger_key).map_err(bad)?);
+    }
+    let results = s.append_many(events).await?;
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+        .collect();
+    let msg = failed.first().cloned().unwrap_or_default();
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, enc.content_type())],
+        otlp::response(enc, failed.len() as i64, msg),
+    )
+        .into_response())
+}
+
+/// `POST /v1/policy/check`: the pre-tool policy decides a session's tool
+/// call; the decision is recorded (`policy.decision`, by the ledger key) with
+/// the ids of the policies that made it.
+async fn policy_check(
+    State(s): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<PolicyDecision>> {
+    use crate::policy::{Query, Resource};
+    let caller = s.authenticate(&method, &uri, &headers, &body)?;
+    let req: PolicyCheck = parse_body(&body)?;
+    if req.tool.is_empty() || req.tool.len() > 128 {
+        return Err(ApiError::bad_request(
+            "malformed",
+            "`tool` must be 1..128 characters",
+        ));
+    }
+    let d = match s.active_session(&caller) {
+        Ok(d) => d,
+        Err(why) => {
+            return Err(s
+                .deny(&caller, actions::POLICY_DECISION, "session_inactive", why)
+                .await)
+        }
+    };
+    let resource = Resource::of(&req.tool, &req.input);
+    let decision = match &s.policy {
+        None => crate::policy::Decision {
+            allow: true,
+            policies: vec!["policy-disabled".into()],
+            errors: Vec::new(),
+        },
+        Some(p) => p
+            .decide(&Query {
+                session: &d,
+                tool: &req.tool,
+                resource: &resource,
+                cwd: &req.cwd,
+                branch: &req.branch,
+            })
+            .map_err(|e| ApiError::internal(e.to_string()))?,
+    };
+    let mut e = s.attested_event(actions::POLICY_DECISION, &d)?;
+    e.details.insert("tool".into(), req.tool.clone().into());
+    e.details.insert(
+        "decision".into(),
+        if decision.allow { "allow" } else { "deny" }.into(),
+    );
+    e.details
+        .insert("policies".into(), json!(decision.policies));
+    e.details
+        .insert("resource_kind".into(), resource.kind.into());
+    if !decision.errors.is_empty() {
+        e.details.insert("errors".into(), json!(decision.errors));
+    }
+    // The command or path may hold secrets: a redactable digest, not the text.
+    e.payload = Some(s.put_salted_payload(resource.text.as_bytes())?);
+    let signed = e
+        .sign(&s.ledger_key)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let appended = s.append_one(signed).await?;
+    Ok(Json(PolicyDecision {
+        allow: decision.allow,
+        policies: decision.policies,
+        seq: appended.seq.0,
     }))
 }
 

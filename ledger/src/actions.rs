@@ -20,3 +20,8 @@ pub const TOOL_RESULT: &str = "tool.result";
 /// A human's decision on an agent's request (`details.decision`: approve | deny).
 pub const APPROVAL: &str = "approval";
 pub const PROMPT: &str = "prompt";
+/// The broker's pre-tool policy decided a session's tool call (`details.decision`,
+/// `details.policies`).
+pub const POLICY_DECISION: &str = "policy.decision";
+/// Prefix of broker-attested agent telemetry (`telemetry.claude_code.tool_decision`, …).
+pub const TELEMETRY_PREFIX: &str = "telemetry.";

@@ -30,6 +30,9 @@ pub struct Report {
     pub period: Period,
     pub identities: Vec<Identity>,
     pub activity: Activity,
+    /// Commits made inside agent sessions (`git.commit` entries).
+    #[serde(default)]
+    pub commits: Vec<CommitLine>,
     pub credentials: Vec<CredentialLine>,
     pub oversight: Oversight,
     pub exceptions: Exceptions,
@@ -86,15 +89,41 @@ pub struct SessionInfo {
     pub revoked_at_seq: Option<u64>,
 }
 
+/// A commit an agent session made, bound by `custody git install`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CommitLine {
+    pub seq: u64,
+    pub commit: String,
+    pub session: String,
+    pub agent: String,
+    pub repo: Option<String>,
+    pub branch: Option<String>,
+    pub intent_seq: Option<u64>,
+    pub at: String,
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Activity {
-    /// Entries per actor kind.
+    /// Entries per kind of activity (see [`activity_kind`]): who acted, which
+    /// is not always who signed.
     pub by_kind: BTreeMap<String, u64>,
-    /// Entries per actor kind and action type.
+    /// Prompts typed by a person and relayed, signed, by the agent session's
+    /// hook (counted as human above).
+    #[serde(default)]
+    pub human_relayed_by_agent: u64,
+    /// Entries the broker attests from agent telemetry (OTLP), not signed by
+    /// the agent; counted above by what they report.
+    #[serde(default)]
+    pub broker_attested: u64,
+    /// Pre-tool policy decisions: allow / deny.
+    #[serde(default)]
+    pub policy_decisions: BTreeMap<String, u64>,
+    /// Entries per activity kind and action type.
     pub by_kind_action: BTreeMap<String, BTreeMap<String, u64>>,
     /// Agent tool calls by who approved them: human, policy, auto_review, none, unrecorded.
     pub agent_approvals: BTreeMap<String, u64>,
-    /// Human `approval` decisions: approve / deny.
+    /// Human decisions: `approval` entries and users' permission decisions
+    /// reported by agent telemetry; approve / deny.
     pub human_decisions: BTreeMap<String, u64>,
     /// Entries per time bucket and kind, for the timeline.
     pub timeline: Vec<Bucket>,
@@ -205,6 +234,10 @@ struct Acc {
     approvals: BTreeMap<String, u64>,
     decisions: BTreeMap<String, u64>,
     times: Vec<(i128, ActorKind)>,
+    human_relayed: u64,
+    attested: u64,
+    policy_decisions: BTreeMap<String, u64>,
+    commits: Vec<CommitLine>,
     credentials: Vec<CredentialLine>,
     revocations: Vec<(RevocationLine, Timestamp)>,
     denied: Vec<(DeniedLine, Timestamp)>,
@@ -219,10 +252,20 @@ impl Acc {
     fn add(&mut self, e: &Entry) {
         let ev = &e.event;
         let actor = ev.actor.to_string();
-        let kind = ev.actor_kind.as_str().to_string();
+        let did_it = activity_kind(ev);
+        let kind = did_it.as_str().to_string();
+        let telemetry = ev.actor_kind == ActorKind::Service
+            && ev.action.as_str().starts_with(actions::TELEMETRY_PREFIX);
+        if telemetry {
+            self.attested += 1;
+        } else if ev.actor_kind == ActorKind::Agent && did_it == ActorKind::Human {
+            self.human_relayed += 1;
+        }
         self.first.get_or_insert(e.received_at);
         self.last = Some(e.received_at);
-        self.kinds.entry(actor.clone()).or_insert(kind.clone());
+        self.kinds
+            .entry(actor.clone())
+            .or_insert_with(|| ev.actor_kind.as_str().to_string());
         *self.counts.entry(actor.clone()).or_default() += 1;
         *self.by_kind.entry(kind.clone()).or_default() += 1;
         *self
@@ -231,8 +274,7 @@ impl Acc {
             .or_default()
             .entry(ev.action.to_string())
             .or_default() += 1;
-        self.times
-            .push((e.received_at.unix_millis(), ev.actor_kind));
+        self.times.push((e.received_at.unix_millis(), did_it));
         let s = |k: &str| ev.detail_str(k).map(str::to_string);
         let list = |k: &str| -> Vec<String> {
             ev.details
@@ -307,6 +349,35 @@ impl Acc {
             actions::APPROVAL => {
                 let d = s("decision").unwrap_or_else(|| "unknown".into());
                 *self.decisions.entry(d).or_default() += 1;
+            }
+            actions::POLICY_DECISION if ev.actor_kind == ActorKind::Service => {
+                let d = s("decision").unwrap_or_else(|| "unknown".into());
+                *self.policy_decisions.entry(d).or_default() += 1;
+            }
+            a if telemetry
+                && a.ends_with(".tool_decision")
+                && matches!(ev.approval, Some(Approval::Human { .. })) =>
+            {
+                let d = s("decision").unwrap_or_else(|| "unknown".into());
+                *self.decisions.entry(d).or_default() += 1;
+            }
+            "git.commit" if ev.actor_kind == ActorKind::Agent => {
+                if let Some(commit) = s("commit") {
+                    self.commits.push(CommitLine {
+                        seq: e.seq.0,
+                        commit,
+                        session: actor.clone(),
+                        agent: self
+                            .sessions
+                            .get(&actor)
+                            .map(|si| si.agent.clone())
+                            .unwrap_or_default(),
+                        repo: s("repo"),
+                        branch: s("branch"),
+                        intent_seq: ev.details.get("intent_seq").and_then(|v| v.as_u64()),
+                        at: e.received_at.to_string(),
+                    });
+                }
             }
             actions::CREDENTIAL_MINT | actions::CREDENTIAL_REVOKE => {
                 self.credentials.push(CredentialLine {
@@ -421,6 +492,9 @@ impl Acc {
         let denied: Vec<DeniedLine> = self.denied.into_iter().map(|d| d.0).collect();
         let activity = Activity {
             by_kind: self.by_kind,
+            human_relayed_by_agent: self.human_relayed,
+            broker_attested: self.attested,
+            policy_decisions: self.policy_decisions,
             by_kind_action: self.by_kind_action,
             agent_approvals: self.approvals,
             human_decisions: self.decisions.clone(),
@@ -479,11 +553,34 @@ impl Acc {
             period,
             identities,
             activity,
+            commits: self.commits,
             credentials: self.credentials,
             oversight,
             exceptions,
             articles,
         }
+    }
+}
+
+/// Who did what an entry records. A person's prompt relayed by the agent's
+/// hook (`details.origin = "human"`) and broker-attested telemetry of a user's
+/// prompt or permission decision are human activity, though a session or the
+/// broker signed them; other telemetry reports the agent's own actions. All
+/// else is the signer's kind.
+pub fn activity_kind(ev: &custody_ledger::Event) -> ActorKind {
+    let origin = ev.detail_str("origin");
+    match ev.actor_kind {
+        ActorKind::Agent if ev.action.as_str() == actions::PROMPT && origin == Some("human") => {
+            ActorKind::Human
+        }
+        ActorKind::Service if ev.action.as_str().starts_with(actions::TELEMETRY_PREFIX) => {
+            match origin {
+                Some("human") => ActorKind::Human,
+                Some("agent") => ActorKind::Agent,
+                _ => ActorKind::Service,
+            }
+        }
+        k => k,
     }
 }
 

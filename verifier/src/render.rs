@@ -29,6 +29,14 @@ fn verdict(r: &Report) -> &'static str {
     }
 }
 
+/// How the activity split was counted, in one sentence.
+fn attribution_note(r: &Report) -> String {
+    format!(
+        "Counted by who acted, not who signed: {} human prompt(s) were relayed and signed by agent sessions' hooks; {} entr(ies) are agent telemetry attested by the broker (not signed by the agent).",
+        r.activity.human_relayed_by_agent, r.activity.broker_attested
+    )
+}
+
 pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# custody attestation report\n");
@@ -98,6 +106,26 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(s, "\n## Activity\n\nAgent tool calls by approver:\n");
     for (k, n) in &r.activity.agent_approvals {
         let _ = writeln!(s, "- {k}: {n}");
+    }
+    let _ = writeln!(s, "\n{}\n", attribution_note(r));
+    for (k, n) in &r.activity.policy_decisions {
+        let _ = writeln!(s, "- pre-tool policy {k}: {n}");
+    }
+    let _ = writeln!(
+        s,
+        "\n## Agent commits\n\n| seq | commit | agent | session | repo | branch |\n|---|---|---|---|---|---|"
+    );
+    for c in &r.commits {
+        let _ = writeln!(
+            s,
+            "| {} | `{}` | {} | `{}` | {} | {} |",
+            c.seq,
+            c.commit,
+            c.agent,
+            short(&c.session),
+            c.repo.as_deref().unwrap_or("-"),
+            c.branch.as_deref().unwrap_or("-")
+        );
     }
     let _ = writeln!(
         s,
@@ -333,6 +361,31 @@ section.article{{border-left:4px solid #ccc;padding-left:1em;margin-bottom:1.5em
     let _ = write!(s, "</table><h2>Approvals of agent actions</h2><table><tr><th>approved by</th><th>tool calls</th></tr>");
     for (k, n) in &r.activity.agent_approvals {
         let _ = write!(s, "<tr><td>{}</td><td>{n}</td></tr>", esc(k));
+    }
+    let _ = write!(s, "</table><p>{}</p>", esc(&attribution_note(r)));
+    if !r.activity.policy_decisions.is_empty() {
+        let _ = write!(
+            s,
+            "<table><tr><th>pre-tool policy</th><th>decisions</th></tr>"
+        );
+        for (k, n) in &r.activity.policy_decisions {
+            let _ = write!(s, "<tr><td>{}</td><td>{n}</td></tr>", esc(k));
+        }
+        let _ = write!(s, "</table>");
+    }
+    let _ = write!(s, "<h2 id=\"commits\">Agent commits</h2><table><tr><th>seq</th><th>commit</th><th>agent</th><th>session</th><th>repo</th><th>branch</th><th>at</th></tr>");
+    for c in &r.commits {
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            c.seq,
+            esc(&c.commit),
+            esc(&c.agent),
+            esc(&short(&c.session)),
+            esc(c.repo.as_deref().unwrap_or("-")),
+            esc(c.branch.as_deref().unwrap_or("-")),
+            esc(&c.at)
+        );
     }
     let _ = write!(s, "</table><h2>Credentials</h2><table><tr><th>seq</th><th>action</th><th>subject</th><th>scope</th><th>TTL (s)</th><th>at</th></tr>");
     for c in &r.credentials {
