@@ -14,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod dev;
+pub mod git;
 pub mod hook;
 pub mod otlp;
 pub mod policy;

@@ -91,6 +91,12 @@ enum Command {
         #[command(subcommand)]
         agent: HookAgent,
     },
+    /// Git commit binding: commits made inside an agent session carry its
+    /// trailers and are recorded in the ledger.
+    Git {
+        #[command(subcommand)]
+        command: GitCommand,
+    },
     /// Export the ledger as a bundle directory.
     Export {
         #[arg(long, value_name = "URL")]
@@ -100,6 +106,37 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum GitCommand {
+    /// Install the prepare-commit-msg, commit-msg, post-commit and post-merge
+    /// hooks into a repository.
+    Install {
+        /// The repository (default: the current directory).
+        #[arg(long, value_name = "DIR")]
+        repo: Option<PathBuf>,
+        /// Fix the session for every commit in this repository (git config
+        /// `custody.session`); without it, $CUSTODY_SESSION at commit time decides.
+        #[arg(long, value_name = "SESSIONFILE")]
+        session: Option<PathBuf>,
+        /// Replace existing hooks not written by custody (they are kept as
+        /// <hook>.pre-custody).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run by the prepare-commit-msg hook: records the intent, adds the trailers.
+    PrepareCommitMsg {
+        file: PathBuf,
+        source: Option<String>,
+        sha: Option<String>,
+    },
+    /// Run by the commit-msg hook: lets git abort a message left empty.
+    CommitMsg { file: PathBuf },
+    /// Run by the post-commit hook (or by hand, to retry): records HEAD.
+    PostCommit,
+    /// Run by the post-merge hook: records a merge commit.
+    PostMerge { squash: Option<String> },
 }
 
 #[derive(Subcommand)]
@@ -348,6 +385,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             return Ok(ExitCode::from(out.exit_code));
         }
+        Command::Git { command } => match command {
+            GitCommand::Install {
+                repo,
+                session,
+                force,
+            } => {
+                let done =
+                    custody_broker::git::install(repo.as_deref(), session.as_deref(), force)?;
+                print!("{done}");
+            }
+            GitCommand::PrepareCommitMsg { file, source, .. } => {
+                custody_broker::git::prepare_commit_msg(&file, source.as_deref())?
+            }
+            GitCommand::CommitMsg { file } => custody_broker::git::commit_msg(&file)?,
+            GitCommand::PostCommit => custody_broker::git::post_commit()?,
+            GitCommand::PostMerge { squash } => custody_broker::git::post_merge(squash.as_deref())?,
+        },
         Command::Export {
             broker,
             as_key,

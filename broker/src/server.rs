@@ -42,6 +42,8 @@ use crate::config::Config;
 use crate::signing::{self, RequestAuthError, RequestParts};
 use crate::vault::{accessor_hash, Vault};
 
+/// Refusals of identities the ledger does not know, recorded per minute.
+const STRANGER_DENIALS_PER_MINUTE: u32 = 60;
 /// How many nonces the replay cache holds before it prunes expired ones.
 const NONCE_PRUNE_AT: usize = 100_000;
 
@@ -101,6 +103,7 @@ pub struct AppState {
     ingest: sled::Tree,
     nonces: Mutex<HashMap<[u8; 16], i64>>,
     rate: Mutex<HashMap<Did, (Instant, u32)>>,
+    stranger_denials: Mutex<(Instant, u32)>,
     mint_lock: tokio::sync::RwLock<()>,
     checkpointed: Mutex<(u64, Instant)>,
     /// The pre-tool policy; `None` when `[policy] enabled = false`.
@@ -199,6 +202,7 @@ impl AppState {
             ingest,
             nonces: Mutex::new(HashMap::new()),
             rate: Mutex::new(HashMap::new()),
+            stranger_denials: Mutex::new((Instant::now(), 0)),
             mint_lock: tokio::sync::RwLock::new(()),
             checkpointed: Mutex::new((size, Instant::now())),
         }))
@@ -268,6 +272,20 @@ impl AppState {
             }
         }
         Ok(did)
+    }
+
+    /// An admin in `[trust]` who has not been revoked may export and redact.
+    fn check_admin(&self, caller: &Did) -> Result<(), String> {
+        if !self.cfg.admins.contains(caller) {
+            return Err(format!("{caller} is not in [trust] admins"));
+        }
+        match self.store.with_gate(|a| {
+            a.revoked_at(caller, Timestamp::now())
+                .map(|r| r.revocation.reason.clone())
+        }) {
+            Some(reason) => Err(format!("{caller} has been revoked ({reason})")),
+            None => Ok(()),
+        }
     }
 
     /// The delegation of a session that may still act now, or why not.
@@ -346,7 +364,7 @@ impl AppState {
                     .await;
                 Err(ApiError::forbidden(denial_code(&rej.code), rej.message))
             }
-            Err(AppendError::Store(e)) => Err(ApiError::internal(format!("ledger: {e}"))),
+            Err(AppendError::Store(e)) => Err(store_error(e)),
         }
     }
 
@@ -358,6 +376,25 @@ impl AppState {
         code: &str,
         reason: &str,
     ) {
+        // Keys cost nothing, so refusals of identities the ledger does not know
+        // are recorded only up to a global budget: probing is evidence, but a
+        // stranger must not be able to grow the ledger without bound.
+        let known = self.store.with_gate(|a| {
+            a.session(actor).is_some()
+                || a.trust().admins.contains(actor)
+                || a.trust().delegators.contains(actor)
+        });
+        if !known {
+            let mut b = self.stranger_denials.lock().expect("lock");
+            if b.0.elapsed() >= Duration::from_secs(60) {
+                *b = (Instant::now(), 0);
+            }
+            b.1 += 1;
+            if b.1 > STRANGER_DENIALS_PER_MINUTE {
+                tracing::warn!(%actor, attempted, code, "refusal not recorded: over the budget for unknown identities");
+                return;
+            }
+        }
         let mut e = match ActionType::new(actions::REQUEST_DENIED) {
             Ok(a) => Event::new(self.ledger_key.did(), ActorKind::Service, a),
             Err(_) => return,
@@ -433,6 +470,20 @@ fn denial_code(code: &str) -> &'static str {
 }
 
 /// Parses a JSON body with a message that names the problem.
+/// A storage failure: 503 when the ledger cannot be written just now (a full
+/// disk, a read-only directory: retry later, nothing was stored), 500 otherwise.
+fn store_error(e: custody_ledger::store::StoreError) -> ApiError {
+    use custody_ledger::store::StoreError;
+    match e {
+        StoreError::WriteFailed(_) | StoreError::Poisoned(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ledger_unavailable",
+            format!("ledger: {e}"),
+        ),
+        e => ApiError::internal(format!("ledger: {e}")),
+    }
+}
+
 fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("malformed_json", format!("request body: {e}")))
@@ -1037,15 +1088,8 @@ async fn redact(
 ) -> ApiResult<Json<serde_json::Value>> {
     let caller = s.authenticate(&method, &uri, &headers, &body)?;
     let req: RedactRequest = parse_body(&body)?;
-    if !s.cfg.admins.contains(&caller) {
-        return Err(s
-            .deny(
-                &caller,
-                "payload.redact",
-                "not_admin",
-                format!("{caller} is not in [trust] admins"),
-            )
-            .await);
+    if let Err(why) = s.check_admin(&caller) {
+        return Err(s.deny(&caller, "payload.redact", "not_admin", why).await);
     }
     let digest = custody_ledger::PayloadDigest::from_hex(&req.digest)
         .map_err(|e| ApiError::bad_request("malformed", e.to_string()))?;
@@ -1128,10 +1172,13 @@ async fn append_batch(
                     message: rej.message,
                 })
             }
-            Err(AppendError::Store(e)) => BatchItem::Err(ErrorBody {
-                error: "internal".into(),
-                message: e.to_string(),
-            }),
+            Err(AppendError::Store(e)) => {
+                let e = store_error(e);
+                BatchItem::Err(ErrorBody {
+                    error: e.code.into(),
+                    message: e.message,
+                })
+            }
         });
     }
     Ok(Json(BatchResult { results: out }))
@@ -1319,15 +1366,8 @@ async fn export(
     body: Bytes,
 ) -> ApiResult<Response> {
     let caller = s.authenticate(&method, &uri, &headers, &body)?;
-    if !s.cfg.admins.contains(&caller) {
-        return Err(s
-            .deny(
-                &caller,
-                "ledger.export",
-                "not_admin",
-                format!("{caller} is not in [trust] admins"),
-            )
-            .await);
+    if let Err(why) = s.check_admin(&caller) {
+        return Err(s.deny(&caller, "ledger.export", "not_admin", why).await);
     }
     let s2 = s.clone();
     let tar = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {

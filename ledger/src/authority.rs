@@ -566,4 +566,8 @@ impl crate::store::Gate for Authority {
     fn applied(&mut self, entry: &Entry) {
         self.apply(entry)
     }
+
+    fn fresh(&self) -> Self {
+        Authority::new(self.ledger.clone())
+    }
 }

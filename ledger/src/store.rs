@@ -89,6 +89,12 @@ pub trait Gate: Send + 'static {
     /// Folds an entry into the state: after admission, and for every entry on
     /// reopen.
     fn applied(&mut self, entry: &Entry);
+    /// An empty gate with the same configuration. After a failed write the
+    /// store rebuilds the state from the ledger into one, since the batch had
+    /// already been folded in.
+    fn fresh(&self) -> Self
+    where
+        Self: Sized;
 }
 
 /// A gate that only checks the actor's signature (tests and tools).
@@ -106,6 +112,10 @@ impl Gate for AcceptAll {
         Ok(())
     }
     fn applied(&mut self, _: &Entry) {}
+
+    fn fresh(&self) -> Self {
+        AcceptAll
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,8 +135,13 @@ pub enum StoreError {
     },
     #[error("index: {0}")]
     Index(String),
-    #[error("the store hit a write or sync failure and refuses appends until it is reopened: {0}")]
+    #[error(
+        "the store hit a failure it could not undo and refuses appends until it is reopened: {0}"
+    )]
     Poisoned(String),
+    /// Nothing of the request was stored; later appends are tried again.
+    #[error("writing the ledger failed, nothing of this request was stored: {0}")]
+    WriteFailed(String),
     #[error("no entry {0}")]
     NoSuchEntry(u64),
     #[error("payload: {0}")]
@@ -354,6 +369,8 @@ struct Writer<G: Gate> {
     segment: File,
     segment_first: u64,
     segment_len: u64,
+    /// First seq whose index update failed; caught up before the next one.
+    index_behind: Option<u64>,
 }
 
 impl<G: Gate> Writer<G> {
@@ -391,8 +408,17 @@ impl<G: Gate> Writer<G> {
             return;
         }
         if let Err(e) = self.maybe_rotate() {
-            self.poison(e.to_string());
-            return self.commit(batch);
+            // Nothing was folded into the gate yet: refuse this batch only.
+            let why = e.to_string();
+            for r in batch {
+                let n = r.events.len();
+                let _ = r.reply.send(
+                    (0..n)
+                        .map(|_| Err(AppendError::Store(StoreError::WriteFailed(why.clone()))))
+                        .collect(),
+                );
+            }
+            return;
         }
         let mut gate = self.gate.lock().expect("gate lock");
         let mut buf = Vec::new();
@@ -467,7 +493,17 @@ impl<G: Gate> Writer<G> {
             self.shared.syncs.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = written {
                 let why = format!("{}: {e}", path.display());
-                self.poison(why.clone());
+                // Unacknowledged lines may be partly on disk and the gate has
+                // folded them in: undo both, or stop taking appends.
+                let fail = match self.recover() {
+                    Ok(()) => StoreError::WriteFailed(why.clone()),
+                    Err(e2) => {
+                        let why = format!("{why}; undoing it failed: {e2}");
+                        self.poison(why.clone());
+                        StoreError::Poisoned(why)
+                    }
+                };
+                let why = fail.to_string();
                 for (r, rs) in batch.into_iter().zip(results) {
                     let _ = r.reply.send(
                         rs.into_iter()
@@ -475,7 +511,12 @@ impl<G: Gate> Writer<G> {
                                 Some(Err(AppendError::Rejected(rej))) => {
                                     Err(AppendError::Rejected(rej))
                                 }
-                                _ => Err(AppendError::Store(StoreError::Poisoned(why.clone()))),
+                                _ => Err(AppendError::Store(match &fail {
+                                    StoreError::WriteFailed(_) => {
+                                        StoreError::WriteFailed(why.clone())
+                                    }
+                                    _ => StoreError::Poisoned(why.clone()),
+                                })),
                             })
                             .collect(),
                     );
@@ -488,11 +529,20 @@ impl<G: Gate> Writer<G> {
             self.last_time = last_time;
             // The lines are durable. The index is derived state: if updating it
             // fails, the appends stand and the next open rebuilds it.
-            match self.shared.index_entries(start, &index_items) {
+            let caught_up = match self.index_behind {
+                Some(from) => reindex(&self.shared, from).map(|_| ()),
+                None => self.shared.index_entries(start, &index_items),
+            };
+            match caught_up {
                 Ok(()) => {
+                    self.index_behind = None;
                     *self.shared.indexed.write().expect("lock") = next;
                 }
-                Err(e) => self.poison(format!("index update failed: {e}")),
+                // The index is rebuilt from the segments: retried with the next
+                // append, and on reopen.
+                Err(_) => {
+                    self.index_behind.get_or_insert(start);
+                }
             }
             self.shared
                 .appends
@@ -509,6 +559,27 @@ impl<G: Gate> Writer<G> {
         if p.is_none() {
             *p = Some(why);
         }
+    }
+
+    /// After a failed write: cuts the segment back to what was acknowledged
+    /// and rebuilds the gate from the ledger on disk.
+    fn recover(&mut self) -> Result<(), StoreError> {
+        let path = self.shared.segment_path(self.segment_first);
+        self.segment.set_len(self.segment_len).map_err(io(&path))?;
+        let mut fresh = self.gate.lock().expect("gate lock").fresh();
+        let scan = scan_segments(&self.shared, &mut fresh, self.next)?;
+        if scan.entries != self.next || scan.prev != self.prev {
+            return Err(StoreError::Corrupt {
+                path,
+                seq: scan.entries,
+                reason: format!(
+                    "after undoing a failed write the ledger holds {} entries, expected {}",
+                    scan.entries, self.next
+                ),
+            });
+        }
+        *self.gate.lock().expect("gate lock") = fresh;
+        Ok(())
     }
 
     fn maybe_rotate(&mut self) -> Result<(), StoreError> {
@@ -616,6 +687,12 @@ impl<G: Gate> Store<G> {
             .append(true)
             .open(&seg_path)
             .map_err(io(&seg_path))?;
+        // The first segment may have just been created: its name must be
+        // durable before any entry in it is acknowledged.
+        let seg_dir = dir.join(SEGMENTS);
+        File::open(&seg_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&seg_dir))?;
 
         let gate = Arc::new(Mutex::new(gate));
         let (tx, rx) = mpsc::channel();
@@ -629,6 +706,7 @@ impl<G: Gate> Store<G> {
             segment,
             segment_first,
             segment_len,
+            index_behind: None,
         };
         let handle = std::thread::Builder::new()
             .name("custody-ledger-writer".into())

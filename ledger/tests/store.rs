@@ -226,6 +226,9 @@ impl Gate for OddRefuser {
         }
     }
     fn applied(&mut self, _: &Entry) {}
+    fn fresh(&self) -> Self {
+        OddRefuser
+    }
 }
 
 #[test]
