@@ -16,6 +16,7 @@ pub const PATH_PROOF_INCLUSION: &str = "/v1/proof/inclusion";
 pub const PATH_PROOF_CONSISTENCY: &str = "/v1/proof/consistency";
 pub const PATH_STATUS: &str = "/v1/session/status";
 pub const PATH_REDACT: &str = "/v1/redact";
+pub const PATH_COSIGNATURE: &str = "/v1/checkpoint/cosignature";
 pub const PATH_POLICY_CHECK: &str = "/v1/policy/check";
 /// OTLP/HTTP logs (the standard path, so exporters need only the base URL).
 pub const PATH_OTLP_LOGS: &str = "/v1/logs";
@@ -209,5 +210,15 @@ pub struct PolicyDecision {
     pub allow: bool,
     /// Ids of the policies that determined the decision.
     pub policies: Vec<String>,
+    pub seq: u64,
+}
+
+/// The answer to `POST /v1/checkpoint/cosignature`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Cosigned {
+    pub size: u64,
+    /// Every configured witness that has now cosigned this checkpoint.
+    pub witnesses: Vec<String>,
+    /// The `checkpoint.cosigned` entry.
     pub seq: u64,
 }

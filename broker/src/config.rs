@@ -15,6 +15,8 @@
 //! contexts = ["ci", "chat"]
 //! [policy]
 //! file = "policy.cedar"                 # optional; the shipped default otherwise
+//! [witnesses]
+//! keys = ["did:key:z6Mk…"]               # whose checkpoint cosignatures are kept
 //! ```
 //!
 //! Parsing validates everything up front (DIDs, scope names, durations,
@@ -64,6 +66,16 @@ struct RawConfig {
     tls: Option<RawTls>,
     #[serde(default)]
     policy: Option<RawPolicy>,
+    #[serde(default)]
+    witnesses: Option<RawWitnesses>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWitnesses {
+    /// did:key or signed-note verifier keys of the witnesses whose
+    /// cosignatures the broker accepts (`POST /v1/checkpoint/cosignature`).
+    keys: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +198,8 @@ pub struct Config {
     pub limits: Limits,
     pub tls: TlsConfig,
     pub policy: PolicyConfig,
+    /// Witnesses whose cosignatures are accepted and kept with the checkpoints.
+    pub witnesses: Vec<custody_ledger::witness::WitnessKey>,
 }
 
 /// The pre-tool policy's source.
@@ -327,6 +341,17 @@ impl Config {
             },
         };
 
+        let witnesses = raw
+            .witnesses
+            .map(|w| w.keys)
+            .unwrap_or_default()
+            .iter()
+            .map(|k| {
+                custody_ledger::witness::WitnessKey::parse(k)
+                    .map_err(|e| invalid(format!("witnesses.keys: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
         let tls = match raw.tls {
             None => TlsConfig {
                 enabled: !listen.ip().is_loopback(),
@@ -341,6 +366,7 @@ impl Config {
             listen,
             tls,
             policy,
+            witnesses,
             data: resolve(raw.data.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA))),
             vault: raw.vault.map(|v| VaultConfig {
                 addr: v.addr,

@@ -541,6 +541,7 @@ pub async fn run(out: &Path) -> anyhow::Result<Summary> {
 
     let opts = VerifyOptions {
         ledger_key: Some(ledger_did.clone()),
+        ..Default::default()
     };
     let v = verify_bundle(&bundle, &opts)?;
     // The attestation report, signed by an auditor key, in JSON and HTML.

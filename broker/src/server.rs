@@ -505,6 +505,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(PATH_PROOF_INCLUSION, get(inclusion))
         .route(PATH_PROOF_CONSISTENCY, get(consistency))
         .route(PATH_POLICY_CHECK, post(policy_check))
+        .route(PATH_COSIGNATURE, post(cosignature))
         .route(
             PATH_OTLP_LOGS,
             post(otlp_logs).layer(tower_http::decompression::RequestDecompressionLayer::new()),
@@ -827,6 +828,91 @@ async fn policy_check(
     Ok(Json(PolicyDecision {
         allow: decision.allow,
         policies: decision.policies,
+        seq: appended.seq.0,
+    }))
+}
+
+/// `POST /v1/checkpoint/cosignature`: a witness (or whoever relays for it)
+/// hands back one of our checkpoints with cosignatures. Cosignatures by
+/// configured witnesses are verified and kept with the checkpoint, so exports
+/// carry them; the event is recorded.
+async fn cosignature(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<Json<Cosigned>> {
+    use custody_ledger::checkpoint::CheckpointError;
+    let posted = SignedCheckpoint::parse(&body)
+        .map_err(|e| ApiError::bad_request("malformed_checkpoint", e.to_string()))?;
+    let (cosigners, unknown) = posted
+        .verify_with_witnesses(&s.ledger_key.public(), &s.cfg.witnesses)
+        .map_err(|e| match e {
+            CheckpointError::BadCosignature(_) => {
+                ApiError::bad_request("bad_cosignature", e.to_string())
+            }
+            e => ApiError::bad_request("not_our_checkpoint", e.to_string()),
+        })?;
+    if !unknown.is_empty() {
+        return Err(ApiError::forbidden(
+            "unknown_witness",
+            format!(
+                "signatures by {} are not from a witness in [witnesses] keys",
+                unknown.join(", ")
+            ),
+        ));
+    }
+    if cosigners.is_empty() {
+        return Err(ApiError::bad_request(
+            "no_cosignature",
+            "the checkpoint carries no cosignature by a configured witness",
+        ));
+    }
+    let size = posted.head().size;
+    let store = s.store.clone();
+    let merged = tokio::task::spawn_blocking(move || -> ApiResult<SignedCheckpoint> {
+        let stored = store
+            .checkpoints()
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .into_iter()
+            .find(|(n, _)| *n == size)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "not_our_checkpoint",
+                    format!("this ledger has no checkpoint at size {size}"),
+                )
+            })?;
+        let mut cp =
+            SignedCheckpoint::parse(&stored.1).map_err(|e| ApiError::internal(e.to_string()))?;
+        cp.merge_signatures(&posted).map_err(|_| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "not_our_checkpoint",
+                format!("the checkpoint at size {size} here has another root or time"),
+            )
+        })?;
+        store
+            .save_checkpoint(size, &cp.to_bytes())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(cp)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    let (all, _) = merged
+        .verify_with_witnesses(&s.ledger_key.public(), &s.cfg.witnesses)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut e = Event::new(
+        s.ledger_key.did(),
+        ActorKind::Service,
+        ActionType::new("checkpoint.cosigned").map_err(|e| ApiError::internal(e.to_string()))?,
+    );
+    e.details.insert("size".into(), size.into());
+    e.details
+        .insert("root".into(), hash_to_hex(&merged.head().root).into());
+    e.details.insert("witnesses".into(), json!(cosigners));
+    let signed = e
+        .sign(&s.ledger_key)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let appended = s.append_one(signed).await?;
+    Ok(Json(Cosigned {
+        size,
+        witnesses: all,
         seq: appended.seq.0,
     }))
 }

@@ -68,6 +68,12 @@ pub enum CheckpointError {
     BadSignature,
     #[error("signing failed")]
     Signing,
+    #[error("checkpoint has no cosignature by witness {0}")]
+    NotCosigned(String),
+    #[error("cosignature by witness {0} does not verify")]
+    BadCosignature(String),
+    #[error("the notes are for different checkpoints")]
+    DifferentText,
 }
 
 /// A validated checkpoint origin, also the ledger key's note name.
@@ -269,6 +275,105 @@ impl SignedCheckpoint {
     }
 }
 
+impl SignedCheckpoint {
+    /// Adds this witness's `cosignature/v1` at `time` (see [`crate::witness`]).
+    /// A witness must first have checked that the checkpoint extends the last
+    /// one it cosigned.
+    pub fn cosign(
+        &mut self,
+        witness: &KeyPair,
+        time: OffsetDateTime,
+    ) -> Result<(), CheckpointError> {
+        let t = u64::try_from(time.unix_timestamp())
+            .map_err(|_| CheckpointError::Malformed("time before 1970".into()))?;
+        let signer = crate::witness::Cosigner::new(witness, t);
+        self.note
+            .add_sigs(&[&signer])
+            .map_err(|_| CheckpointError::Signing)
+    }
+
+    /// Checks the pinned witness's cosignature; returns its timestamp.
+    pub fn verify_cosignature(
+        &self,
+        witness: &crate::witness::WitnessKey,
+    ) -> Result<u64, CheckpointError> {
+        let list = VerifierList::new(vec![Box::new(witness.verifier())]);
+        match self.note.verify(&list) {
+            Ok((verified, _)) => verified
+                .first()
+                .and_then(|s| crate::witness::cosignature_time(s.signature()))
+                .ok_or_else(|| CheckpointError::BadCosignature(witness.name().into())),
+            Err(signed_note::NoteError::UnverifiedNote) => {
+                Err(CheckpointError::NotCosigned(witness.name().into()))
+            }
+            Err(_) => Err(CheckpointError::BadCosignature(witness.name().into())),
+        }
+    }
+
+    /// Checks every signature line: the ledger's and each known witness's
+    /// must verify; returns the names of the known witnesses that cosigned
+    /// and the names on lines nobody here knows.
+    pub fn verify_with_witnesses(
+        &self,
+        ledger_key: &PublicKey,
+        witnesses: &[crate::witness::WitnessKey],
+    ) -> Result<(Vec<String>, Vec<String>), CheckpointError> {
+        self.verify(ledger_key)?;
+        let mut list: Vec<Box<dyn Verifier>> = vec![Box::new(StrictVerifier {
+            name: self.origin.as_str().to_string(),
+            id: key_id(&self.origin, ledger_key),
+            key: *ledger_key,
+        })];
+        for w in witnesses {
+            list.push(Box::new(w.verifier()));
+        }
+        match self.note.verify(&VerifierList::new(list)) {
+            Ok((verified, unknown)) => Ok((
+                verified
+                    .iter()
+                    .map(|s| s.name().to_string())
+                    .filter(|n| n != self.origin.as_str())
+                    .collect(),
+                unknown.iter().map(|s| s.name().to_string()).collect(),
+            )),
+            Err(signed_note::NoteError::InvalidSignature { name, .. }) => {
+                Err(CheckpointError::BadCosignature(name))
+            }
+            Err(e) => Err(CheckpointError::Malformed(e.to_string())),
+        }
+    }
+
+    /// Adds the signature lines of `other` (the same checkpoint, e.g. back
+    /// from a witness) that this note does not have yet.
+    pub fn merge_signatures(&mut self, other: &SignedCheckpoint) -> Result<(), CheckpointError> {
+        if self.note.text() != other.note.text() {
+            return Err(CheckpointError::DifferentText);
+        }
+        let mut sigs = signature_lines(&self.note)?;
+        for s in signature_lines(&other.note)? {
+            if !sigs.contains(&s) {
+                sigs.push(s);
+            }
+        }
+        self.note = Note::new(self.note.text(), &sigs)
+            .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// A note's signature lines, parsed back (signed_note keeps them private).
+fn signature_lines(note: &Note) -> Result<Vec<signed_note::Signature>, CheckpointError> {
+    let bytes = note.to_bytes();
+    let sigs = &bytes[note.text().len() + 1..];
+    sigs.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            signed_note::Signature::from_bytes(l)
+                .map_err(|e| CheckpointError::Malformed(e.to_string()))
+        })
+        .collect()
+}
+
 // Keep VerificationError in scope for readers of Note::verify's contract.
 #[allow(dead_code)]
 type _VerificationError = VerificationError;
@@ -320,6 +425,69 @@ mod tests {
                 .map(|c| c.verify(&k.public()).is_ok())
                 .unwrap_or(false);
             assert!(!ok, "byte {i} changed and still verified");
+        }
+    }
+
+    #[test]
+    fn cosignatures_verify_merge_and_fail_on_any_change() {
+        use crate::witness::WitnessKey;
+        let k = KeyPair::generate();
+        let (w1, w2) = (KeyPair::generate(), KeyPair::generate());
+        let (p1, p2) = (
+            WitnessKey::from_did(&w1.did()),
+            WitnessKey::from_did(&w2.did()),
+        );
+        let plain = sample(&k);
+        let mut a = SignedCheckpoint::parse(&plain.to_bytes()).unwrap();
+        let mut b = SignedCheckpoint::parse(&plain.to_bytes()).unwrap();
+        a.cosign(&w1, OffsetDateTime::now_utc()).unwrap();
+        b.cosign(&w2, OffsetDateTime::now_utc()).unwrap();
+        assert!(matches!(
+            plain.verify_cosignature(&p1),
+            Err(CheckpointError::NotCosigned(_))
+        ));
+        let mut merged = SignedCheckpoint::parse(&plain.to_bytes()).unwrap();
+        merged.merge_signatures(&a).unwrap();
+        merged.merge_signatures(&b).unwrap();
+        merged.merge_signatures(&a).unwrap();
+        let merged = SignedCheckpoint::parse(&merged.to_bytes()).unwrap();
+        merged.verify(&k.public()).unwrap();
+        assert!(merged.verify_cosignature(&p1).is_ok());
+        assert!(merged.verify_cosignature(&p2).is_ok());
+        assert_eq!(
+            merged
+                .to_bytes()
+                .split(|c| *c == b'\n')
+                .filter(|l| l.starts_with("—".as_bytes()))
+                .count(),
+            3
+        );
+        // Another checkpoint's cosignature does not carry over.
+        let other = SignedCheckpoint::sign(
+            &k,
+            plain.origin(),
+            TreeHead {
+                size: 8,
+                root: leaf_hash(b"y"),
+            },
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        assert!(matches!(
+            SignedCheckpoint::parse(&other.to_bytes())
+                .unwrap()
+                .merge_signatures(&a),
+            Err(CheckpointError::DifferentText)
+        ));
+        // Any changed byte breaks the ledger's signature or the cosignature.
+        let bytes = a.to_bytes();
+        for i in 0..bytes.len() {
+            let mut m = bytes.clone();
+            m[i] ^= 0x01;
+            let ok = SignedCheckpoint::parse(&m)
+                .map(|c| c.verify(&k.public()).is_ok() && c.verify_cosignature(&p1).is_ok())
+                .unwrap_or(false);
+            assert!(!ok, "byte {i} changed and both signatures still verified");
         }
     }
 }

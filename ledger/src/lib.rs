@@ -10,7 +10,8 @@
 //! says at the time it was received; the broker applies them before appending and
 //! the verifier re-applies them to an export. [`store`] makes appends durable
 //! (segment file + fdatasync group commit, sled indexes) and [`bundle`] writes and
-//! reads the export directory specified in `docs/FORMAT.md`.
+//! reads the export directory specified in `docs/FORMAT.md`. [`witness`] holds
+//! the C2SP cosignatures that anchor a ledger against wholesale replacement.
 //!
 //! This crate has no async runtime and no network code: the offline verifier
 //! uses it.
@@ -30,6 +31,7 @@ pub mod merkle;
 pub mod store;
 pub mod time;
 pub mod types;
+pub mod witness;
 
 pub use entry::{entry_hash, Entry, ENTRY_VERSION, MAX_ENTRY_BYTES};
 pub use error::LedgerError;

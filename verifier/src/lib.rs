@@ -6,7 +6,9 @@
 //! check with the entries that fail it ([`report::Verification`]); [`proof`]
 //! builds and checks self-contained inclusion proofs for single entries;
 //! [`attest`] turns a verified bundle into an EU AI Act attestation report,
-//! rendered by [`render`] and signed as a DSSE envelope by [`dsse`].
+//! rendered by [`render`] and signed as a DSSE envelope by [`dsse`]; [`witness`]
+//! cosigns checkpoints that extend what it saw before, and `--witness` pins
+//! require such cosignatures.
 //!
 //! Exit codes of `custody-verify`: 0 valid, 1 invalid, 2 unreadable or bad usage.
 
@@ -16,6 +18,7 @@ pub mod proof;
 pub mod render;
 pub mod report;
 pub mod verify;
+pub mod witness;
 
 pub use report::{Check, Verification};
 pub use verify::{verify_bundle, VerifyError, VerifyOptions};

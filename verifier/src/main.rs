@@ -34,9 +34,34 @@ enum Command {
         /// The ledger DID you expect (did:key:z6Mk…); without it the bundle's own is used.
         #[arg(long, value_name = "DID")]
         ledger_key: Option<String>,
+        /// Require a checkpoint cosigned by this witness (its did:key, or a
+        /// signed-note verifier key `name+id+key`). Repeatable.
+        #[arg(long, value_name = "DID|VKEY")]
+        witness: Vec<String>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Act as a witness: cosign a checkpoint if it extends the last one this
+    /// witness cosigned for the ledger (exit 1 on rollback, fork or bad proof).
+    Cosign {
+        /// The checkpoint note (e.g. saved from GET /v1/checkpoint).
+        checkpoint: PathBuf,
+        /// The witness's key file.
+        #[arg(long, value_name = "KEYFILE")]
+        key: PathBuf,
+        /// The ledger DID whose checkpoints this witness follows.
+        #[arg(long, value_name = "DID")]
+        ledger_key: String,
+        /// Where the witness remembers the last head it cosigned per ledger.
+        #[arg(long, value_name = "DIR")]
+        state: PathBuf,
+        /// Consistency proof from the remembered size (GET /v1/proof/consistency?old=M&new=N).
+        #[arg(long, value_name = "FILE")]
+        consistency: Option<PathBuf>,
+        /// Where to write the cosigned note.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
     /// Write a self-contained inclusion proof for one entry.
     Prove {
@@ -103,13 +128,31 @@ fn run(cli: Cli) -> u8 {
         Command::Verify {
             dir,
             ledger_key,
+            witness,
             json,
         } => {
             let ledger_key = match parse_did(ledger_key) {
                 Ok(k) => k,
                 Err(code) => return code,
             };
-            match verify_bundle(&dir, &VerifyOptions { ledger_key }) {
+            let witnesses = match witness
+                .iter()
+                .map(|w| custody_ledger::witness::WitnessKey::parse(w))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(w) => w,
+                Err(e) => {
+                    eprintln!("custody-verify: --witness: {e}");
+                    return EXIT_UNREADABLE;
+                }
+            };
+            match verify_bundle(
+                &dir,
+                &VerifyOptions {
+                    ledger_key,
+                    witnesses,
+                },
+            ) {
                 Ok(v) => {
                     if json {
                         match serde_json::to_string_pretty(&v) {
@@ -153,6 +196,21 @@ fn run(cli: Cli) -> u8 {
             report_cmd(&dir, &out, sign_key.as_deref(), ledger_key)
         }
         Command::CheckReport { report, bundle } => check_report_cmd(&report, &bundle),
+        Command::Cosign {
+            checkpoint,
+            key,
+            ledger_key,
+            state,
+            consistency,
+            out,
+        } => cosign_cmd(
+            &checkpoint,
+            &key,
+            &ledger_key,
+            &state,
+            consistency.as_deref(),
+            &out,
+        ),
         Command::Prove { dir, seq, out } => match prove(&dir, seq) {
             Ok(p) => {
                 let text = match serde_json::to_string_pretty(&p) {
@@ -226,6 +284,55 @@ fn proof_error(e: ProofError) -> u8 {
     }
 }
 
+fn cosign_cmd(
+    checkpoint: &std::path::Path,
+    key: &std::path::Path,
+    ledger_key: &str,
+    state: &std::path::Path,
+    consistency: Option<&std::path::Path>,
+    out: &std::path::Path,
+) -> u8 {
+    use custody_verifier::witness::{cosign, ConsistencyProof};
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        eprintln!("custody-verify: {what}: {e}");
+        EXIT_UNREADABLE
+    };
+    let ledger = match Did::parse(ledger_key) {
+        Ok(d) => d,
+        Err(e) => return fail("--ledger-key", &e),
+    };
+    let witness = match custody_identity::KeyPair::load(key) {
+        Ok(k) => k,
+        Err(e) => return fail("--key", &e),
+    };
+    let note = match std::fs::read(checkpoint) {
+        Ok(b) => b,
+        Err(e) => return fail(&checkpoint.display().to_string(), &e),
+    };
+    let proof: Option<ConsistencyProof> = match consistency.map(std::fs::read).transpose() {
+        Ok(None) => None,
+        Ok(Some(b)) => match serde_json::from_slice(&b) {
+            Ok(p) => Some(p),
+            Err(e) => return fail("--consistency", &e),
+        },
+        Err(e) => return fail("--consistency", &e),
+    };
+    match cosign(&note, &ledger, &witness, state, proof.as_ref()) {
+        Ok(cosigned) => match std::fs::write(out, cosigned) {
+            Ok(()) => {
+                println!("cosigned as {}", witness.did());
+                EXIT_VALID
+            }
+            Err(e) => fail(&out.display().to_string(), &e),
+        },
+        Err(e) if e.is_refusal() => {
+            eprintln!("custody-verify: {e}");
+            EXIT_INVALID
+        }
+        Err(e) => fail("cosign", &e),
+    }
+}
+
 fn report_cmd(
     dir: &std::path::Path,
     out: &std::path::Path,
@@ -245,7 +352,11 @@ fn report_cmd(
             return EXIT_UNREADABLE;
         }
     };
-    let (report, v) = match attest::build_report(dir, &VerifyOptions { ledger_key }) {
+    let opts = VerifyOptions {
+        ledger_key,
+        ..Default::default()
+    };
+    let (report, v) = match attest::build_report(dir, &opts) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("custody-verify: cannot read bundle: {e}");
@@ -357,6 +468,7 @@ fn check_report_cmd(report: &std::path::Path, bundle: &std::path::Path) -> u8 {
         .and_then(|d| Did::parse(d).ok());
     let opts = VerifyOptions {
         ledger_key: if pinned { ledger } else { None },
+        ..Default::default()
     };
     let (fresh, _) = match attest::build_report(bundle, &opts) {
         Ok(r) => r,

@@ -66,6 +66,9 @@ pub struct Stats {
     pub checkpoints: u64,
     pub payloads_present: u64,
     pub payloads_redacted: u64,
+    /// Pinned witness → the largest tree size it cosigned.
+    #[serde(default)]
+    pub witnessed: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]

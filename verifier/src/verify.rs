@@ -25,6 +25,9 @@ pub struct VerifyOptions {
     /// The ledger DID the auditor expects. Without it the genesis entry's key is
     /// used and its fingerprint printed.
     pub ledger_key: Option<Did>,
+    /// Witnesses that must have cosigned a checkpoint of this ledger
+    /// (`--witness`): anchors against a rewritten ledger.
+    pub witnesses: Vec<custody_ledger::witness::WitnessKey>,
 }
 
 /// Names of the checks, in the order they are reported.
@@ -173,6 +176,27 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
         }
     }
     stats.checkpoints = b.checkpoints.len() as u64;
+    // Each pinned witness must have cosigned some checkpoint; the streaming
+    // pass below then holds the entries to that checkpoint's root.
+    for w in &opts.witnesses {
+        let best = cps
+            .iter()
+            .filter(|(_, cp, _)| cp.verify_cosignature(w).is_ok())
+            .map(|(size, _, _)| *size)
+            .max();
+        match best {
+            Some(size) => {
+                stats.witnessed.insert(w.name().to_string(), size);
+            }
+            None => c.checkpoints.fail(
+                None,
+                format!(
+                    "no checkpoint signed by the ledger key carries a valid cosignature by pinned witness {}",
+                    w.name()
+                ),
+            ),
+        }
+    }
 
     let mut authority = Authority::new(Some(ledger.clone()));
     let credentials = match b.credentials() {
@@ -284,7 +308,8 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
                 count_stats(&mut stats, &entry);
                 check_credential_records(&entry, &mut cred_iter, &mut c.credentials);
 
-                // Payload records for this entry.
+                // Payload records for this entry (at most one).
+                let mut seen_payload = false;
                 while let Some(p) = pending_payload.take() {
                     if p.seq.0 < n {
                         c.payloads.fail(
@@ -294,6 +319,9 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
                     } else if p.seq.0 > n {
                         pending_payload = Some(p);
                         break;
+                    } else if std::mem::replace(&mut seen_payload, true) {
+                        c.payloads
+                            .fail(Some(n), "more than one payload record for this entry");
                     } else {
                         match (&entry.event.payload, p.open()) {
                             (None, _) => c
