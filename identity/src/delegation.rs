@@ -75,7 +75,9 @@ pub fn is_valid_label(s: &str) -> bool {
 
 /// Whole seconds, UTC, RFC 3339 (`2026-11-24T19:00:00Z`).
 pub fn format_time(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
+    // `to_offset` panics when the instant is outside years -9999..=9999 in UTC
+    // (e.g. `9999-12-31T23:00:00-02:00`); keep the original offset then.
+    let t = t.checked_to_offset(time::UtcOffset::UTC).unwrap_or(t);
     let t = t.replace_nanosecond(0).unwrap_or(t);
     t.format(&Rfc3339).unwrap_or_default()
 }
@@ -84,7 +86,16 @@ fn parse_time(v: Option<&Value>, what: &str) -> Result<OffsetDateTime, IdentityE
     let s = v
         .and_then(Value::as_str)
         .ok_or_else(|| bad(format!("{what} is missing")))?;
-    OffsetDateTime::parse(s, &Rfc3339).map_err(|_| bad(format!("{what} is not RFC 3339")))
+    parse_rfc3339_utc(s).ok_or_else(|| bad(format!("{what} is not RFC 3339")))
+}
+
+/// Parses RFC 3339 and converts to UTC; `None` if it does not parse or the
+/// instant has no UTC date in years -9999..=9999 (such a value would make every
+/// later offset conversion panic).
+pub(crate) fn parse_rfc3339_utc(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &Rfc3339)
+        .ok()?
+        .checked_to_offset(time::UtcOffset::UTC)
 }
 
 fn random_urn_uuid() -> String {

@@ -102,8 +102,8 @@ impl Revocation {
             issuer,
             subject: Did::parse(s("subject")?)?,
             reason: s("reason")?.to_string(),
-            effective_at: OffsetDateTime::parse(s("effective_at")?, &Rfc3339)
-                .map_err(|_| bad("effective_at is not RFC 3339"))?,
+            effective_at: crate::delegation::parse_rfc3339_utc(s("effective_at")?)
+                .ok_or_else(|| bad("effective_at is not RFC 3339"))?,
         };
         r.validate()?;
         Ok(r)

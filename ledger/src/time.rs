@@ -32,9 +32,10 @@ impl Timestamp {
     }
 
     pub fn from_unix_millis(ms: i128) -> Result<Self, LedgerError> {
-        OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000)
+        ms.checked_mul(1_000_000)
+            .and_then(|ns| OffsetDateTime::from_unix_timestamp_nanos(ns).ok())
             .map(Self)
-            .map_err(|_| LedgerError::InvalidTimestamp("out of range".into()))
+            .ok_or_else(|| LedgerError::InvalidTimestamp("out of range".into()))
     }
 
     pub fn unix_millis(&self) -> i128 {
