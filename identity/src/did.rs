@@ -18,14 +18,63 @@ const PREFIX: &str = "did:key:";
 pub const MAX_DID_LEN: usize = 128;
 
 /// A parsed, validated Ed25519 `did:key`. Constructing one checks the key.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone)]
 pub struct Did {
     text: String,
-    key: [u8; 32],
+    /// The decompressed key: verifying with it needs no further curve work.
+    key: PublicKey,
+}
+
+/// DIDs are compared, hashed and ordered by their text (which determines the key).
+impl PartialEq for Did {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+impl Eq for Did {}
+impl std::hash::Hash for Did {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.text.hash(h)
+    }
+}
+impl PartialOrd for Did {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Did {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
+/// Recently parsed DIDs, per thread. Parsing decompresses and checks a curve
+/// point, which costs about as much as half a signature check; a ledger has
+/// few distinct actors, so the verifier would otherwise redo that work for
+/// nearly every entry. The cache maps exact text to the validated result.
+const PARSE_CACHE_MAX: usize = 4096;
+thread_local! {
+    static PARSED: std::cell::RefCell<std::collections::HashMap<String, Did>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
 impl Did {
     pub fn parse(text: &str) -> Result<Self, IdentityError> {
+        if let Some(d) = PARSED.with(|c| c.borrow().get(text).cloned()) {
+            return Ok(d);
+        }
+        let d = Self::parse_uncached(text)?;
+        PARSED.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() >= PARSE_CACHE_MAX {
+                c.clear();
+            }
+            c.insert(text.to_string(), d.clone());
+        });
+        Ok(d)
+    }
+
+    fn parse_uncached(text: &str) -> Result<Self, IdentityError> {
         let err = |reason| IdentityError::InvalidDid {
             did: truncate(text),
             reason,
@@ -52,7 +101,12 @@ impl Did {
             IdentityError::InvalidPublicKey(r) => err(r),
             _ => err("invalid key"),
         })?;
-        Ok(Self::from_public_key(&pk))
+        // base58 has one spelling per byte string without leading zero bytes
+        // (the multicodec prefix rules those out), so `text` is canonical.
+        Ok(Self {
+            text: text.to_string(),
+            key: pk,
+        })
     }
 
     pub fn from_public_key(key: &PublicKey) -> Self {
@@ -62,7 +116,7 @@ impl Did {
         buf.extend_from_slice(&bytes);
         Self {
             text: format!("{PREFIX}z{}", bs58::encode(buf).into_string()),
-            key: bytes,
+            key: *key,
         }
     }
 
@@ -77,7 +131,7 @@ impl Did {
 
     /// The key this DID names. Infallible: it was validated when parsed.
     pub fn public_key(&self) -> PublicKey {
-        PublicKey::from_bytes(&self.key).expect("validated at construction")
+        self.key
     }
 
     /// The verification method id, `did:key:z6Mk…#z6Mk…`.

@@ -10,7 +10,7 @@ use custody_identity::Signature;
 use serde::{Deserialize, Serialize};
 
 use crate::canonical::to_canonical;
-use crate::event::{Event, SignedEvent, MAX_EVENT_BYTES};
+use crate::event::{Event, SignedEvent, EVENT_SIGNING_PREFIX, MAX_EVENT_BYTES};
 use crate::time::Timestamp;
 use crate::types::{EntryHash, Seq};
 use crate::LedgerError;
@@ -61,37 +61,42 @@ impl Entry {
                 limit: MAX_ENTRY_BYTES,
             });
         }
-        // Read the version first so an entry from a newer writer gets a clear
-        // "unsupported version" rather than a field-by-field parse error.
-        #[derive(Deserialize)]
-        struct Version {
-            v: Option<u64>,
-        }
-        let version: Version =
-            serde_json::from_slice(line).map_err(|e| LedgerError::Malformed {
+        let entry: Entry = match serde_json::from_slice(line) {
+            Ok(e) => e,
+            // Only now look at the version, so that an entry from a newer
+            // writer gets a clear "unsupported version" rather than a
+            // field-by-field parse error (the common case parses once).
+            Err(e) => {
+                #[derive(Deserialize)]
+                struct Version {
+                    v: Option<u64>,
+                }
+                return Err(match serde_json::from_slice::<Version>(line) {
+                    Ok(Version { v: Some(found) }) if found != ENTRY_VERSION => {
+                        LedgerError::UnsupportedVersion {
+                            what: "entry",
+                            found,
+                            supported: ENTRY_VERSION,
+                        }
+                    }
+                    Ok(Version { v: None }) => LedgerError::Malformed {
+                        what: "entry",
+                        reason: "missing field `v`".into(),
+                    },
+                    _ => LedgerError::Malformed {
+                        what: "entry",
+                        reason: e.to_string(),
+                    },
+                });
+            }
+        };
+        if entry.v != ENTRY_VERSION {
+            return Err(LedgerError::UnsupportedVersion {
                 what: "entry",
-                reason: e.to_string(),
-            })?;
-        match version.v {
-            Some(ENTRY_VERSION) => {}
-            Some(found) => {
-                return Err(LedgerError::UnsupportedVersion {
-                    what: "entry",
-                    found,
-                    supported: ENTRY_VERSION,
-                })
-            }
-            None => {
-                return Err(LedgerError::Malformed {
-                    what: "entry",
-                    reason: "missing field `v`".into(),
-                })
-            }
+                found: entry.v,
+                supported: ENTRY_VERSION,
+            });
         }
-        let entry: Entry = serde_json::from_slice(line).map_err(|e| LedgerError::Malformed {
-            what: "entry",
-            reason: e.to_string(),
-        })?;
         if entry.to_line()? != line {
             return Err(LedgerError::NotCanonical(
                 "entry bytes differ from JCS of its content",
@@ -112,6 +117,47 @@ impl Entry {
     pub fn verify_signature(&self) -> Result<(), LedgerError> {
         self.event.verify_signature(&self.sig)
     }
+
+    /// Checks the actor's signature like [`Entry::verify_signature`], taking
+    /// the event's canonical bytes from `line`, the line this entry was parsed
+    /// from by [`Entry::parse_line`] (which proved it canonical), instead of
+    /// serializing the event again: the verifier's hot path.
+    pub fn verify_signature_in(&self, line: &[u8]) -> Result<(), LedgerError> {
+        let Some(event) = event_json(line) else {
+            return self.verify_signature();
+        };
+        if event.len() > MAX_EVENT_BYTES {
+            return Err(LedgerError::TooLarge {
+                what: "event",
+                size: event.len(),
+                limit: MAX_EVENT_BYTES,
+            });
+        }
+        let mut msg = Vec::with_capacity(EVENT_SIGNING_PREFIX.len() + event.len());
+        msg.extend_from_slice(EVENT_SIGNING_PREFIX);
+        msg.extend_from_slice(event);
+        self.event
+            .actor
+            .public_key()
+            .verify(&msg, &self.sig)
+            .map_err(|_| LedgerError::BadSignature {
+                actor: self.event.actor.to_string(),
+            })
+    }
+}
+
+/// The value of `event` in a canonical entry line. JCS sorts `event` first;
+/// the entry's own fields follow it, starting with `,"prev":"`, and contain no
+/// nested objects, so the last occurrence of that marker ends the event (one
+/// inside the event, e.g. a `prev` detail, comes earlier).
+fn event_json(line: &[u8]) -> Option<&[u8]> {
+    const HEAD: &[u8] = b"{\"event\":";
+    const TAIL: &[u8] = b",\"prev\":\"";
+    if !line.starts_with(HEAD) {
+        return None;
+    }
+    let end = line.windows(TAIL.len()).rposition(|w| w == TAIL)?;
+    line.get(HEAD.len()..end)
 }
 
 /// RFC 6962 leaf hash of an entry line: `SHA-256(0x00 ‖ line)`.
@@ -180,5 +226,37 @@ mod tests {
         h.update([0u8]);
         h.update(b"abc");
         assert_eq!(entry_hash(b"abc").0, <[u8; 32]>::from(h.finalize()));
+    }
+
+    #[test]
+    fn event_bytes_in_the_line_are_the_signed_bytes() {
+        let k = KeyPair::generate();
+        let mut e = Event::new(
+            k.did(),
+            ActorKind::Human,
+            ActionType::new("tool.call").unwrap(),
+        );
+        // A detail that looks like the entry's own `prev` field must not confuse it.
+        e.details.insert("prev".into(), "x\",\"prev\":\"y".into());
+        e.details
+            .insert("nested".into(), serde_json::json!({"prev": {"prev": 1}}));
+        let entry = Entry::new(
+            Seq(3),
+            EntryHash::ZERO,
+            Timestamp::now(),
+            e.sign(&k).unwrap(),
+        );
+        let line = entry.to_line().unwrap();
+        let parsed = Entry::parse_line(&line).unwrap();
+        assert_eq!(
+            event_json(&line).unwrap(),
+            crate::canonical::to_canonical(&parsed.event).unwrap()
+        );
+        parsed.verify_signature_in(&line).unwrap();
+        // Another key's signature fails the same way as the slow path.
+        let mut forged = parsed.clone();
+        forged.sig = KeyPair::generate().sign(b"x");
+        assert!(forged.verify_signature_in(&line).is_err());
+        assert!(forged.verify_signature().is_err());
     }
 }

@@ -469,7 +469,7 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
 /// The ordered checks (chain, authorization, Merkle) then run on the results.
 /// Memory stays bounded by the chunk size.
 struct Prepared {
-    lines: bundle::LineReader,
+    rx: std::sync::mpsc::Receiver<Prep>,
     ready: std::collections::VecDeque<PreparedLine>,
     error: Option<bundle::BundleError>,
     done: bool,
@@ -482,69 +482,101 @@ type PreparedLine = (
     Result<(), custody_ledger::LedgerError>,
 );
 
+/// What the preparing thread sends: chunks in order, then how reading ended.
+enum Prep {
+    Chunk(Vec<PreparedLine>),
+    Failed(bundle::BundleError),
+    End,
+}
+
 /// Lines prepared per round; a few MiB at most.
 const PREPARE_CHUNK: usize = 4096;
+/// Prepared chunks waiting for the ordered checks: bounds memory to about
+/// three chunks (one queued, one being prepared, one being checked).
+const CHUNKS_AHEAD: usize = 1;
 
 impl Prepared {
-    fn new(lines: bundle::LineReader) -> Self {
+    /// Starts a thread that reads `lines` and prepares them (parse, canonical
+    /// form, leaf hash, signature) on every core, chunk by chunk, while the
+    /// caller runs the ordered checks on the chunk before.
+    fn new(mut lines: bundle::LineReader) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(CHUNKS_AHEAD);
+        std::thread::spawn(move || loop {
+            let mut raw = Vec::with_capacity(PREPARE_CHUNK);
+            let mut end = None;
+            while raw.len() < PREPARE_CHUNK {
+                match lines.next() {
+                    Some(Ok(x)) => raw.push(x),
+                    Some(Err(e)) => {
+                        end = Some(Prep::Failed(e));
+                        break;
+                    }
+                    None => {
+                        end = Some(Prep::End);
+                        break;
+                    }
+                }
+            }
+            if !raw.is_empty() && tx.send(Prep::Chunk(prepare_chunk(&raw))).is_err() {
+                return; // the verifier stopped reading
+            }
+            if let Some(end) = end {
+                let _ = tx.send(end);
+                return;
+            }
+        });
         Self {
-            lines,
+            rx,
             ready: Default::default(),
             error: None,
             done: false,
         }
     }
+}
 
-    fn fill(&mut self) {
-        let mut raw = Vec::with_capacity(PREPARE_CHUNK);
-        while raw.len() < PREPARE_CHUNK {
-            match self.lines.next() {
-                Some(Ok(x)) => raw.push(x),
-                Some(Err(e)) => {
-                    self.error = Some(e);
-                    self.done = true;
-                    break;
-                }
-                None => {
-                    self.done = true;
-                    break;
-                }
-            }
-        }
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(16);
-        let per = raw.len().div_ceil(workers).max(1);
-        let prepare = |(n, line): &(u64, Vec<u8>)| -> PreparedLine {
-            let hash = entry_hash(line);
-            let parsed = Entry::parse_line(line);
-            let sig = match &parsed {
-                Ok(e) => e.verify_signature(),
-                Err(_) => Ok(()),
-            };
-            (*n, hash, parsed, sig)
+fn prepare_chunk(raw: &[(u64, Vec<u8>)]) -> Vec<PreparedLine> {
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(16);
+    let per = raw.len().div_ceil(workers).max(1);
+    let prepare = |(n, line): &(u64, Vec<u8>)| -> PreparedLine {
+        let hash = entry_hash(line);
+        let parsed = Entry::parse_line(line);
+        let sig = match &parsed {
+            Ok(e) => e.verify_signature_in(line),
+            Err(_) => Ok(()),
         };
-        let out: Vec<PreparedLine> = std::thread::scope(|s| {
-            let handles: Vec<_> = raw
-                .chunks(per)
-                .map(|part| s.spawn(move || part.iter().map(prepare).collect::<Vec<_>>()))
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
-        });
-        self.ready.extend(out);
-    }
+        (*n, hash, parsed, sig)
+    };
+    std::thread::scope(|s| {
+        let handles: Vec<_> = raw
+            .chunks(per)
+            .map(|part| s.spawn(move || part.iter().map(prepare).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
 }
 
 impl Iterator for Prepared {
     type Item = Result<PreparedLine, bundle::BundleError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.ready.is_empty() && !self.done {
-            self.fill();
+        while self.ready.is_empty() && !self.done {
+            match self.rx.recv() {
+                Ok(Prep::Chunk(c)) => self.ready.extend(c),
+                Ok(Prep::Failed(e)) => {
+                    self.error = Some(e);
+                    self.done = true;
+                }
+                Ok(Prep::End) => self.done = true,
+                // Never a silent end: the preparing thread only hangs up
+                // without `End` if it panicked.
+                Err(_) => panic!("preparing entries failed (a worker panicked)"),
+            }
         }
         match self.ready.pop_front() {
             Some(x) => Some(Ok(x)),
