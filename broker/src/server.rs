@@ -1063,15 +1063,46 @@ async fn mint(
     let rec = rec
         .sign(&s.ledger_key)
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    // Record the accessor before the ledger says the token exists, so a crash
-    // between the two can only leave a revocable token, never an unknown one.
+    // The accessor (needed to revoke the token) and the ledger entries are
+    // made durable side by side, two syncs at once; the token is handed out
+    // only after both. A crash in between leaves at worst a recorded or
+    // revocable token that nobody received.
     let exp =
         (OffsetDateTime::now_utc().unix_timestamp() + minted.ttl.as_secs() as i64).to_be_bytes();
-    s.accessors
-        .insert(accessor_key(&caller, &minted.accessor), &exp)
-        .and_then(|_| s.db.flush().map(|_| ()))
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let results = s.append_many(vec![req.request.clone(), rec]).await?;
+    let (tree, db, key) = (
+        s.accessors.clone(),
+        s.db.clone(),
+        accessor_key(&caller, &minted.accessor),
+    );
+    let record = tokio::task::spawn_blocking(move || {
+        tree.insert(key, &exp)
+            .and_then(|_| db.flush().map(|_| ()))
+            .map_err(|e| e.to_string())
+    });
+    let (recorded, results) = tokio::join!(record, s.append_many(vec![req.request.clone(), rec]));
+    let results = results?;
+    if let Err(e) = recorded.map_err(|e| e.to_string()).and_then(|r| r) {
+        // Not revocable by the kill switch: the token must not live.
+        let _ = vault.revoke_accessor(&minted.accessor).await;
+        let mut ev = Event::new(
+            s.ledger_key.did(),
+            ActorKind::Service,
+            ActionType::new(actions::CREDENTIAL_REVOKE)
+                .map_err(|e| ApiError::internal(e.to_string()))?,
+        );
+        ev.details.insert("subject".into(), caller.as_str().into());
+        ev.details
+            .insert("accessor_sha256".into(), json!([acc_hash]));
+        ev.details.insert("tokens_revoked".into(), 1.into());
+        ev.details
+            .insert("reason".into(), "its accessor could not be recorded".into());
+        if let Ok(signed) = ev.sign(&s.ledger_key) {
+            let _ = s.append_many(vec![signed]).await;
+        }
+        return Err(ApiError::internal(format!(
+            "recording the token's accessor failed; token revoked: {e}"
+        )));
+    }
     let mut it = results.into_iter();
     match (it.next(), it.next()) {
         (Some(Ok(r)), Some(Ok(m))) => Ok(Json(Minted {
@@ -1090,7 +1121,7 @@ async fn mint(
                 Some(Err(AppendError::Rejected(rej))) => Err(s
                     .deny(&caller, what, denial_code(&rej.code), rej.message)
                     .await),
-                Some(Err(e)) => Err(ApiError::internal(e.to_string())),
+                Some(Err(AppendError::Store(e))) => Err(store_error(e)),
                 _ => Err(ApiError::internal(
                     "the mint could not be recorded; token revoked",
                 )),
