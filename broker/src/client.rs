@@ -138,6 +138,24 @@ impl Client {
         self.decode(resp).await
     }
 
+    /// Sends an OTLP/HTTP JSON logs export as the session's agent would
+    /// (authenticated by its ingest token, not signed).
+    pub async fn otlp_logs_json(
+        &self,
+        session: &SessionFile,
+        export: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClientError> {
+        let resp = self
+            .http
+            .post(format!("{}{PATH_OTLP_LOGS}", self.base))
+            .bearer_auth(session.ingest_token())
+            .json(export)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        self.decode(resp).await
+    }
+
     pub async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R, ClientError> {
         let resp = self
             .http

@@ -53,23 +53,36 @@ fn report_counts_match_the_scenario() {
     let refused = count(&|s| matches!(s, Step::RefusedAttempt { .. } | Step::RefusedMint { .. }));
     let tool_calls = count(&|s| matches!(s, Step::ToolCall { .. }));
     let results = count(&|s| matches!(s, Step::ToolResult { .. }));
+    let telemetry = count(&|s| matches!(s, Step::Telemetry { .. }));
+    let policy_denied = count(&|s| matches!(s, Step::PolicyDenied { .. }));
 
     let a = &r["activity"];
     assert_eq!(a["agent_approvals"]["human"], human_approvals);
     assert_eq!(a["agent_approvals"]["policy"], by(By::Policy("")));
     assert_eq!(a["agent_approvals"]["auto_review"], by(By::AutoReview("")));
     assert_eq!(a["agent_approvals"]["none"], by(By::Nobody));
-    // Human activity: direct actions, approvals, and the admin's revocations.
+    // Human activity: direct actions, approvals, the admin's revocations, and
+    // what the agent's telemetry says its user did (prompt, approval).
     assert_eq!(
         a["by_kind"]["human"],
-        human_direct + human_approvals + revokes
+        human_direct
+            + human_approvals
+            + revokes
+            + telemetry * custody_broker::demo::TELEMETRY_HUMAN
     );
-    // Agent activity: session starts, tool calls, results, credential requests.
+    // Agent activity: session starts, tool calls, results, credential
+    // requests, and the telemetry of the agent's own actions.
     assert_eq!(
         a["by_kind"]["agent"],
-        sessions + tool_calls + results + mints
+        sessions + tool_calls + results + mints + telemetry * custody_broker::demo::TELEMETRY_AGENT
     );
-    assert_eq!(a["human_decisions"]["approve"], human_approvals);
+    assert_eq!(
+        a["broker_attested"],
+        telemetry * (custody_broker::demo::TELEMETRY_HUMAN + custody_broker::demo::TELEMETRY_AGENT)
+    );
+    // Approvals: signed `approval` entries and the one at the agent's prompt.
+    assert_eq!(a["human_decisions"]["approve"], human_approvals + telemetry);
+    assert_eq!(a["policy_decisions"]["deny"], policy_denied);
 
     let mints_seen = r["credentials"]
         .as_array()
