@@ -420,12 +420,16 @@ impl Bundle {
                 let Some(num) = name.strip_suffix(".checkpoint") else {
                     continue;
                 };
-                let size: u64 = num.parse().map_err(|_| {
-                    invalid(
-                        &item.path(),
-                        "checkpoint file names are <tree size>.checkpoint",
-                    )
-                })?;
+                let size: u64 = num
+                    .parse()
+                    .ok()
+                    .filter(|n| checkpoint_file_name(*n) == name)
+                    .ok_or_else(|| {
+                        invalid(
+                            &item.path(),
+                            "checkpoint file names are <tree size, 20 digits>.checkpoint",
+                        )
+                    })?;
                 if checkpoints.len() >= MAX_CHECKPOINTS {
                     return Err(invalid(&cdir, "too many checkpoints"));
                 }
@@ -477,11 +481,22 @@ impl Bundle {
         for item in LineReader::open(&p, MAX_ENTRY_BYTES)? {
             let (n, line) = item?;
             out.push(
-                serde_json::from_slice(&line).map_err(|e| invalid(&p, format!("line {n}: {e}")))?,
+                parse_canonical_line(&line).map_err(|e| invalid(&p, format!("line {n}: {e}")))?,
             );
         }
         Ok(out)
     }
+}
+
+/// Parses one `.jsonl` line that the format requires in JCS form: a line
+/// that parses but is not canonical (spacing, key order, number forms) is
+/// refused, like an entry.
+pub fn parse_canonical_line<T: for<'de> Deserialize<'de>>(line: &[u8]) -> Result<T, String> {
+    let v: serde_json::Value = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    if to_canonical(&v).map_err(|e| e.to_string())? != line {
+        return Err("not in canonical (RFC 8785) form".into());
+    }
+    serde_json::from_value(v).map_err(|e| e.to_string())
 }
 
 fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, BundleError> {

@@ -19,10 +19,14 @@
 //! the segments can rebuild: seq → location, the RFC 6962 stored hashes (for
 //! O(log n) roots and proofs), actor DID → seqs, and payload bodies.
 //!
-//! **Failure.** If a write or sync fails, nothing of that batch is acknowledged
-//! and the store is poisoned: the gate's state may now be ahead of the file, so
-//! every later append fails until the store is reopened, which recovers from
-//! disk.
+//! **Failure.** If a write or sync fails (a full disk, a read-only file
+//! system), nothing of that batch is acknowledged: the segment is cut back to
+//! what was acknowledged, the gate is rebuilt from it, the batch is answered
+//! [`StoreError::WriteFailed`] and later appends are tried again. Only if that
+//! undo fails is the store poisoned until it is reopened. If updating the sled
+//! index fails after the sync, the appends stand (they are durable), readers
+//! keep seeing the previous size, and a later append reopens the index (sled's
+//! I/O errors are sticky until then) and catches it up from the segments.
 //!
 //! **Recovery on open.** Every segment line is parsed and checked (seq
 //! contiguity, `prev` chain) and replayed through the gate, so its state is
@@ -41,6 +45,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use custody_identity::Did;
 use sha2::{Digest, Sha256};
@@ -57,6 +62,11 @@ pub const MAX_BATCH: usize = 1024;
 /// A new segment file starts once the current one passes this size, so no
 /// single file grows without bound and old segments can be archived.
 pub const MAX_SEGMENT_BYTES: u64 = 256 << 20;
+/// How often the writer tries to catch up an index that missed an update
+/// while no append comes.
+const INDEX_RETRY: Duration = Duration::from_millis(100);
+/// Longest wait between two attempts to catch up the index.
+const INDEX_RETRY_MAX: Duration = Duration::from_secs(1);
 /// Upper bound on a payload body kept beside the chain.
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
@@ -120,10 +130,12 @@ impl Gate for AcceptAll {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{path}: {source}")]
+    /// The OS error is in the message (not a `source`, which would print it
+    /// twice in an error chain).
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0} is in use by another process (lock held on {0}/LOCK)")]
     Locked(PathBuf),
@@ -153,9 +165,9 @@ pub enum StoreError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
+    move |error| StoreError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -197,15 +209,22 @@ struct Request {
     reply: Reply,
 }
 
-/// State shared by the writer thread and readers.
-struct Shared {
-    dir: PathBuf,
+/// The sled index: derived from the segments (payload bodies aside).
+struct Index {
     db: sled::Db,
     offsets: sled::Tree,
     hashes: sled::Tree,
     by_actor: sled::Tree,
     payloads: sled::Tree,
     meta: sled::Tree,
+}
+
+/// State shared by the writer thread and readers.
+struct Shared {
+    dir: PathBuf,
+    /// `None` only while the writer reopens it after a failure: sled's I/O
+    /// errors are sticky, every later operation fails until it is reopened.
+    index: RwLock<Option<Arc<Index>>>,
     /// Entries indexed in sled and acknowledged; readers see up to here.
     indexed: RwLock<u64>,
     poisoned: Mutex<Option<String>>,
@@ -286,7 +305,20 @@ impl HashReader for SledHashes<'_> {
 static EMPTY_OVERLAY: std::sync::LazyLock<HashMap<u64, Hash>> =
     std::sync::LazyLock::new(HashMap::new);
 
-impl Shared {
+impl Index {
+    fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = open_index(&dir.join(INDEX))?;
+        let tree = |name: &str| db.open_tree(name).map_err(idx);
+        Ok(Self {
+            offsets: tree("offsets")?,
+            hashes: tree("hashes")?,
+            by_actor: tree("by_actor")?,
+            payloads: tree("payloads")?,
+            meta: tree("meta")?,
+            db,
+        })
+    }
+
     fn reader(&self) -> SledHashes<'_> {
         SledHashes {
             tree: &self.hashes,
@@ -294,8 +326,37 @@ impl Shared {
         }
     }
 
-    fn segment_path(&self, first: u64) -> PathBuf {
-        self.dir.join(SEGMENTS).join(segment_name(first))
+    /// How many entries the index says it holds.
+    fn claimed(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .meta
+            .get(META_INDEXED)
+            .map_err(idx)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    /// Brings the index up to the segments `scan` read: keeps the prefix it
+    /// claims if that prefix's root agrees with the segments, else rebuilds it
+    /// from scratch.
+    fn catch_up(&self, dir: &Path, scan: &Scan, claimed: u64) -> Result<(), StoreError> {
+        let claimed_root = self.meta.get(META_ROOT).map_err(idx)?;
+        let index_ok = claimed <= scan.entries
+            && match (claimed, scan.range_at_indexed, claimed_root) {
+                (0, _, _) => true,
+                (_, Some(r), Some(stored)) => stored.as_ref() == r.0,
+                _ => false,
+            };
+        let from = if index_ok { claimed } else { 0 };
+        if !index_ok {
+            for t in [&self.offsets, &self.hashes, &self.by_actor, &self.meta] {
+                t.clear().map_err(idx)?;
+            }
+        }
+        if from < scan.entries {
+            reindex(self, dir, from)?;
+        }
+        Ok(())
     }
 
     /// Indexes entries (line locations, leaf hashes) into sled as one batch
@@ -338,12 +399,25 @@ impl Shared {
         self.meta.insert(META_ROOT, &root.0).map_err(idx)?;
         Ok(())
     }
+}
+
+impl Shared {
+    fn index(&self) -> Result<Arc<Index>, StoreError> {
+        self.index.read().expect("lock").clone().ok_or_else(|| {
+            StoreError::Index("the index is unavailable until it is reopened".into())
+        })
+    }
+
+    fn segment_path(&self, first: u64) -> PathBuf {
+        self.dir.join(SEGMENTS).join(segment_name(first))
+    }
 
     fn read_line(&self, seq: u64) -> Result<Vec<u8>, StoreError> {
         if seq >= *self.indexed.read().expect("lock") {
             return Err(StoreError::NoSuchEntry(seq));
         }
         let loc = self
+            .index()?
             .offsets
             .get(seq.to_be_bytes())
             .map_err(idx)?
@@ -369,13 +443,32 @@ struct Writer<G: Gate> {
     segment: File,
     segment_first: u64,
     segment_len: u64,
-    /// First seq whose index update failed; caught up before the next one.
-    index_behind: Option<u64>,
+    /// An index update failed: the index is reopened and caught up from the
+    /// segments before it takes another.
+    index_behind: bool,
+    /// No new attempt to reopen the index before this.
+    index_retry_at: Option<Instant>,
 }
 
 impl<G: Gate> Writer<G> {
     fn run(mut self) {
-        while let Ok(first) = self.rx.recv() {
+        loop {
+            let first = if self.index_behind {
+                // Catch the index up even if no append comes.
+                match self.rx.recv_timeout(INDEX_RETRY) {
+                    Ok(r) => r,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.catch_up_index();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match self.rx.recv() {
+                    Ok(r) => r,
+                    Err(_) => break,
+                }
+            };
             let mut batch = vec![first];
             let mut count = batch[0].events.len();
             while count < MAX_BATCH {
@@ -495,15 +588,14 @@ impl<G: Gate> Writer<G> {
                 let why = format!("{}: {e}", path.display());
                 // Unacknowledged lines may be partly on disk and the gate has
                 // folded them in: undo both, or stop taking appends.
-                let fail = match self.recover() {
-                    Ok(()) => StoreError::WriteFailed(why.clone()),
+                let (undone, why) = match self.recover() {
+                    Ok(()) => (true, why),
                     Err(e2) => {
                         let why = format!("{why}; undoing it failed: {e2}");
                         self.poison(why.clone());
-                        StoreError::Poisoned(why)
+                        (false, why)
                     }
                 };
-                let why = fail.to_string();
                 for (r, rs) in batch.into_iter().zip(results) {
                     let _ = r.reply.send(
                         rs.into_iter()
@@ -511,11 +603,10 @@ impl<G: Gate> Writer<G> {
                                 Some(Err(AppendError::Rejected(rej))) => {
                                     Err(AppendError::Rejected(rej))
                                 }
-                                _ => Err(AppendError::Store(match &fail {
-                                    StoreError::WriteFailed(_) => {
-                                        StoreError::WriteFailed(why.clone())
-                                    }
-                                    _ => StoreError::Poisoned(why.clone()),
+                                _ => Err(AppendError::Store(if undone {
+                                    StoreError::WriteFailed(why.clone())
+                                } else {
+                                    StoreError::Poisoned(why.clone())
                                 })),
                             })
                             .collect(),
@@ -528,21 +619,20 @@ impl<G: Gate> Writer<G> {
             self.prev = prev;
             self.last_time = last_time;
             // The lines are durable. The index is derived state: if updating it
-            // fails, the appends stand and the next open rebuilds it.
-            let caught_up = match self.index_behind {
-                Some(from) => reindex(&self.shared, from).map(|_| ()),
-                None => self.shared.index_entries(start, &index_items),
-            };
-            match caught_up {
-                Ok(()) => {
-                    self.index_behind = None;
-                    *self.shared.indexed.write().expect("lock") = next;
+            // fails, the appends stand and readers keep the previous size until
+            // the index is reopened and caught up from the segments.
+            if !self.index_behind {
+                match self
+                    .shared
+                    .index()
+                    .and_then(|ix| ix.index_entries(start, &index_items))
+                {
+                    Ok(()) => *self.shared.indexed.write().expect("lock") = next,
+                    Err(_) => self.index_behind = true,
                 }
-                // The index is rebuilt from the segments: retried with the next
-                // append, and on reopen.
-                Err(_) => {
-                    self.index_behind.get_or_insert(start);
-                }
+            }
+            if self.index_behind {
+                self.catch_up_index();
             }
             self.shared
                 .appends
@@ -552,6 +642,53 @@ impl<G: Gate> Writer<G> {
         for (r, rs) in batch.into_iter().zip(results) {
             let _ = r.reply.send(rs.into_iter().flatten().collect());
         }
+    }
+
+    /// After a failed index update: reopens the index and catches it up, then
+    /// lets readers see every acknowledged entry. Retried with later appends
+    /// and every [`INDEX_RETRY`] meanwhile, backing off in proportion to what
+    /// a failed attempt cost (it may read every segment), up to
+    /// [`INDEX_RETRY_MAX`].
+    fn catch_up_index(&mut self) {
+        let started = Instant::now();
+        if self.index_retry_at.is_some_and(|t| started < t) {
+            return;
+        }
+        match self.repair_index() {
+            Ok(()) => {
+                self.index_behind = false;
+                self.index_retry_at = None;
+                *self.shared.indexed.write().expect("lock") = self.next;
+            }
+            Err(_) => {
+                let wait = (started.elapsed() * 10).min(INDEX_RETRY_MAX);
+                self.index_retry_at = Some(Instant::now() + wait);
+            }
+        }
+    }
+
+    /// Reopens the index and catches it up with the segments. sled's I/O
+    /// errors are sticky (after a full disk has been freed, every operation
+    /// still fails), so retrying on the same handle would never succeed.
+    fn repair_index(&mut self) -> Result<(), StoreError> {
+        // Closes the old handle (open_index waits for sled to let go of it).
+        drop(self.shared.index.write().expect("lock").take());
+        let ix = Index::open(&self.shared.dir)?;
+        let claimed = ix.claimed()?;
+        let scan = scan_segments(&self.shared.dir, &mut AcceptAll, claimed)?;
+        if scan.entries != self.next || scan.prev != self.prev {
+            return Err(StoreError::Corrupt {
+                path: self.shared.segment_path(self.segment_first),
+                seq: scan.entries,
+                reason: format!(
+                    "reopening the index found {} entries, expected {}",
+                    scan.entries, self.next
+                ),
+            });
+        }
+        ix.catch_up(&self.shared.dir, &scan, claimed)?;
+        *self.shared.index.write().expect("lock") = Some(Arc::new(ix));
+        Ok(())
     }
 
     fn poison(&self, why: String) {
@@ -567,7 +704,7 @@ impl<G: Gate> Writer<G> {
         let path = self.shared.segment_path(self.segment_first);
         self.segment.set_len(self.segment_len).map_err(io(&path))?;
         let mut fresh = self.gate.lock().expect("gate lock").fresh();
-        let scan = scan_segments(&self.shared, &mut fresh, self.next)?;
+        let scan = scan_segments(&self.shared.dir, &mut fresh, self.next)?;
         if scan.entries != self.next || scan.prev != self.prev {
             return Err(StoreError::Corrupt {
                 path,
@@ -632,53 +769,20 @@ impl<G: Gate> Store<G> {
             Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
         }
 
-        let db = open_index(&dir.join(INDEX))?;
-        let tree = |name: &str| db.open_tree(name).map_err(idx);
+        let index = Index::open(dir)?;
+        let claimed = index.claimed()?;
+        let scan = scan_segments(dir, &mut gate, claimed)?;
+        index.catch_up(dir, &scan, claimed)?;
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
-            offsets: tree("offsets")?,
-            hashes: tree("hashes")?,
-            by_actor: tree("by_actor")?,
-            payloads: tree("payloads")?,
-            meta: tree("meta")?,
-            db,
-            indexed: RwLock::new(0),
+            index: RwLock::new(Some(Arc::new(index))),
+            indexed: RwLock::new(scan.entries),
             poisoned: Mutex::new(None),
             closed: AtomicBool::new(false),
             appends: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             batches: AtomicU64::new(0),
         });
-
-        let claimed = shared
-            .meta
-            .get(META_INDEXED)
-            .map_err(idx)?
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0);
-        let scan = scan_segments(&shared, &mut gate, claimed)?;
-        let claimed_root = shared.meta.get(META_ROOT).map_err(idx)?;
-        let index_ok = claimed <= scan.entries
-            && match (claimed, scan.range_at_indexed, claimed_root) {
-                (0, _, _) => true,
-                (_, Some(r), Some(stored)) => stored.as_ref() == r.0,
-                _ => false,
-            };
-        let from = if index_ok { claimed } else { 0 };
-        if !index_ok {
-            for t in [
-                &shared.offsets,
-                &shared.hashes,
-                &shared.by_actor,
-                &shared.meta,
-            ] {
-                t.clear().map_err(idx)?;
-            }
-        }
-        if from < scan.entries {
-            reindex(&shared, from)?;
-        }
-        *shared.indexed.write().expect("lock") = scan.entries;
 
         let (segment_first, segment_len) = scan.last_segment;
         let seg_path = shared.segment_path(segment_first);
@@ -706,7 +810,8 @@ impl<G: Gate> Store<G> {
             segment,
             segment_first,
             segment_len,
-            index_behind: None,
+            index_behind: false,
+            index_retry_at: None,
         };
         let handle = std::thread::Builder::new()
             .name("custody-ledger-writer".into())
@@ -780,7 +885,7 @@ impl<G: Gate> Store<G> {
         if size > self.len() {
             return Err(StoreError::NoSuchEntry(size));
         }
-        tlog_tiles::tree_hash(size, &self.shared.reader())
+        tlog_tiles::tree_hash(size, &self.shared.index()?.reader())
             .map_err(|e| StoreError::Index(e.to_string()))
     }
 
@@ -813,7 +918,7 @@ impl<G: Gate> Store<G> {
             return Err(StoreError::NoSuchEntry(tree_size));
         }
         Ok(merkle::inclusion_proof(
-            &self.shared.reader(),
+            &self.shared.index()?.reader(),
             tree_size,
             seq,
         )?)
@@ -824,7 +929,7 @@ impl<G: Gate> Store<G> {
             return Err(StoreError::NoSuchEntry(new_size));
         }
         Ok(merkle::consistency_proof(
-            &self.shared.reader(),
+            &self.shared.index()?.reader(),
             new_size,
             old_size,
         )?)
@@ -835,7 +940,7 @@ impl<G: Gate> Store<G> {
         let mut prefix = did.as_str().as_bytes().to_vec();
         prefix.push(0);
         let mut out = Vec::new();
-        for kv in self.shared.by_actor.scan_prefix(&prefix) {
+        for kv in self.shared.index()?.by_actor.scan_prefix(&prefix) {
             let (k, _) = kv.map_err(idx)?;
             let seq = k[prefix.len()..]
                 .try_into()
@@ -871,14 +976,16 @@ impl<G: Gate> Store<G> {
         }
         let mut v = salt.to_vec();
         v.extend_from_slice(body);
-        self.shared.payloads.insert(digest.0, v).map_err(idx)?;
-        self.shared.db.flush().map_err(idx)?;
+        let ix = self.shared.index()?;
+        ix.payloads.insert(digest.0, v).map_err(idx)?;
+        ix.db.flush().map_err(idx)?;
         Ok(())
     }
 
     pub fn payload(&self, digest: &PayloadDigest) -> Result<Option<SaltedPayload>, StoreError> {
         Ok(self
             .shared
+            .index()?
             .payloads
             .get(digest.0)
             .map_err(idx)?
@@ -890,13 +997,9 @@ impl<G: Gate> Store<G> {
 
     /// Deletes a payload's body and salt; the entry and chain are untouched.
     pub fn redact(&self, digest: &PayloadDigest) -> Result<bool, StoreError> {
-        let had = self
-            .shared
-            .payloads
-            .remove(digest.0)
-            .map_err(idx)?
-            .is_some();
-        self.shared.db.flush().map_err(idx)?;
+        let ix = self.shared.index()?;
+        let had = ix.payloads.remove(digest.0).map_err(idx)?.is_some();
+        ix.db.flush().map_err(idx)?;
         Ok(had)
     }
 
@@ -961,7 +1064,7 @@ impl<G: Gate> Store<G> {
         if let Some(h) = self.writer.lock().expect("lock").take() {
             let _ = h.join();
         }
-        self.shared.db.flush().map_err(idx)?;
+        self.shared.index()?.db.flush().map_err(idx)?;
         Ok(())
     }
 }
@@ -1010,8 +1113,8 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
 }
 
 /// Reads every segment, checks it, truncates a torn tail, replays the gate.
-fn scan_segments<G: Gate>(shared: &Shared, gate: &mut G, claimed: u64) -> Result<Scan, StoreError> {
-    let segments = list_segments(&shared.dir)?;
+fn scan_segments<G: Gate>(dir: &Path, gate: &mut G, claimed: u64) -> Result<Scan, StoreError> {
+    let segments = list_segments(dir)?;
     let mut n = 0u64;
     let mut prev = EntryHash::ZERO;
     let mut last_time = None;
@@ -1097,11 +1200,11 @@ fn scan_segments<G: Gate>(shared: &Shared, gate: &mut G, claimed: u64) -> Result
 }
 
 /// Indexes every entry from `from` on, reading the segments again.
-fn reindex(shared: &Shared, from: u64) -> Result<(), StoreError> {
+fn reindex(ix: &Index, dir: &Path, from: u64) -> Result<(), StoreError> {
     let mut items = Vec::new();
     let mut n = 0u64;
     let mut start = from;
-    for (first, path) in list_segments(&shared.dir)? {
+    for (first, path) in list_segments(dir)? {
         let f = File::open(&path).map_err(io(&path))?;
         let r = BufReader::with_capacity(1 << 20, f);
         let mut offset = 0u64;
@@ -1121,7 +1224,7 @@ fn reindex(shared: &Shared, from: u64) -> Result<(), StoreError> {
                     entry.event.actor.clone(),
                 ));
                 if items.len() >= 4096 {
-                    shared.index_entries(start, &items)?;
+                    ix.index_entries(start, &items)?;
                     start += items.len() as u64;
                     items.clear();
                 }
@@ -1131,7 +1234,7 @@ fn reindex(shared: &Shared, from: u64) -> Result<(), StoreError> {
         }
     }
     if !items.is_empty() {
-        shared.index_entries(start, &items)?;
+        ix.index_entries(start, &items)?;
     }
     Ok(())
 }

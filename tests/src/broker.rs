@@ -59,6 +59,15 @@ impl Harness {
 
     /// Starts with `extra` appended to the example config (e.g. a `[tls]` table).
     pub async fn start_with(extra: &str) -> Self {
+        let mut h = Self::prepare(extra).await;
+        h.start_broker();
+        h
+    }
+
+    /// Like [`Harness::start_with`] but without starting the broker, so a test
+    /// can prepare the data directory ([`Harness::data`], e.g. mount a small
+    /// file system there) before calling [`Harness::start_broker`].
+    pub async fn prepare(extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let bao = OpenBao::start(dir.path())
             .await
@@ -85,20 +94,23 @@ impl Harness {
             developer.did().as_str(),
         ) + extra;
         std::fs::write(dir.path().join("custody.toml"), config).unwrap();
-        let mut h = Self {
+        Self {
             dir,
             bao,
             broker: None,
             developer,
             admin,
             url,
-        };
-        h.start_broker();
-        h
+        }
     }
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The broker's data directory (`data` in the config).
+    pub fn data(&self) -> PathBuf {
+        self.path().join("data")
     }
 
     pub fn config(&self) -> PathBuf {
@@ -120,7 +132,15 @@ impl Harness {
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
-        assert!(line.contains("listening"), "custody serve said: {line}");
+        if !line.contains("listening") {
+            let _ = child.wait();
+            let log = std::fs::read_to_string(self.path().join("broker.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            panic!(
+                "custody serve said: {line}\nend of broker.log:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         let ledger = line
             .split_whitespace()
             .last()

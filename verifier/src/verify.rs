@@ -219,10 +219,12 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
         }
     };
     let mut pending_payload: Option<PayloadRecord> = None;
+    // Every DID the entries name, for the dids.jsonl check (few: one per identity).
+    let mut seen_dids: std::collections::BTreeSet<Did> = std::collections::BTreeSet::new();
     let mut next_payload = |c: &mut Checks, unreadable: &mut bool| -> Option<PayloadRecord> {
         let reader = payloads.as_mut()?;
         match reader.next()? {
-            Ok((n, line)) => match serde_json::from_slice::<PayloadRecord>(&line) {
+            Ok((n, line)) => match bundle::parse_canonical_line::<PayloadRecord>(&line) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     c.payloads
@@ -306,6 +308,14 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
                 }
                 authority.apply(&entry);
                 count_stats(&mut stats, &entry);
+                if !seen_dids.contains(&entry.event.actor) {
+                    seen_dids.insert(entry.event.actor.clone());
+                }
+                if let Some(b) = &entry.event.on_behalf_of {
+                    if !seen_dids.contains(b) {
+                        seen_dids.insert(b.clone());
+                    }
+                }
                 check_credential_records(&entry, &mut cred_iter, &mut c.credentials);
 
                 // Payload records for this entry (at most one).
@@ -429,13 +439,38 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
     }
     match b.dids() {
         Ok(dids) => {
-            for d in dids {
+            // Sorted, no duplicates, exactly the DIDs the entries name and the
+            // ledger's (FORMAT.md §8.2).
+            let mut listed = std::collections::BTreeSet::new();
+            let mut last: Option<&Did> = None;
+            for d in &dids {
+                if last.is_some_and(|l| l >= &d.did) {
+                    c.credentials.fail(
+                        None,
+                        format!("dids.jsonl is not sorted without duplicates at {}", d.did),
+                    );
+                }
+                last = Some(&d.did);
+                listed.insert(d.did.clone());
                 if d.document != d.did.document() {
                     c.credentials.fail(
                         None,
                         format!("DID document for {} is not its did:key resolution", d.did),
                     );
                 }
+            }
+            seen_dids.insert(ledger.clone());
+            for missing in seen_dids.difference(&listed) {
+                c.credentials.fail(
+                    None,
+                    format!("dids.jsonl lacks {missing}, which the ledger names"),
+                );
+            }
+            for extra in listed.difference(&seen_dids) {
+                c.credentials.fail(
+                    None,
+                    format!("dids.jsonl lists {extra}, which no entry names"),
+                );
             }
         }
         Err(e) => {
