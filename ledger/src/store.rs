@@ -211,6 +211,8 @@ struct Request {
 
 /// The sled index: derived from the segments (payload bodies aside).
 struct Index {
+    /// Stored hashes recently read or written by the writer.
+    hash_cache: Mutex<HashMap<u64, Hash>>,
     db: sled::Db,
     offsets: sled::Tree,
     hashes: sled::Tree,
@@ -279,20 +281,35 @@ fn actor_key(did: &Did, seq: u64) -> Vec<u8> {
 struct SledHashes<'a> {
     tree: &'a sled::Tree,
     overlay: &'a HashMap<u64, Hash>,
+    /// Stored hashes read or written recently (see [`HASH_CACHE_MAX`]).
+    cache: Option<&'a Mutex<HashMap<u64, Hash>>>,
 }
+
+/// Stored hashes kept in memory by the index. Appending record `n` and
+/// computing the root read the same few subtree roots (the tree's right
+/// frontier) over and over; caching them takes sled reads off the writer's
+/// path. Cleared when full, since the frontier refills it on demand.
+const HASH_CACHE_MAX: usize = 1 << 16;
 
 impl HashReader for SledHashes<'_> {
     fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+        let mut cache = self.cache.map(|c| c.lock().expect("lock"));
         indexes
             .iter()
             .map(|i| {
                 if let Some(h) = self.overlay.get(i) {
                     return Ok(*h);
                 }
+                if let Some(h) = cache.as_ref().and_then(|c| c.get(i)) {
+                    return Ok(*h);
+                }
                 match self.tree.get(i.to_be_bytes()) {
                     Ok(Some(v)) if v.len() == 32 => {
                         let mut h = [0u8; 32];
                         h.copy_from_slice(&v);
+                        if let Some(c) = cache.as_mut() {
+                            c.insert(*i, Hash(h));
+                        }
                         Ok(Hash(h))
                     }
                     _ => Err(tlog_tiles::Error::IndexesNotInTree),
@@ -310,6 +327,7 @@ impl Index {
         let db = open_index(&dir.join(INDEX))?;
         let tree = |name: &str| db.open_tree(name).map_err(idx);
         Ok(Self {
+            hash_cache: Mutex::new(HashMap::new()),
             offsets: tree("offsets")?,
             hashes: tree("hashes")?,
             by_actor: tree("by_actor")?,
@@ -323,6 +341,7 @@ impl Index {
         SledHashes {
             tree: &self.hashes,
             overlay: &EMPTY_OVERLAY,
+            cache: None,
         }
     }
 
@@ -375,6 +394,7 @@ impl Index {
             let reader = SledHashes {
                 tree: &self.hashes,
                 overlay: &overlay,
+                cache: Some(&self.hash_cache),
             };
             let new = tlog_tiles::stored_hashes_for_record_hash(n, Hash(hash.0), &reader)
                 .map_err(|e| StoreError::Index(format!("stored hashes for {n}: {e}")))?;
@@ -390,9 +410,23 @@ impl Index {
         self.hashes.apply_batch(hb).map_err(idx)?;
         self.offsets.apply_batch(ob).map_err(idx)?;
         self.by_actor.apply_batch(ab).map_err(idx)?;
+        {
+            let mut c = self.hash_cache.lock().expect("lock");
+            if c.len() + overlay.len() > HASH_CACHE_MAX {
+                c.clear();
+            }
+            c.extend(overlay);
+        }
         let upto = start + items.len() as u64;
-        let root = tlog_tiles::tree_hash(upto, &self.reader())
-            .map_err(|e| StoreError::Index(e.to_string()))?;
+        let root = tlog_tiles::tree_hash(
+            upto,
+            &SledHashes {
+                tree: &self.hashes,
+                overlay: &EMPTY_OVERLAY,
+                cache: Some(&self.hash_cache),
+            },
+        )
+        .map_err(|e| StoreError::Index(e.to_string()))?;
         self.meta
             .insert(META_INDEXED, &upto.to_be_bytes())
             .map_err(idx)?;

@@ -1,0 +1,111 @@
+//! Durable appends to a `Store` in a temp dir: group commit with many writers
+//! vs one fdatasync per append, and per-append latency at about half the load.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use custody_ledger::store::{AcceptAll, Store};
+use custody_ledger::SignedEvent;
+use serde_json::json;
+
+use crate::util::{events, percentile, ratio, Results};
+use crate::Args;
+
+/// `writers` threads append `evs` concurrently; returns (appends/s, sorted
+/// latencies, fdatasyncs).
+fn append_run(
+    dir: &Path,
+    evs: Vec<SignedEvent>,
+    writers: usize,
+) -> anyhow::Result<(f64, Vec<Duration>, u64)> {
+    let store = Arc::new(Store::open(dir, AcceptAll)?);
+    let n = evs.len();
+    let chunks: Vec<Vec<SignedEvent>> = {
+        let mut cs: Vec<Vec<SignedEvent>> = (0..writers).map(|_| Vec::new()).collect();
+        for (i, e) in evs.into_iter().enumerate() {
+            cs[i % writers].push(e);
+        }
+        cs
+    };
+    let t0 = Instant::now();
+    let handles: Vec<_> = chunks
+        .into_iter()
+        .map(|c| {
+            let s = store.clone();
+            std::thread::spawn(move || {
+                let mut lat = Vec::with_capacity(c.len());
+                for e in c {
+                    let t = Instant::now();
+                    s.append(e).expect("append");
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::with_capacity(n);
+    for h in handles {
+        lat.extend(h.join().map_err(|_| anyhow::anyhow!("writer panicked"))?);
+    }
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    let syncs = store.stats().syncs;
+    lat.sort();
+    Ok((rate, lat, syncs))
+}
+
+pub fn bench(a: &Args, r: &mut Results) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let n = a.appends;
+    let (rate, _, syncs) = append_run(&tmp.path().join("group"), events(n), 64)?;
+    r.insert("append_durable_per_s".into(), json!(rate.round()));
+    r.insert("append_durable_syncs".into(), json!(syncs));
+    let (half_rate, lat, _) = append_run(&tmp.path().join("half"), events(n / 2), 32)?;
+    r.insert("append_p50_ms".into(), json!(percentile(&lat, 0.5)));
+    r.insert("append_p99_ms".into(), json!(percentile(&lat, 0.99)));
+    r.insert("append_half_load_per_s".into(), json!(half_rate.round()));
+    // Baseline: one writer, so every append is its own batch and its own fdatasync.
+    let base_n = (n / 10).max(1000);
+    let (base, _, base_syncs) = append_run(&tmp.path().join("each"), events(base_n), 1)?;
+    r.insert("append_flush_each_per_s".into(), json!(base.round()));
+    r.insert("append_flush_each_syncs".into(), json!(base_syncs));
+    r.insert("append_group_commit_ratio".into(), json!(ratio(rate, base)));
+    Ok(())
+}
+
+/// `threads` threads each append their share of `evs` in `append_many` calls
+/// of `batch` events (the shape of the HTTP benchmark, without HTTP); returns
+/// appends/s.
+pub fn batched_run(
+    dir: &Path,
+    evs: Vec<SignedEvent>,
+    threads: usize,
+    batch: usize,
+) -> anyhow::Result<f64> {
+    let store = Arc::new(Store::open(dir, AcceptAll)?);
+    let n = evs.len();
+    let mut shares: Vec<Vec<SignedEvent>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, e) in evs.into_iter().enumerate() {
+        shares[i % threads].push(e);
+    }
+    let t0 = Instant::now();
+    let handles: Vec<_> = shares
+        .into_iter()
+        .map(|mut share| {
+            let s = store.clone();
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                while !share.is_empty() {
+                    let rest = share.split_off(share.len().min(batch));
+                    for x in s.append_many(std::mem::replace(&mut share, rest)) {
+                        x.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    }
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}

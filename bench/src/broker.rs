@@ -1,0 +1,478 @@
+//! Benchmarks against a real broker (in this process, on a loopback port)
+//! and a real OpenBao dev server: `custody token` mints, the kill switch, and
+//! batched appends over HTTP.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use custody_broker::api::{AppendBatch, BatchItem, BatchResult, PATH_EVENTS_BATCH};
+use custody_broker::client::{session_event, Client, ClientError};
+use custody_broker::dev::{example_config, write_secret_file, OpenBao, BROKER_ROLE};
+use custody_broker::sessionfile::SessionFile;
+use custody_broker::vault::Vault;
+use custody_identity::KeyPair;
+use custody_ledger::SignedEvent;
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use crate::util::{events, percentile, ratio, round, Results};
+use crate::Args;
+
+/// The secret the `ci-read` scope (OpenBao policy) may read.
+const ALLOWED_SECRET: &str = "ci/database";
+
+/// What the benchmarks add to the example config: the per-DID rate limit and
+/// body size raised so the load generators are not throttled.
+const BENCH_LIMITS: &str = r#"
+[limits]
+requests_per_second = 1000000
+max_body = 8388608
+"#;
+
+/// OpenBao + a broker serving in this process, with the keys it trusts.
+struct Broker {
+    tmp: tempfile::TempDir,
+    bao: OpenBao,
+    /// The broker's own OpenBao token (mint through the role, revoke by accessor).
+    vault_token: String,
+    url: String,
+    dev: KeyPair,
+    admin: KeyPair,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Broker {
+    async fn start() -> anyhow::Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let bao = OpenBao::start(tmp.path()).await?;
+        let vault_token = bao.configure_examples().await?;
+        write_secret_file(&tmp.path().join("vault-token"), &vault_token)?;
+        let dev = KeyPair::generate();
+        let admin = KeyPair::generate();
+        let cfgp = tmp.path().join("custody.toml");
+        std::fs::write(
+            &cfgp,
+            example_config(
+                "127.0.0.1:0",
+                &tmp.path().join("data"),
+                &bao.addr,
+                &tmp.path().join("vault-token"),
+                admin.did().as_str(),
+                dev.did().as_str(),
+            ) + BENCH_LIMITS,
+        )?;
+        let cfg = custody_broker::config::Config::load(&cfgp)?;
+        let vault = custody_broker::server::vault_from_config(&cfg)?;
+        let state = custody_broker::server::AppState::open(cfg, vault)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(custody_broker::server::serve(state, listener, async move {
+            let _ = rx.await;
+        }));
+        Ok(Self {
+            tmp,
+            bao,
+            vault_token,
+            url,
+            dev,
+            admin,
+            stop: Some(tx),
+            server,
+        })
+    }
+
+    fn client(&self) -> anyhow::Result<Client> {
+        Client::new(&self.url, None)
+    }
+
+    /// vaultrs straight to OpenBao with the broker's token and role: the baselines.
+    fn direct(&self) -> anyhow::Result<Vault> {
+        Ok(Vault::new(
+            &self.bao.addr,
+            &self.vault_token,
+            Some(BROKER_ROLE.into()),
+        )?)
+    }
+
+    async fn session(&self, c: &Client, agent: &str) -> anyhow::Result<SessionFile> {
+        let (s, _) = c
+            .start_session(
+                &self.dev,
+                agent,
+                &["ci-read".to_string()],
+                "ci",
+                Duration::from_secs(900),
+            )
+            .await?;
+        Ok(s)
+    }
+
+    async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.server.await??;
+        drop(self.bao);
+        drop(self.tmp);
+        Ok(())
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// `custody token` through the broker vs vaultrs direct, interleaved.
+pub fn bench_mint(a: &Args, r: &mut Results) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let b = Broker::start().await?;
+        let c = b.client()?;
+        let session = b.session(&c, "bench").await?;
+        let direct = b.direct()?;
+        let policies = vec!["ci-read".to_string()];
+        let mut broker_lat = Vec::new();
+        let mut direct_lat = Vec::new();
+        // Interleaved, so both see the same machine load.
+        for _ in 0..a.mints {
+            let t = Instant::now();
+            c.mint(&session, "ci-read").await?;
+            broker_lat.push(t.elapsed());
+            let t = Instant::now();
+            direct
+                .mint(
+                    &policies,
+                    Duration::from_secs(60),
+                    Default::default(),
+                    "bench",
+                )
+                .await?;
+            direct_lat.push(t.elapsed());
+        }
+        broker_lat.sort();
+        direct_lat.sort();
+        let (p50, d50) = (percentile(&broker_lat, 0.5), percentile(&direct_lat, 0.5));
+        r.insert("mint_p50_ms".into(), json!(p50));
+        r.insert("mint_p99_ms".into(), json!(percentile(&broker_lat, 0.99)));
+        r.insert("mint_direct_p50_ms".into(), json!(d50));
+        r.insert("mint_overhead_ratio".into(), json!(ratio(p50, d50)));
+        b.stop().await
+    })
+}
+
+/// Reads the allowed secret with each token until OpenBao refuses every one
+/// (403); fails if one still works after `limit`.
+async fn until_all_refused(
+    http: &reqwest::Client,
+    bao: &str,
+    tokens: &[String],
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let mut set = JoinSet::new();
+    for t in tokens {
+        let (http, t) = (http.clone(), t.clone());
+        let url = format!("{bao}/v1/secret/data/{ALLOWED_SECRET}");
+        set.spawn(async move {
+            let t0 = Instant::now();
+            loop {
+                let st = http
+                    .get(&url)
+                    .header("X-Vault-Token", &t)
+                    .send()
+                    .await?
+                    .status()
+                    .as_u16();
+                match st {
+                    403 => return anyhow::Ok(()),
+                    200 if t0.elapsed() < limit => {
+                        tokio::time::sleep(Duration::from_millis(1)).await
+                    }
+                    s => bail!("a revoked token still answered HTTP {s} after {limit:?}"),
+                }
+            }
+        });
+    }
+    while let Some(x) = set.join_next().await {
+        x??;
+    }
+    Ok(())
+}
+
+/// Every token reads the allowed secret (checked before a revocation).
+async fn all_live(http: &reqwest::Client, bao: &str, tokens: &[String]) -> anyhow::Result<()> {
+    for t in tokens {
+        let st = http
+            .get(format!("{bao}/v1/secret/data/{ALLOWED_SECRET}"))
+            .header("X-Vault-Token", t)
+            .send()
+            .await?
+            .status();
+        anyhow::ensure!(st.is_success(), "a fresh token could not read: HTTP {st}");
+    }
+    Ok(())
+}
+
+/// Mints `n` tokens with vaultrs directly (the broker's token and role);
+/// returns (token, accessor) pairs.
+async fn mint_direct(direct: &Vault, n: usize) -> anyhow::Result<Vec<(String, String)>> {
+    let policies = vec!["ci-read".to_string()];
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let m = direct
+            .mint(
+                &policies,
+                Duration::from_secs(900),
+                Default::default(),
+                "bench",
+            )
+            .await?;
+        out.push((m.token, m.accessor));
+    }
+    Ok(out)
+}
+
+/// Mints `n` tokens through the broker for `session`, a few in flight at once.
+async fn mint_n(c: &Arc<Client>, session: &SessionFile, n: usize) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::with_capacity(n);
+    let mut set = JoinSet::new();
+    let mut next = 0;
+    while out.len() < n {
+        while next < n && set.len() < 4 {
+            let (c, s) = (c.clone(), session.clone());
+            set.spawn(async move { c.mint(&s, "ci-read").await.map(|m| m.token) });
+            next += 1;
+        }
+        match set.join_next().await {
+            Some(x) => out.push(x??),
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+/// The kill switch: an admin revokes a session holding `--killswitch-tokens`
+/// live tokens; timed until OpenBao refuses every token and the broker refuses
+/// the session's next append. Baseline: revoking as many tokens by accessor
+/// with vaultrs directly, confirmed the same way. Interleaved.
+pub fn bench_killswitch(a: &Args, r: &mut Results) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let b = Broker::start().await?;
+        let c = Arc::new(b.client()?);
+        let direct = Arc::new(b.direct()?);
+        let http = reqwest::Client::builder().no_proxy().build()?;
+        let n = a.killswitch_tokens;
+        let limit = Duration::from_secs(10);
+        let (mut total, mut call, mut direct_total, mut direct_calls, mut direct_parallel) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut tokens_revoked = 0u64;
+        for run in 0..a.killswitch_runs {
+            // custody: a fresh session with n live tokens.
+            let session = b.session(&c, &format!("bench-kill-{run}")).await?;
+            let tokens = mint_n(&c, &session, n).await?;
+            all_live(&http, &b.bao.addr, &tokens).await?;
+            let next = session_event(&session, "tool.call")?;
+            let t0 = Instant::now();
+            let rv = c
+                .revoke(&b.admin, &session.did, "bench kill switch")
+                .await?;
+            let t_call = t0.elapsed();
+            let append = {
+                let (c, s) = (c.clone(), session.clone());
+                tokio::spawn(async move { c.log(&s, next).await })
+            };
+            until_all_refused(&http, &b.bao.addr, &tokens, limit).await?;
+            match append.await? {
+                Ok(x) => bail!("the revoked session's append was accepted (seq {})", x.seq),
+                Err(e) => match e.downcast_ref::<ClientError>() {
+                    Some(ClientError::Api { status: 403, .. }) => {}
+                    _ => bail!("the revoked session's append failed otherwise: {e:#}"),
+                },
+            }
+            total.push(t0.elapsed());
+            call.push(t_call);
+            tokens_revoked += rv.tokens_revoked;
+
+            // Baseline: as many tokens minted directly, revoked one by one by
+            // accessor (as the broker does), confirmed the same way.
+            let minted = mint_direct(&direct, n).await?;
+            let tokens: Vec<String> = minted.iter().map(|m| m.0.clone()).collect();
+            all_live(&http, &b.bao.addr, &tokens).await?;
+            let t0 = Instant::now();
+            for (_, accessor) in &minted {
+                direct.revoke_accessor(accessor).await?;
+            }
+            let t_call = t0.elapsed();
+            until_all_refused(&http, &b.bao.addr, &tokens, limit).await?;
+            direct_total.push(t0.elapsed());
+            direct_calls.push(t_call);
+
+            // What revoking concurrently would give: 8 revocations in flight.
+            let minted = mint_direct(&direct, n).await?;
+            let tokens: Vec<String> = minted.iter().map(|m| m.0.clone()).collect();
+            all_live(&http, &b.bao.addr, &tokens).await?;
+            let t0 = Instant::now();
+            let mut set = JoinSet::new();
+            for (_, accessor) in minted {
+                if set.len() >= 8 {
+                    if let Some(x) = set.join_next().await {
+                        x??;
+                    }
+                }
+                let d = direct.clone();
+                set.spawn(async move { d.revoke_accessor(&accessor).await });
+            }
+            while let Some(x) = set.join_next().await {
+                x??;
+            }
+            until_all_refused(&http, &b.bao.addr, &tokens, limit).await?;
+            direct_parallel.push(t0.elapsed());
+        }
+        anyhow::ensure!(
+            tokens_revoked == (a.killswitch_runs * n) as u64,
+            "the broker reported {tokens_revoked} tokens revoked, expected {}",
+            a.killswitch_runs * n
+        );
+        for v in [
+            &mut total,
+            &mut call,
+            &mut direct_total,
+            &mut direct_calls,
+            &mut direct_parallel,
+        ] {
+            v.sort();
+        }
+        let (k50, d50) = (percentile(&total, 0.5), percentile(&direct_total, 0.5));
+        r.insert("killswitch_runs".into(), json!(a.killswitch_runs));
+        r.insert("killswitch_tokens".into(), json!(n));
+        r.insert("killswitch_p50_ms".into(), json!(k50));
+        r.insert("killswitch_p99_ms".into(), json!(percentile(&total, 0.99)));
+        r.insert(
+            "killswitch_revoke_call_p50_ms".into(),
+            json!(percentile(&call, 0.5)),
+        );
+        r.insert("revoke_direct_100_ms".into(), json!(d50));
+        r.insert(
+            "revoke_direct_100_p99_ms".into(),
+            json!(percentile(&direct_total, 0.99)),
+        );
+        r.insert(
+            "revoke_direct_100_calls_p50_ms".into(),
+            json!(percentile(&direct_calls, 0.5)),
+        );
+        r.insert(
+            "revoke_direct_100_parallel_ms".into(),
+            json!(percentile(&direct_parallel, 0.5)),
+        );
+        r.insert("killswitch_vs_direct_ratio".into(), json!(ratio(k50, d50)));
+        b.stop().await
+    })
+}
+
+/// Appends through the broker over loopback HTTP: `--http-clients` sessions,
+/// each its own client sending pre-signed batches of `--http-batch` events to
+/// `POST /v1/events/batch`, one batch in flight per client.
+pub fn bench_http(a: &Args, r: &mut Results) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let b = Broker::start().await?;
+        let admin_client = b.client()?;
+        let clients = a.http_clients.max(1);
+        let per_client = a.http_events / clients;
+        let mut work = Vec::new();
+        for k in 0..clients {
+            let c = b.client()?;
+            let s = b.session(&c, &format!("bench-http-{k}")).await?;
+            work.push((c, s));
+        }
+        let before = admin_client.health().await?.entries;
+        // Sign up front (the session's work, not the broker's), on every core.
+        let batch = a.http_batch.clamp(1, custody_broker::api::MAX_BATCH_EVENTS);
+        let signed: Vec<Vec<Vec<SignedEvent>>> = std::thread::scope(|sc| {
+            let hs: Vec<_> = work
+                .iter()
+                .map(|(_, s)| {
+                    sc.spawn(move || -> anyhow::Result<Vec<Vec<SignedEvent>>> {
+                        let key = s.key()?;
+                        let mut evs = Vec::with_capacity(per_client);
+                        for i in 0..per_client {
+                            let mut e = session_event(s, "tool.call")?;
+                            e.details.insert("i".into(), i.into());
+                            e.details.insert("tool".into(), "Bash".into());
+                            evs.push(e.sign(&key)?);
+                        }
+                        let mut out = Vec::new();
+                        while !evs.is_empty() {
+                            let rest = evs.split_off(evs.len().min(batch));
+                            out.push(std::mem::replace(&mut evs, rest));
+                        }
+                        Ok(out)
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().map_err(|_| anyhow::anyhow!("signer panicked"))?)
+                .collect::<anyhow::Result<_>>()
+        })?;
+        let t0 = Instant::now();
+        let mut set = JoinSet::new();
+        for ((c, s), batches) in work.into_iter().zip(signed) {
+            set.spawn(async move {
+                let key = s.key()?;
+                let mut lat = Vec::with_capacity(batches.len());
+                for events in batches {
+                    let n = events.len();
+                    let t = Instant::now();
+                    let res: BatchResult = c
+                        .post(&key, PATH_EVENTS_BATCH, &AppendBatch { events })
+                        .await?;
+                    lat.push(t.elapsed());
+                    anyhow::ensure!(res.results.len() == n, "short batch answer");
+                    if let Some(BatchItem::Err(e)) =
+                        res.results.iter().find(|x| matches!(x, BatchItem::Err(_)))
+                    {
+                        bail!("an event was refused: {} {}", e.error, e.message);
+                    }
+                }
+                anyhow::Ok(lat)
+            });
+        }
+        let mut lat = Vec::new();
+        while let Some(x) = set.join_next().await {
+            lat.extend(x??);
+        }
+        let took = t0.elapsed();
+        let total = per_client * clients;
+        let after = admin_client.health().await?.entries;
+        anyhow::ensure!(
+            after >= before + total as u64,
+            "the ledger grew by {} entries, expected at least {total}",
+            after - before
+        );
+        lat.sort();
+        r.insert(
+            "http_append_per_s".into(),
+            json!((total as f64 / took.as_secs_f64()).round()),
+        );
+        r.insert("http_clients".into(), json!(clients));
+        r.insert("http_batch".into(), json!(batch));
+        r.insert("http_events".into(), json!(total));
+        r.insert("http_batch_p50_ms".into(), json!(percentile(&lat, 0.5)));
+        r.insert("http_batch_p99_ms".into(), json!(percentile(&lat, 0.99)));
+        r.insert("http_seconds".into(), json!(round(took.as_secs_f64(), 2)));
+        b.stop().await.context("stopping the broker")?;
+        // Baseline without HTTP: the same number of pre-signed events, threads
+        // and batch size, straight into a store (signatures checked, no
+        // session authorization).
+        let tmp = tempfile::tempdir()?;
+        let evs = events(total);
+        let rate = tokio::task::spawn_blocking(move || {
+            crate::append::batched_run(&tmp.path().join("batched"), evs, clients, batch)
+        })
+        .await??;
+        r.insert("append_batched_inprocess_per_s".into(), json!(rate.round()));
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,173 @@
+//! Offline verification of a bundle (`custody-verify verify`, a separate
+//! process) vs a bare `verify_strict` loop over the same signatures on every
+//! core; the verifier's peak memory; inclusion proof size and check time.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use custody_identity::{KeyPair, Signature};
+use custody_ledger::authority::{Authority, TrustRoots};
+use custody_ledger::checkpoint::Origin;
+use custody_ledger::export::export_bundle;
+use custody_ledger::store::Store;
+use custody_ledger::{actions, ActionType, ActorKind, Event, SignedEvent};
+use serde_json::json;
+
+use crate::util::{ratio, round, run_verifier, verifier_exe, Results};
+use crate::Args;
+
+/// A store with a genesis entry by `ledger` that trusts `delegators` as
+/// delegators (and the first of them as admin).
+pub fn open_ledger(
+    dir: &Path,
+    ledger: &KeyPair,
+    delegators: &[&KeyPair],
+) -> anyhow::Result<Store<Authority>> {
+    let store = Store::open(dir, Authority::new(Some(ledger.did())))?;
+    let mut g = Event::new(
+        ledger.did(),
+        ActorKind::Service,
+        ActionType::new(actions::GENESIS)?,
+    );
+    g.details = TrustRoots {
+        admins: delegators.iter().take(1).map(|k| k.did()).collect(),
+        delegators: delegators.iter().map(|k| k.did()).collect(),
+    }
+    .to_details();
+    store
+        .append(g.sign(ledger)?)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(store)
+}
+
+/// Appends a batch; fails on the first refused event.
+pub fn append_all(store: &Store<Authority>, batch: Vec<SignedEvent>) -> anyhow::Result<()> {
+    for x in store.append_many(batch) {
+        x.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(())
+}
+
+struct Bundle {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    ledger: KeyPair,
+    signer: KeyPair,
+    /// (signing input, signature) of every non-genesis entry.
+    sigs: Arc<Vec<(Vec<u8>, Signature)>>,
+}
+
+/// A bundle of a genesis plus `n` `prompt` entries by one human.
+fn build_bundle(n: usize) -> anyhow::Result<Bundle> {
+    let tmp = tempfile::tempdir()?;
+    let ledger = KeyPair::generate();
+    let human = KeyPair::generate();
+    let store = open_ledger(&tmp.path().join("data"), &ledger, &[&human])?;
+    let mut sigs = Vec::with_capacity(n);
+    let mut batch = Vec::new();
+    for i in 0..n {
+        let mut e = Event::new(human.did(), ActorKind::Human, ActionType::new("prompt")?);
+        e.details.insert("i".into(), i.into());
+        let s = e.sign(&human)?;
+        sigs.push((s.event.signing_input()?, s.sig));
+        batch.push(s);
+        if batch.len() == 1000 {
+            append_all(&store, std::mem::take(&mut batch))?;
+        }
+    }
+    append_all(&store, batch)?;
+    let dir = tmp.path().join("bundle");
+    export_bundle(&store, &ledger, &Origin::for_ledger(&ledger.did()), &dir)?;
+    drop(store);
+    Ok(Bundle {
+        _tmp: tmp,
+        dir,
+        ledger,
+        signer: human,
+        sigs: Arc::new(sigs),
+    })
+}
+
+/// `verify` and/or `proof`, over one bundle of `--verify-entries` entries.
+pub fn bench(a: &Args, r: &mut Results, verify: bool, proof: bool) -> anyhow::Result<()> {
+    let n = a.verify_entries;
+    let b = build_bundle(n)?;
+    r.insert("verify_entries".into(), json!(n + 1));
+    if verify {
+        bench_verify(&b, r)?;
+    }
+    if proof {
+        bench_proof(&b, n, r)?;
+    }
+    Ok(())
+}
+
+fn bench_verify(b: &Bundle, r: &mut Results) -> anyhow::Result<()> {
+    let n = b.sigs.len();
+    let (peak_mb, took) = run_verifier(&b.dir, b.ledger.did().as_str())?;
+    let verify_rate = (n + 1) as f64 / took.as_secs_f64();
+
+    // Baseline: the bare signature checks, on every core.
+    let cores = std::thread::available_parallelism()
+        .map(|c| c.get())
+        .unwrap_or(1);
+    let pk = *b.signer.public().dalek();
+    let sigs = b.sigs.clone();
+    let t0 = Instant::now();
+    let hs: Vec<_> = (0..cores)
+        .map(|c| {
+            let sigs = sigs.clone();
+            std::thread::spawn(move || {
+                let mut ok = 0usize;
+                for (msg, sig) in sigs.iter().skip(c).step_by(cores) {
+                    let s = ed25519_dalek::Signature::from_bytes(&sig.0);
+                    if pk.verify_strict(msg, &s).is_ok() {
+                        ok += 1;
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let ok: usize = hs.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+    anyhow::ensure!(ok == n, "baseline signatures failed");
+    let raw_rate = n as f64 / t0.elapsed().as_secs_f64();
+    r.insert("verify_per_s".into(), json!(verify_rate.round()));
+    r.insert("verify_raw_per_s".into(), json!(raw_rate.round()));
+    r.insert("verify_ratio".into(), json!(ratio(verify_rate, raw_rate)));
+    r.insert("verify_peak_rss_mb".into(), json!(round(peak_mb, 1)));
+    Ok(())
+}
+
+fn bench_proof(b: &Bundle, n: usize, r: &mut Results) -> anyhow::Result<()> {
+    let verifier = verifier_exe()?;
+    let proof_file = b.dir.with_file_name("proof.json");
+    let st = std::process::Command::new(&verifier)
+        .arg("prove")
+        .arg(&b.dir)
+        .args(["--seq", &(n / 2).to_string(), "--out"])
+        .arg(&proof_file)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(st.success(), "prove failed");
+    let p = custody_verifier::proof::read_proof(&proof_file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    r.insert("proof_path_hashes".into(), json!(p.path.len()));
+    r.insert("proof_bytes".into(), json!(p.path.len() * 32));
+    r.insert(
+        "proof_file_bytes".into(),
+        json!(std::fs::metadata(&proof_file)?.len()),
+    );
+    let reps = 2000;
+    let ledger = b.ledger.did();
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        custody_verifier::proof::check_proof(&p, Some(&ledger))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    r.insert(
+        "proof_verify_us".into(),
+        json!(round(t0.elapsed().as_secs_f64() / reps as f64 * 1e6, 1)),
+    );
+    Ok(())
+}
