@@ -42,6 +42,8 @@ use crate::config::Config;
 use crate::signing::{self, RequestAuthError, RequestParts};
 use crate::vault::{accessor_hash, Vault};
 
+/// Token revocations in flight at once during a kill switch.
+const REVOKE_CONCURRENCY: usize = 16;
 /// Refusals of identities the ledger does not know, recorded per minute.
 const STRANGER_DENIALS_PER_MINUTE: u32 = 60;
 /// How many nonces the replay cache holds before it prunes expired ones.
@@ -1397,29 +1399,51 @@ async fn revoke(
     let mut revoked = 0u64;
     let mut hashes = Vec::new();
     let mut failures = Vec::new();
+    // Every recorded accessor of every target, revoked REVOKE_CONCURRENCY at
+    // a time: each is one OpenBao round trip, and the kill switch's latency
+    // is their sum otherwise.
+    let mut pending = Vec::new();
     for did in &targets {
         let mut prefix = did.as_str().as_bytes().to_vec();
         prefix.push(0);
-        let keys: Vec<_> = s
-            .accessors
-            .scan_prefix(&prefix)
-            .filter_map(Result::ok)
-            .map(|(k, _)| k)
-            .collect();
-        for k in keys {
+        for (k, _) in s.accessors.scan_prefix(&prefix).filter_map(Result::ok) {
             let accessor = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            match &s.vault {
-                Some(v) => match v.revoke_accessor(&accessor).await {
-                    Ok(()) => {
-                        revoked += 1;
-                        hashes.push(accessor_hash(&accessor));
-                        let _ = s.accessors.remove(&k);
-                    }
-                    Err(e) => failures.push(e.to_string()),
-                },
-                None => failures.push("no vault configured".into()),
+            pending.push((k, accessor));
+        }
+    }
+    if s.vault.is_none() && !pending.is_empty() {
+        failures.push("no vault configured".to_string());
+        pending.clear();
+    }
+    for chunk in pending.chunks(REVOKE_CONCURRENCY) {
+        let mut set = tokio::task::JoinSet::new();
+        for (k, accessor) in chunk.iter().cloned() {
+            let s2 = s.clone();
+            set.spawn(async move {
+                let r = match &s2.vault {
+                    Some(v) => v
+                        .revoke_accessor(&accessor)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    None => Err("no vault configured".to_string()),
+                };
+                (k, accessor, r)
+            });
+        }
+        while let Some(done) = set.join_next().await {
+            match done {
+                Ok((k, accessor, Ok(()))) => {
+                    revoked += 1;
+                    hashes.push(accessor_hash(&accessor));
+                    let _ = s.accessors.remove(&k);
+                }
+                Ok((_, _, Err(e))) => failures.push(e),
+                Err(e) => failures.push(e.to_string()),
             }
         }
+    }
+    hashes.sort();
+    for did in &targets {
         // The session's ingest tokens die with it.
         let dead: Vec<_> = s
             .ingest
