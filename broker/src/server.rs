@@ -100,9 +100,7 @@ pub struct AppState {
     pub vault: Option<Vault>,
     pub ca: SessionCa,
     /// Accessors (raw, needed to revoke) and ingest tokens (hashed).
-    pub db: sled::Db,
-    accessors: sled::Tree,
-    ingest: sled::Tree,
+    db: crate::brokerdb::BrokerDb,
     nonces: Mutex<HashMap<[u8; 16], i64>>,
     rate: Mutex<HashMap<Did, (Instant, u32)>>,
     stranger_denials: Mutex<(Instant, u32)>,
@@ -154,9 +152,7 @@ impl AppState {
             &cfg.data.join("ledger"),
             Authority::new(Some(ledger_key.did())),
         )?;
-        let db = sled::Config::new().path(cfg.data.join("broker")).open()?;
-        let accessors = db.open_tree("accessors")?;
-        let ingest = db.open_tree("ingest")?;
+        let db = crate::brokerdb::BrokerDb::open(&cfg.data.join("broker"))?;
         let origin = Origin::for_ledger(&ledger_key.did());
 
         let want = TrustRoots {
@@ -200,8 +196,6 @@ impl AppState {
             vault,
             ca,
             db,
-            accessors,
-            ingest,
             nonces: Mutex::new(HashMap::new()),
             rate: Mutex::new(HashMap::new()),
             stranger_denials: Mutex::new((Instant::now(), 0)),
@@ -649,13 +643,13 @@ async fn start_session(
         s.ca.issue_session_cert(&d.session, cert_ttl)
             .map_err(|e| ApiError::internal(e.to_string()))?;
     let ingest_token = random_token();
-    s.ingest
-        .insert(
-            sha256_hex(&ingest_token).as_bytes(),
-            d.session.as_str().as_bytes(),
-        )
-        .and_then(|_| s.db.flush().map(|_| ()))
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let hashed = sha256_hex(&ingest_token);
+    s.db.with(|t| {
+        t.ingest
+            .insert(hashed.as_bytes(), d.session.as_str().as_bytes())?;
+        t.db.flush().map(|_| ())
+    })
+    .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(SessionStarted {
         seq: appended.seq.0,
         session_id: d.id.clone(),
@@ -683,17 +677,17 @@ async fn otlp_logs(
         .ok_or_else(|| {
             unauth("send the session's ingest token as `Authorization: Bearer <token>`")
         })?;
-    let did = s
-        .ingest
-        .get(sha256_hex(token.trim()).as_bytes())
-        .ok()
-        .flatten()
-        .and_then(|v| {
-            std::str::from_utf8(&v)
-                .ok()
-                .and_then(|d| Did::parse(d).ok())
-        })
-        .ok_or_else(|| unauth("unknown or revoked ingest token"))?;
+    let hashed = sha256_hex(token.trim());
+    let did =
+        s.db.with(|t| t.ingest.get(hashed.as_bytes()))
+            .ok()
+            .flatten()
+            .and_then(|v| {
+                std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|d| Did::parse(d).ok())
+            })
+            .ok_or_else(|| unauth("unknown or revoked ingest token"))?;
     let ct = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
@@ -1071,14 +1065,13 @@ async fn mint(
     // revocable token that nobody received.
     let exp =
         (OffsetDateTime::now_utc().unix_timestamp() + minted.ttl.as_secs() as i64).to_be_bytes();
-    let (tree, db, key) = (
-        s.accessors.clone(),
-        s.db.clone(),
-        accessor_key(&caller, &minted.accessor),
-    );
+    let (s2, key) = (s.clone(), accessor_key(&caller, &minted.accessor));
     let record = tokio::task::spawn_blocking(move || {
-        tree.insert(key, &exp)
-            .and_then(|_| db.flush().map(|_| ()))
+        s2.db
+            .with(|t| {
+                t.accessors.insert(&key, &exp)?;
+                t.db.flush().map(|_| ())
+            })
             .map_err(|e| e.to_string())
     });
     let (recorded, results) = tokio::join!(record, s.append_many(vec![req.request.clone(), rec]));
@@ -1118,7 +1111,8 @@ async fn mint(
         (first, _) => {
             // Not recorded: the token must not live.
             let _ = vault.revoke_accessor(&minted.accessor).await;
-            let _ = s.accessors.remove(accessor_key(&caller, &minted.accessor));
+            let key = accessor_key(&caller, &minted.accessor);
+            let _ = s.db.with(|t| t.accessors.remove(&key));
             match first {
                 Some(Err(AppendError::Rejected(rej))) => Err(s
                     .deny(&caller, what, denial_code(&rej.code), rej.message)
@@ -1406,7 +1400,18 @@ async fn revoke(
     for did in &targets {
         let mut prefix = did.as_str().as_bytes().to_vec();
         prefix.push(0);
-        for (k, _) in s.accessors.scan_prefix(&prefix).filter_map(Result::ok) {
+        let keys =
+            s.db.with(|t| {
+                t.accessors
+                    .scan_prefix(&prefix)
+                    .map(|kv| kv.map(|(k, _)| k))
+                    .collect::<sled::Result<Vec<_>>>()
+            })
+            .unwrap_or_else(|e| {
+                failures.push(format!("reading recorded accessors: {e}"));
+                Vec::new()
+            });
+        for k in keys {
             let accessor = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
             pending.push((k, accessor));
         }
@@ -1435,7 +1440,7 @@ async fn revoke(
                 Ok((k, accessor, Ok(()))) => {
                     revoked += 1;
                     hashes.push(accessor_hash(&accessor));
-                    let _ = s.accessors.remove(&k);
+                    let _ = s.db.with(|t| t.accessors.remove(&k));
                 }
                 Ok((_, _, Err(e))) => failures.push(e),
                 Err(e) => failures.push(e.to_string()),
@@ -1445,16 +1450,15 @@ async fn revoke(
     hashes.sort();
     for did in &targets {
         // The session's ingest tokens die with it.
-        let dead: Vec<_> = s
-            .ingest
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| v.as_ref() == did.as_str().as_bytes())
-            .map(|(k, _)| k)
-            .collect();
-        for k in dead {
-            let _ = s.ingest.remove(k);
-        }
+        let _ = s.db.with(|t| {
+            for kv in t.ingest.iter() {
+                let (k, v) = kv?;
+                if v.as_ref() == did.as_str().as_bytes() {
+                    t.ingest.remove(k)?;
+                }
+            }
+            Ok(())
+        });
     }
     let _ = s.db.flush();
     let mut rec = Event::new(

@@ -498,11 +498,11 @@ async fn full_disk_and_read_only_data_dir() {
 }
 
 /// The broker's own sled database (`DATA/broker`: token accessors, ingest
-/// tokens) has the same sticky I/O errors as the ledger index had: once one of
-/// its writes hit the full disk, every mint and session start fails with 500
-/// until the broker restarts, even after the disk has space again.
+/// tokens) has sticky I/O errors like the ledger index: once one of its writes
+/// hits the full disk, every later operation on that handle fails. The broker
+/// reopens it ([`custody_broker::brokerdb`]), so mints and session starts
+/// work again as soon as the disk has space, without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: the broker's sled database stays broken after a full disk until restart"]
 async fn full_disk_then_mint_and_session_start_recover() {
     if !is_root() {
         eprintln!("skipped: needs root to mount a tmpfs");
