@@ -62,13 +62,13 @@ pub struct Args {
     #[arg(long, default_value_t = 50_000)]
     pub appends: usize,
     /// Entries in the bundle the verifier and proof benchmarks use (the figure is 1,000,000).
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 1_000_000)]
     pub verify_entries: usize,
     /// Mints measured against OpenBao.
     #[arg(long, default_value_t = 200)]
     pub mints: usize,
     /// Kill-switch repetitions, each with a fresh session and fresh tokens.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 50)]
     pub killswitch_runs: usize,
     /// Live tokens the session holds when it is revoked.
     #[arg(long, default_value_t = 100)]

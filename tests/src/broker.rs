@@ -159,6 +159,30 @@ impl Harness {
             .unwrap_or_else(|_| Stdio::inherit())
     }
 
+    /// Starts a session by the developer for `agent` in `context` (scope
+    /// `repo-read`, 10 minutes) and saves its file as `<name>.json`.
+    pub async fn session(
+        &self,
+        agent: &str,
+        context: &str,
+        name: &str,
+    ) -> (custody_broker::sessionfile::SessionFile, PathBuf) {
+        let (s, _) = self
+            .client()
+            .start_session(
+                &self.developer,
+                agent,
+                &["repo-read".to_string()],
+                context,
+                Duration::from_secs(600),
+            )
+            .await
+            .expect("start a session");
+        let path = self.path().join(format!("{name}.json"));
+        s.save(&path).expect("save the session file");
+        (s, path)
+    }
+
     pub fn client(&self) -> Client {
         let ca = std::fs::read_to_string(self.path().join("data/ca.pem")).ok();
         Client::new(&self.url, ca.as_deref()).unwrap()

@@ -6,7 +6,6 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use custody_broker::sessionfile::SessionFile;
 use custody_tests::broker::Harness;
@@ -117,20 +116,8 @@ fn claude_export() -> Value {
 }
 
 async fn session(h: &Harness, context: &str) -> (SessionFile, std::path::PathBuf) {
-    let (s, _) = h
-        .client()
-        .start_session(
-            &h.developer,
-            "codex",
-            &["repo-read".to_string()],
-            context,
-            Duration::from_secs(600),
-        )
+    h.session("codex", context, &format!("session-{context}"))
         .await
-        .unwrap();
-    let sf = h.path().join(format!("session-{context}.json"));
-    s.save(&sf).unwrap();
-    (s, sf)
 }
 
 async fn post_logs(

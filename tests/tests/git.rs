@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use custody_tests::broker::Harness;
 use serde_json::Value;
@@ -131,18 +130,7 @@ fn bound_head(dir: &Path, did: &str) -> (String, u64) {
 async fn commits_in_a_session_carry_trailers_and_are_recorded() {
     let mut h = Harness::start().await;
     let c = h.client();
-    let (s, _) = c
-        .start_session(
-            &h.developer,
-            "claude-code",
-            &["repo-read".to_string()],
-            "ide",
-            Duration::from_secs(600),
-        )
-        .await
-        .unwrap();
-    let sf = h.path().join("session.json");
-    s.save(&sf).unwrap();
+    let (s, sf) = h.session("claude-code", "ide", "session").await;
     let did = s.did.as_str().to_string();
     let sfs = sf.to_str().unwrap();
     let in_session = [("CUSTODY_SESSION", sfs)];

@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use custody_tests::broker::Harness;
 use serde_json::json;
@@ -64,18 +63,7 @@ fn pre_tool(tool: &str, input: serde_json::Value) -> serde_json::Value {
 async fn claude_code_hooks_record_and_the_kill_switch_denies() {
     let h = Harness::start().await;
     let c = h.client();
-    let (s, _) = c
-        .start_session(
-            &h.developer,
-            "claude-code",
-            &["repo-read".to_string()],
-            "chat",
-            Duration::from_secs(600),
-        )
-        .await
-        .unwrap();
-    let sf = h.path().join("session.json");
-    s.save(&sf).unwrap();
+    let (s, sf) = h.session("claude-code", "chat", "session").await;
 
     let mut start = base("SessionStart");
     start["source"] = "startup".into();
@@ -142,19 +130,7 @@ async fn claude_code_hooks_record_and_the_kill_switch_denies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_events_are_spooled_and_delivered() {
     let mut h = Harness::start().await;
-    let c = h.client();
-    let (s, _) = c
-        .start_session(
-            &h.developer,
-            "claude-code",
-            &["repo-read".to_string()],
-            "chat",
-            Duration::from_secs(600),
-        )
-        .await
-        .unwrap();
-    let sf = h.path().join("session.json");
-    s.save(&sf).unwrap();
+    let (_, sf) = h.session("claude-code", "chat", "session").await;
 
     h.broker.take().unwrap().stop();
     // Reads are allowed while the broker is down, changes are denied (default).

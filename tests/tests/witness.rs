@@ -3,7 +3,6 @@
 //! before), the broker keeps the cosignatures, and `custody-verify verify
 //! --witness` refuses a ledger rewritten by someone holding the ledger key.
 
-use std::time::Duration;
 
 use custody_broker::client::session_event;
 use custody_identity::KeyPair;
@@ -69,16 +68,7 @@ async fn witnessed_checkpoints_anchor_the_ledger() {
     witness.save(&h.path().join("witness.key")).unwrap();
     let ledger = h.broker.as_ref().unwrap().ledger.clone();
     let c = h.client();
-    let (s, _) = c
-        .start_session(
-            &h.developer,
-            "claude-code",
-            &["repo-read".to_string()],
-            "chat",
-            Duration::from_secs(600),
-        )
-        .await
-        .unwrap();
+    let (s, _) = h.session("claude-code", "chat", "session").await;
     for _ in 0..3 {
         c.log(&s, session_event(&s, "tool.call").unwrap())
             .await
