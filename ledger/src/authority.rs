@@ -453,6 +453,13 @@ pub fn check_signature(signed: &SignedEvent) -> Result<(), Denial> {
         .map_err(|e| deny(DenialCode::BadSignature, e.to_string()))
 }
 
+/// [`check_signature`] with the event's canonical bytes already computed.
+pub fn check_signature_canonical(signed: &SignedEvent, canonical: &[u8]) -> Result<(), Denial> {
+    signed
+        .verify_canonical(canonical)
+        .map_err(|e| deny(DenialCode::BadSignature, e.to_string()))
+}
+
 fn check_session_event(grant: &SessionGrant, ev: &Event, at: Timestamp) -> Result<(), Denial> {
     let d = &grant.delegation;
     if ev.actor_kind != ActorKind::Agent {
@@ -544,8 +551,8 @@ fn parse_revocation(ev: &Event) -> Result<(Revocation, String), Denial> {
 /// The broker runs the rules as the store's admission gate.
 #[cfg(feature = "store")]
 impl crate::store::Gate for Authority {
-    fn precheck(event: &SignedEvent) -> Result<(), crate::store::Rejection> {
-        check_signature(event).map_err(|d| crate::store::Rejection {
+    fn precheck(event: &SignedEvent, canonical: &[u8]) -> Result<(), crate::store::Rejection> {
+        check_signature_canonical(event, canonical).map_err(|d| crate::store::Rejection {
             code: d.code.as_str().to_string(),
             message: d.message,
         })

@@ -51,6 +51,42 @@ impl Entry {
         to_canonical(self)
     }
 
+    /// [`Entry::to_line`] given the event's canonical JSON, which the writer
+    /// already has (the signature was checked over it): the entry's own
+    /// fields are plain strings and integers, so the JCS object is assembled
+    /// around the event instead of serializing it again. Debug builds check
+    /// the result against `to_line` on every call.
+    pub fn to_line_with_event(&self, event_json: &[u8]) -> Result<Vec<u8>, LedgerError> {
+        // JCS writes integers above 2^53 in exponent form; leave those (never
+        // reached in practice) to the general path.
+        if self.seq.0 > (1 << 53) || self.v > (1 << 53) {
+            return self.to_line();
+        }
+        let prev = self.prev.to_hex();
+        let at = self.received_at.to_string();
+        let sig = self.sig.to_base64url();
+        let mut l = Vec::with_capacity(event_json.len() + prev.len() + at.len() + sig.len() + 64);
+        l.extend_from_slice(b"{\"event\":");
+        l.extend_from_slice(event_json);
+        l.extend_from_slice(b",\"prev\":\"");
+        l.extend_from_slice(prev.as_bytes());
+        l.extend_from_slice(b"\",\"received_at\":\"");
+        l.extend_from_slice(at.as_bytes());
+        l.extend_from_slice(b"\",\"seq\":");
+        l.extend_from_slice(self.seq.0.to_string().as_bytes());
+        l.extend_from_slice(b",\"sig\":\"");
+        l.extend_from_slice(sig.as_bytes());
+        l.extend_from_slice(b"\",\"v\":");
+        l.extend_from_slice(self.v.to_string().as_bytes());
+        l.push(b'}');
+        debug_assert_eq!(
+            Some(&l),
+            self.to_line().ok().as_ref(),
+            "fast entry line differs from JCS"
+        );
+        Ok(l)
+    }
+
     /// Parses one line and insists it is the canonical encoding of what it says:
     /// no extra fields, no nulls, no alternative number or string forms.
     pub fn parse_line(line: &[u8]) -> Result<Self, LedgerError> {

@@ -196,6 +196,35 @@ impl SignedEvent {
         }
         self.event.verify_signature(&self.sig)
     }
+
+    /// [`SignedEvent::verify`] given `canonical`, the event's JCS bytes
+    /// (computed once by the caller, who also needs them for the entry line).
+    pub fn verify_canonical(&self, canonical: &[u8]) -> Result<(), LedgerError> {
+        if self.event.v != EVENT_VERSION {
+            return Err(LedgerError::UnsupportedVersion {
+                what: "event",
+                found: self.event.v,
+                supported: EVENT_VERSION,
+            });
+        }
+        if canonical.len() > MAX_EVENT_BYTES {
+            return Err(LedgerError::TooLarge {
+                what: "event",
+                size: canonical.len(),
+                limit: MAX_EVENT_BYTES,
+            });
+        }
+        let mut msg = Vec::with_capacity(EVENT_SIGNING_PREFIX.len() + canonical.len());
+        msg.extend_from_slice(EVENT_SIGNING_PREFIX);
+        msg.extend_from_slice(canonical);
+        self.event
+            .actor
+            .public_key()
+            .verify(&msg, &self.sig)
+            .map_err(|_| LedgerError::BadSignature {
+                actor: self.event.actor.to_string(),
+            })
+    }
 }
 
 #[cfg(test)]

@@ -50,6 +50,7 @@ use std::time::{Duration, Instant};
 use custody_identity::Did;
 use sha2::{Digest, Sha256};
 
+use crate::canonical::to_canonical;
 use crate::entry::{entry_hash, Entry, MAX_ENTRY_BYTES};
 use crate::event::SignedEvent;
 use crate::merkle::{self, CompactRange, Hash, HashReader, TreeHead};
@@ -90,7 +91,8 @@ pub trait Gate: Send + 'static {
     /// The checks that do not depend on the ledger's state (signatures). They
     /// run in the appending caller's thread, in parallel, before the event is
     /// queued, so the single writer thread only does what must be sequential.
-    fn precheck(event: &SignedEvent) -> Result<(), Rejection>
+    /// `canonical` is the event's JCS form, which the signature covers.
+    fn precheck(event: &SignedEvent, canonical: &[u8]) -> Result<(), Rejection>
     where
         Self: Sized;
     /// Whether `event` may be appended with this receive time. Must not change
@@ -112,8 +114,8 @@ pub trait Gate: Send + 'static {
 pub struct AcceptAll;
 
 impl Gate for AcceptAll {
-    fn precheck(event: &SignedEvent) -> Result<(), Rejection> {
-        event.verify().map_err(|e| Rejection {
+    fn precheck(event: &SignedEvent, canonical: &[u8]) -> Result<(), Rejection> {
+        event.verify_canonical(canonical).map_err(|e| Rejection {
             code: "bad_signature".into(),
             message: e.to_string(),
         })
@@ -205,7 +207,8 @@ pub type SaltedPayload = ([u8; 32], Vec<u8>);
 type Reply = mpsc::SyncSender<Vec<Result<Appended, AppendError>>>;
 
 struct Request {
-    events: Vec<SignedEvent>,
+    /// Events that passed [`Gate::precheck`], with their canonical JSON.
+    events: Vec<(SignedEvent, Vec<u8>)>,
     reply: Reply,
 }
 
@@ -553,20 +556,22 @@ impl<G: Gate> Writer<G> {
         let mut index_items = Vec::new();
         let start = self.next;
         let (mut next, mut prev, mut last_time) = (self.next, self.prev, self.last_time);
-        for r in &batch {
+        let mut replies = Vec::with_capacity(batch.len());
+        for r in batch {
             let mut rs = Vec::with_capacity(r.events.len());
-            for ev in &r.events {
+            replies.push(r.reply);
+            for (ev, canonical) in r.events {
                 let now = Timestamp::now();
                 let at = match last_time {
                     Some(t) if t > now => t,
                     _ => now,
                 };
-                if let Err(rej) = gate.admit(ev, at) {
+                if let Err(rej) = gate.admit(&ev, at) {
                     rs.push(Some(Err(AppendError::Rejected(rej))));
                     continue;
                 }
-                let entry = Entry::new(Seq(next), prev, at, ev.clone());
-                let line = match entry.to_line() {
+                let entry = Entry::new(Seq(next), prev, at, ev);
+                let line = match entry.to_line_with_event(&canonical) {
                     Ok(l) if l.len() <= MAX_ENTRY_BYTES => l,
                     Ok(l) => {
                         rs.push(Some(Err(AppendError::Rejected(Rejection {
@@ -630,8 +635,8 @@ impl<G: Gate> Writer<G> {
                         (false, why)
                     }
                 };
-                for (r, rs) in batch.into_iter().zip(results) {
-                    let _ = r.reply.send(
+                for (reply, rs) in replies.into_iter().zip(results) {
+                    let _ = reply.send(
                         rs.into_iter()
                             .map(|x| match x {
                                 Some(Err(AppendError::Rejected(rej))) => {
@@ -673,8 +678,8 @@ impl<G: Gate> Writer<G> {
                 .fetch_add(next - start, Ordering::Relaxed);
         }
         self.shared.batches.fetch_add(1, Ordering::Relaxed);
-        for (r, rs) in batch.into_iter().zip(results) {
-            let _ = r.reply.send(rs.into_iter().flatten().collect());
+        for (reply, rs) in replies.into_iter().zip(results) {
+            let _ = reply.send(rs.into_iter().flatten().collect());
         }
     }
 
@@ -868,27 +873,61 @@ impl<G: Gate> Store<G> {
     }
 
     /// Appends events in order, in one batch; one result per event.
+    ///
+    /// The gate's stateless checks (signatures) run here, in the caller's
+    /// thread; only events that pass them reach the writer.
     pub fn append_many(&self, events: Vec<SignedEvent>) -> Vec<Result<Appended, AppendError>> {
         let n = events.len();
-        let closed = || {
-            (0..n)
-                .map(|_| Err(AppendError::Store(StoreError::Closed)))
-                .collect()
-        };
-        if n == 0 {
-            return Vec::new();
-        }
-        let (reply, rx) = mpsc::sync_channel(1);
-        {
-            let tx = self.tx.lock().expect("lock");
-            let Some(tx) = tx.as_ref() else {
-                return closed();
-            };
-            if tx.send(Request { events, reply }).is_err() {
-                return closed();
+        let mut results: Vec<Option<Result<Appended, AppendError>>> =
+            (0..n).map(|_| None).collect();
+        let mut queued = Vec::with_capacity(n);
+        let mut positions = Vec::with_capacity(n);
+        for (i, ev) in events.into_iter().enumerate() {
+            let checked = to_canonical(&ev.event)
+                .map_err(|e| Rejection {
+                    code: "malformed".into(),
+                    message: e.to_string(),
+                })
+                .and_then(|canonical| G::precheck(&ev, &canonical).map(|()| canonical));
+            match checked {
+                Ok(canonical) => {
+                    positions.push(i);
+                    queued.push((ev, canonical));
+                }
+                Err(rej) => results[i] = Some(Err(AppendError::Rejected(rej))),
             }
         }
-        rx.recv().unwrap_or_else(|_| closed())
+        if !queued.is_empty() {
+            let k = queued.len();
+            let closed = || {
+                (0..k)
+                    .map(|_| Err(AppendError::Store(StoreError::Closed)))
+                    .collect::<Vec<_>>()
+            };
+            let (reply, rx) = mpsc::sync_channel(1);
+            let sent = {
+                let tx = self.tx.lock().expect("lock");
+                tx.as_ref().is_some_and(|tx| {
+                    tx.send(Request {
+                        events: queued,
+                        reply,
+                    })
+                    .is_ok()
+                })
+            };
+            let answers = if sent {
+                rx.recv().unwrap_or_else(|_| closed())
+            } else {
+                closed()
+            };
+            for (i, a) in positions.into_iter().zip(answers) {
+                results[i] = Some(a);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(AppendError::Store(StoreError::Closed))))
+            .collect()
     }
 
     /// Reads the gate's state consistently (no batch is being admitted meanwhile).

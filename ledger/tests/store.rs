@@ -213,7 +213,7 @@ fn roots_and_proofs_agree_with_an_independent_tree() {
 /// Refuses events whose `details.i` is odd.
 struct OddRefuser;
 impl Gate for OddRefuser {
-    fn precheck(_: &SignedEvent) -> Result<(), Rejection> {
+    fn precheck(_: &SignedEvent, _: &[u8]) -> Result<(), Rejection> {
         Ok(())
     }
     fn admit(&mut self, e: &SignedEvent, _: Timestamp) -> Result<(), Rejection> {
@@ -309,4 +309,53 @@ fn checkpoints_are_kept_in_order() {
     let cps = s.checkpoints().unwrap();
     assert_eq!(cps, vec![(2, b"two".to_vec()), (10, b"ten".to_vec())]);
     assert_eq!(s.latest_checkpoint().unwrap().unwrap().0, 10);
+}
+
+/// Signatures are checked at append (in the caller's thread), whatever the
+/// gate: a forged, re-signed-by-another-key or malleated event is refused and
+/// nothing is stored; the good events around it keep their order.
+#[test]
+fn bad_signatures_are_refused_at_append() {
+    let t = tempfile::tempdir().unwrap();
+    let k = KeyPair::generate();
+    let s = Store::open(t.path(), AcceptAll).unwrap();
+    let good = event(&k, 0);
+    let mut edited = event(&k, 1);
+    edited.event.details.insert("i".into(), 99.into());
+    let mut other_key = event(&k, 2);
+    other_key.sig = KeyPair::generate().sign(b"whatever");
+    let mut malleated = event(&k, 3);
+    // S + L: the same signature in non-canonical form (verify_strict refuses it).
+    let l: [u8; 32] = [
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
+        0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+    let mut carry = 0u16;
+    for i in 0..32 {
+        let v = malleated.sig.0[32 + i] as u16 + l[i] as u16 + carry;
+        malleated.sig.0[32 + i] = v as u8;
+        carry = v >> 8;
+    }
+    let last = event(&k, 4);
+    let rs = s.append_many(vec![good, edited, other_key, malleated, last]);
+    let codes: Vec<_> = rs
+        .iter()
+        .map(|r| match r {
+            Ok(a) => format!("ok {}", a.seq.0),
+            Err(AppendError::Rejected(rej)) => rej.code.clone(),
+            Err(e) => format!("{e}"),
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            "ok 0",
+            "bad_signature",
+            "bad_signature",
+            "bad_signature",
+            "ok 1"
+        ]
+    );
+    assert_eq!(s.len(), 2);
+    assert_eq!(all_lines(t.path()).len(), 2);
 }
