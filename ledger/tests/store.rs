@@ -331,9 +331,9 @@ fn bad_signatures_are_refused_at_append() {
         0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
     ];
     let mut carry = 0u16;
-    for i in 0..32 {
-        let v = malleated.sig.0[32 + i] as u16 + l[i] as u16 + carry;
-        malleated.sig.0[32 + i] = v as u8;
+    for (b, li) in malleated.sig.0[32..].iter_mut().zip(l) {
+        let v = *b as u16 + li as u16 + carry;
+        *b = v as u8;
         carry = v >> 8;
     }
     let last = event(&k, 4);
