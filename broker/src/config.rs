@@ -136,6 +136,7 @@ struct RawLimits {
     max_body: Option<usize>,
     clock_skew: Option<String>,
     requests_per_second: Option<u32>,
+    request_timeout: Option<String>,
 }
 
 /// A scope: what an agent may ask for, and where.
@@ -167,7 +168,15 @@ pub struct Limits {
     pub max_body: usize,
     pub clock_skew: Duration,
     pub requests_per_second: u32,
+    /// How long a client may take to send a request's headers, and then
+    /// again its body; a slower one is cut off (see `server::serve`).
+    pub request_timeout: Duration,
 }
+
+/// Default of `limits.request_timeout`: time enough to send a `max_body`
+/// body over a slow link, short enough that a client trickling bytes
+/// (slow-loris) cannot hold connections for long.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for Limits {
     fn default() -> Self {
@@ -175,6 +184,7 @@ impl Default for Limits {
             max_body: 1 << 20,
             clock_skew: Duration::from_secs(60),
             requests_per_second: 2000,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -328,6 +338,13 @@ impl Config {
             if let Some(r) = l.requests_per_second {
                 limits.requests_per_second = r.max(1);
             }
+            if let Some(t) = l.request_timeout {
+                limits.request_timeout = parse_duration(&t)
+                    .map_err(|e| invalid(format!("limits.request_timeout: {e}")))?;
+                if limits.request_timeout.is_zero() {
+                    return Err(invalid("limits.request_timeout must not be 0".into()));
+                }
+            }
         }
 
         let policy = match raw.policy {
@@ -425,6 +442,9 @@ contexts = ["ci", "chat"]
         assert_eq!(s.max_ttl, Duration::from_secs(900));
         assert_eq!(s.contexts.len(), 2);
         assert_eq!(c.admins.len(), 1);
+        assert_eq!(c.limits.request_timeout, DEFAULT_REQUEST_TIMEOUT);
+        let c = parse("[limits]\nrequest_timeout = \"5s\"").unwrap();
+        assert_eq!(c.limits.request_timeout, Duration::from_secs(5));
     }
 
     #[test]
@@ -438,6 +458,8 @@ contexts = ["ci", "chat"]
             "[scopes.x]\npolicies=[]\nmax_ttl=\"1m\"\ncontexts=[\"ci\"]",
             "[scopes.x]\npolicies=[\"a\"]\nmax_ttl=\"48h\"\ncontexts=[\"ci\"]",
             "[scopes.X]\npolicies=[\"a\"]\nmax_ttl=\"1m\"\ncontexts=[\"ci\"]",
+            "[limits]\nrequest_timeout = \"0s\"",
+            "[limits]\nrequest_timeout = \"soon\"",
         ] {
             let e = parse(bad).unwrap_err();
             assert!(e.to_string().contains("custody.toml"), "{e}");
