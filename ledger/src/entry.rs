@@ -10,7 +10,7 @@ use custody_identity::Signature;
 use serde::{Deserialize, Serialize};
 
 use crate::canonical::to_canonical;
-use crate::event::{Event, SignedEvent, EVENT_SIGNING_PREFIX, MAX_EVENT_BYTES};
+use crate::event::{Event, SignedEvent, MAX_EVENT_BYTES};
 use crate::time::Timestamp;
 use crate::types::{EntryHash, Seq};
 use crate::LedgerError;
@@ -159,26 +159,10 @@ impl Entry {
     /// from by [`Entry::parse_line`] (which proved it canonical), instead of
     /// serializing the event again: the verifier's hot path.
     pub fn verify_signature_in(&self, line: &[u8]) -> Result<(), LedgerError> {
-        let Some(event) = event_json(line) else {
-            return self.verify_signature();
-        };
-        if event.len() > MAX_EVENT_BYTES {
-            return Err(LedgerError::TooLarge {
-                what: "event",
-                size: event.len(),
-                limit: MAX_EVENT_BYTES,
-            });
+        match event_json(line) {
+            Some(event) => self.event.verify_signature_canonical(&self.sig, event),
+            None => self.verify_signature(),
         }
-        let mut msg = Vec::with_capacity(EVENT_SIGNING_PREFIX.len() + event.len());
-        msg.extend_from_slice(EVENT_SIGNING_PREFIX);
-        msg.extend_from_slice(event);
-        self.event
-            .actor
-            .public_key()
-            .verify(&msg, &self.sig)
-            .map_err(|_| LedgerError::BadSignature {
-                actor: self.event.actor.to_string(),
-            })
     }
 }
 

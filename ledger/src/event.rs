@@ -170,6 +170,31 @@ impl Event {
             })
     }
 
+    /// [`Event::verify_signature`] given `canonical`, this event's JCS bytes,
+    /// when the caller already has them (the store, the verifier).
+    pub fn verify_signature_canonical(
+        &self,
+        sig: &Signature,
+        canonical: &[u8],
+    ) -> Result<(), LedgerError> {
+        if canonical.len() > MAX_EVENT_BYTES {
+            return Err(LedgerError::TooLarge {
+                what: "event",
+                size: canonical.len(),
+                limit: MAX_EVENT_BYTES,
+            });
+        }
+        let mut msg = Vec::with_capacity(EVENT_SIGNING_PREFIX.len() + canonical.len());
+        msg.extend_from_slice(EVENT_SIGNING_PREFIX);
+        msg.extend_from_slice(canonical);
+        self.actor
+            .public_key()
+            .verify(&msg, sig)
+            .map_err(|_| LedgerError::BadSignature {
+                actor: self.actor.to_string(),
+            })
+    }
+
     /// A string detail, if present.
     pub fn detail_str(&self, key: &str) -> Option<&str> {
         self.details.get(key).and_then(|v| v.as_str())
@@ -207,23 +232,7 @@ impl SignedEvent {
                 supported: EVENT_VERSION,
             });
         }
-        if canonical.len() > MAX_EVENT_BYTES {
-            return Err(LedgerError::TooLarge {
-                what: "event",
-                size: canonical.len(),
-                limit: MAX_EVENT_BYTES,
-            });
-        }
-        let mut msg = Vec::with_capacity(EVENT_SIGNING_PREFIX.len() + canonical.len());
-        msg.extend_from_slice(EVENT_SIGNING_PREFIX);
-        msg.extend_from_slice(canonical);
-        self.event
-            .actor
-            .public_key()
-            .verify(&msg, &self.sig)
-            .map_err(|_| LedgerError::BadSignature {
-                actor: self.event.actor.to_string(),
-            })
+        self.event.verify_signature_canonical(&self.sig, canonical)
     }
 }
 
