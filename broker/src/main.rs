@@ -121,7 +121,7 @@ enum GitCommand {
         #[arg(long, value_name = "SESSIONFILE")]
         session: Option<PathBuf>,
         /// Replace existing hooks not written by custody (they are kept as
-        /// <hook>.pre-custody).
+        /// HOOK.pre-custody).
         #[arg(long)]
         force: bool,
     },
