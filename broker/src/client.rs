@@ -378,15 +378,10 @@ impl Client {
 /// Salts a payload: the digest for the event and the body for the broker.
 pub fn salted_payload(body: &[u8]) -> (custody_ledger::PayloadRef, PayloadBody) {
     use base64::Engine;
-    let mut salt = [0u8; 32];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut salt);
-    let digest = custody_ledger::bundle::payload_digest(&salt, body);
+    let (pref, salt) = custody_ledger::bundle::salted_payload_ref(body);
     let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     (
-        custody_ledger::PayloadRef {
-            digest,
-            size: body.len() as u64,
-        },
+        pref,
         PayloadBody {
             salt: e.encode(salt),
             body: e.encode(body),

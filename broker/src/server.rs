@@ -305,16 +305,11 @@ impl AppState {
 
     /// Keeps a body beside the chain under a fresh salt; returns its reference.
     fn put_salted_payload(&self, body: &[u8]) -> ApiResult<custody_ledger::PayloadRef> {
-        let mut salt = [0u8; 32];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut salt);
-        let digest = custody_ledger::bundle::payload_digest(&salt, body);
+        let (pref, salt) = custody_ledger::bundle::salted_payload_ref(body);
         self.store
-            .put_payload(digest, salt, body)
+            .put_payload(pref.digest, salt, body)
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        Ok(custody_ledger::PayloadRef {
-            digest,
-            size: body.len() as u64,
-        })
+        Ok(pref)
     }
 
     /// A service event by the ledger key about a session's activity.
@@ -775,6 +770,7 @@ async fn otlp_logs(
         return Err(unauth("the ingest token's session is not in the ledger"));
     };
     let bad = |e: custody_ledger::LedgerError| ApiError::internal(e.to_string());
+    let mut bodies = Vec::with_capacity(records.len());
     let mut events = Vec::with_capacity(records.len());
     for r in &records {
         let c = otlp::classify(r);
@@ -810,9 +806,20 @@ async fn otlp_logs(
             e.details
                 .insert("decision_source".into(), src.clone().into());
         }
-        e.payload = Some(s.put_salted_payload(&otlp::payload_of(r))?);
+        let body = otlp::payload_of(r);
+        let (pref, salt) = custody_ledger::bundle::salted_payload_ref(&body);
+        e.payload = Some(pref.clone());
+        bodies.push((pref.digest, salt, body));
         events.push(e.sign(&s.ledger_key).map_err(bad)?);
     }
+    // One flush for the whole export, not one per record.
+    let items: Vec<_> = bodies
+        .iter()
+        .map(|(d, salt, b)| (*d, *salt, b.as_slice()))
+        .collect();
+    s.store
+        .put_payloads(&items)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let results = s.append_many(events).await?;
     let failed: Vec<String> = results
         .iter()
@@ -931,10 +938,8 @@ async fn cosignature(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<J
     let store = s.store.clone();
     let merged = tokio::task::spawn_blocking(move || -> ApiResult<SignedCheckpoint> {
         let stored = store
-            .checkpoints()
+            .checkpoint(size)
             .map_err(|e| ApiError::internal(e.to_string()))?
-            .into_iter()
-            .find(|(n, _)| *n == size)
             .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::CONFLICT,
@@ -943,7 +948,7 @@ async fn cosignature(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<J
                 )
             })?;
         let mut cp =
-            SignedCheckpoint::parse(&stored.1).map_err(|e| ApiError::internal(e.to_string()))?;
+            SignedCheckpoint::parse(&stored).map_err(|e| ApiError::internal(e.to_string()))?;
         cp.merge_signatures(&posted).map_err(|_| {
             ApiError::new(
                 StatusCode::CONFLICT,

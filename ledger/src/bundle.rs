@@ -171,6 +171,19 @@ pub fn payload_digest(salt: &[u8], body: &[u8]) -> PayloadDigest {
     PayloadDigest(h.finalize().into())
 }
 
+/// A fresh 32-byte salt for `body` and the reference an event carries.
+pub fn salted_payload_ref(body: &[u8]) -> (crate::PayloadRef, [u8; 32]) {
+    let mut salt = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut salt);
+    (
+        crate::PayloadRef {
+            digest: payload_digest(&salt, body),
+            size: body.len() as u64,
+        },
+        salt,
+    )
+}
+
 /// File name of the checkpoint for a tree size.
 pub fn checkpoint_file_name(size: u64) -> String {
     format!("{size:020}.checkpoint")

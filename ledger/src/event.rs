@@ -126,18 +126,7 @@ impl Event {
 
     /// The exact bytes the actor signs.
     pub fn signing_input(&self) -> Result<Vec<u8>, LedgerError> {
-        let body = to_canonical(self)?;
-        if body.len() > MAX_EVENT_BYTES {
-            return Err(LedgerError::TooLarge {
-                what: "event",
-                size: body.len(),
-                limit: MAX_EVENT_BYTES,
-            });
-        }
-        let mut msg = Vec::with_capacity(EVENT_SIGNING_PREFIX.len() + body.len());
-        msg.extend_from_slice(EVENT_SIGNING_PREFIX);
-        msg.extend_from_slice(&body);
-        Ok(msg)
+        signing_message(&to_canonical(self)?)
     }
 
     /// Signs with `key`, which must be the actor's.
@@ -161,13 +150,7 @@ impl Event {
 
     /// Checks `sig` as the actor's signature over this event (`verify_strict`).
     pub fn verify_signature(&self, sig: &Signature) -> Result<(), LedgerError> {
-        let msg = self.signing_input()?;
-        self.actor
-            .public_key()
-            .verify(&msg, sig)
-            .map_err(|_| LedgerError::BadSignature {
-                actor: self.actor.to_string(),
-            })
+        self.verify_signature_canonical(sig, &to_canonical(self)?)
     }
 
     /// [`Event::verify_signature`] given `canonical`, this event's JCS bytes,
@@ -177,16 +160,7 @@ impl Event {
         sig: &Signature,
         canonical: &[u8],
     ) -> Result<(), LedgerError> {
-        if canonical.len() > MAX_EVENT_BYTES {
-            return Err(LedgerError::TooLarge {
-                what: "event",
-                size: canonical.len(),
-                limit: MAX_EVENT_BYTES,
-            });
-        }
-        let mut msg = Vec::with_capacity(EVENT_SIGNING_PREFIX.len() + canonical.len());
-        msg.extend_from_slice(EVENT_SIGNING_PREFIX);
-        msg.extend_from_slice(canonical);
+        let msg = signing_message(canonical)?;
         self.actor
             .public_key()
             .verify(&msg, sig)
@@ -201,6 +175,22 @@ impl Event {
     }
 }
 
+/// What an actor signs, given the event's canonical bytes:
+/// `EVENT_SIGNING_PREFIX ‖ canonical`, within [`MAX_EVENT_BYTES`].
+fn signing_message(canonical: &[u8]) -> Result<Vec<u8>, LedgerError> {
+    if canonical.len() > MAX_EVENT_BYTES {
+        return Err(LedgerError::TooLarge {
+            what: "event",
+            size: canonical.len(),
+            limit: MAX_EVENT_BYTES,
+        });
+    }
+    let mut msg = Vec::with_capacity(EVENT_SIGNING_PREFIX.len() + canonical.len());
+    msg.extend_from_slice(EVENT_SIGNING_PREFIX);
+    msg.extend_from_slice(canonical);
+    Ok(msg)
+}
+
 /// An event with its actor's signature, as submitted to the ledger.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -212,14 +202,7 @@ pub struct SignedEvent {
 impl SignedEvent {
     /// Checks the signature against the actor's did:key (`verify_strict`).
     pub fn verify(&self) -> Result<(), LedgerError> {
-        if self.event.v != EVENT_VERSION {
-            return Err(LedgerError::UnsupportedVersion {
-                what: "event",
-                found: self.event.v,
-                supported: EVENT_VERSION,
-            });
-        }
-        self.event.verify_signature(&self.sig)
+        self.verify_canonical(&to_canonical(&self.event)?)
     }
 
     /// [`SignedEvent::verify`] given `canonical`, the event's JCS bytes

@@ -48,7 +48,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use custody_identity::Did;
-use sha2::{Digest, Sha256};
 
 use crate::canonical::to_canonical;
 use crate::entry::{entry_hash, Entry, MAX_ENTRY_BYTES};
@@ -1033,24 +1032,34 @@ impl<G: Gate> Store<G> {
         salt: [u8; 32],
         body: &[u8],
     ) -> Result<(), StoreError> {
-        if body.len() > MAX_PAYLOAD_BYTES {
-            return Err(StoreError::Payload(format!(
-                "{} bytes; the limit is {MAX_PAYLOAD_BYTES}",
-                body.len()
-            )));
+        self.put_payloads(&[(digest, salt, body)])
+    }
+
+    /// [`Store::put_payload`] for several bodies, with one flush. All are
+    /// checked before any is kept.
+    pub fn put_payloads(
+        &self,
+        items: &[(PayloadDigest, [u8; 32], &[u8])],
+    ) -> Result<(), StoreError> {
+        for (digest, salt, body) in items {
+            if body.len() > MAX_PAYLOAD_BYTES {
+                return Err(StoreError::Payload(format!(
+                    "{} bytes; the limit is {MAX_PAYLOAD_BYTES}",
+                    body.len()
+                )));
+            }
+            if crate::bundle::payload_digest(salt, body) != *digest {
+                return Err(StoreError::Payload(
+                    "SHA-256(salt ‖ body) does not match the digest".into(),
+                ));
+            }
         }
-        let mut h = Sha256::new();
-        h.update(salt);
-        h.update(body);
-        if PayloadDigest(h.finalize().into()) != digest {
-            return Err(StoreError::Payload(
-                "SHA-256(salt ‖ body) does not match the digest".into(),
-            ));
-        }
-        let mut v = salt.to_vec();
-        v.extend_from_slice(body);
         let ix = self.shared.index()?;
-        ix.payloads.insert(digest.0, v).map_err(idx)?;
+        for (digest, salt, body) in items {
+            let mut v = salt.to_vec();
+            v.extend_from_slice(body);
+            ix.payloads.insert(digest.0, v).map_err(idx)?;
+        }
         ix.db.flush().map_err(idx)?;
         Ok(())
     }
@@ -1079,7 +1088,7 @@ impl<G: Gate> Store<G> {
     /// Stores a signed checkpoint note (temp file, fsync, rename, fsync dir).
     pub fn save_checkpoint(&self, size: u64, note: &[u8]) -> Result<(), StoreError> {
         let dir = self.shared.dir.join(CHECKPOINTS);
-        let path = dir.join(format!("{size:020}.checkpoint"));
+        let path = dir.join(crate::bundle::checkpoint_file_name(size));
         let tmp = dir.join(format!(".{size:020}.tmp"));
         let mut f = File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(note)
@@ -1093,26 +1102,53 @@ impl<G: Gate> Store<G> {
 
     /// All stored checkpoints, by size.
     pub fn checkpoints(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.checkpoint_sizes()?
+            .into_iter()
+            .map(|size| Ok((size, self.read_checkpoint(size)?)))
+            .collect()
+    }
+
+    /// The stored checkpoint at `size`, if there is one.
+    pub fn checkpoint(&self, size: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        if self.checkpoint_sizes()?.contains(&size) {
+            Ok(Some(self.read_checkpoint(size)?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Sizes of the stored checkpoints, ascending (names only, no reads).
+    fn checkpoint_sizes(&self) -> Result<Vec<u64>, StoreError> {
         let dir = self.shared.dir.join(CHECKPOINTS);
         let mut out = Vec::new();
         for item in fs::read_dir(&dir).map_err(io(&dir))? {
             let item = item.map_err(io(&dir))?;
             let name = item.file_name().to_string_lossy().into_owned();
-            let Some(size) = name
+            if let Some(size) = name
                 .strip_suffix(".checkpoint")
                 .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            let note = fs::read(item.path()).map_err(io(&item.path()))?;
-            out.push((size, note));
+            {
+                out.push(size);
+            }
         }
-        out.sort_by_key(|c| c.0);
+        out.sort_unstable();
         Ok(out)
     }
 
+    fn read_checkpoint(&self, size: u64) -> Result<Vec<u8>, StoreError> {
+        let path = self
+            .shared
+            .dir
+            .join(CHECKPOINTS)
+            .join(crate::bundle::checkpoint_file_name(size));
+        fs::read(&path).map_err(io(&path))
+    }
+
     pub fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        Ok(self.checkpoints()?.pop())
+        match self.checkpoint_sizes()?.pop() {
+            Some(size) => Ok(Some((size, self.read_checkpoint(size)?))),
+            None => Ok(None),
+        }
     }
 
     pub fn stats(&self) -> StoreStats {
