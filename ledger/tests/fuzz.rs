@@ -285,7 +285,9 @@ proptest! {
         if let Ok(m) = serde_json::from_slice::<SignedEvent>(&bad) {
             // This JSON is not checked for canonical form; what is signed is
             // the JCS of the event, so `5` and `5.0` or `/` and `\/` mean the same.
-            if to_canonical(&m).unwrap() != to_canonical(&signed).unwrap() {
+            // An edit can also produce a number JCS cannot write (an
+            // overflowing float): such an event cannot verify either.
+            if to_canonical(&m).ok() != Some(to_canonical(&signed).unwrap()) {
                 prop_assert!(m.verify().is_err(), "{}", String::from_utf8_lossy(&bad));
             } else {
                 prop_assert!(m.verify().is_ok());
