@@ -12,13 +12,19 @@ use serde_json::json;
 use crate::util::{events, percentile, ratio, Results};
 use crate::Args;
 
-/// `writers` threads append `evs` concurrently; returns (appends/s, sorted
-/// latencies, fdatasyncs).
-fn append_run(
-    dir: &Path,
-    evs: Vec<SignedEvent>,
-    writers: usize,
-) -> anyhow::Result<(f64, Vec<Duration>, u64)> {
+/// What one run measured.
+struct Run {
+    per_s: f64,
+    /// Sorted ack latencies.
+    latencies: Vec<Duration>,
+    syncs: u64,
+    /// CPU time of the whole process over wall time: how many of the cores
+    /// the run kept busy.
+    cores_busy: f64,
+}
+
+/// `writers` threads append `evs` concurrently.
+fn append_run(dir: &Path, evs: Vec<SignedEvent>, writers: usize) -> anyhow::Result<Run> {
     let store = Arc::new(Store::open(dir, AcceptAll)?);
     let n = evs.len();
     let chunks: Vec<Vec<SignedEvent>> = {
@@ -28,6 +34,7 @@ fn append_run(
         }
         cs
     };
+    let c0 = crate::util::cpu_seconds();
     let t0 = Instant::now();
     let handles: Vec<_> = chunks
         .into_iter()
@@ -48,28 +55,47 @@ fn append_run(
     for h in handles {
         lat.extend(h.join().map_err(|_| anyhow::anyhow!("writer panicked"))?);
     }
-    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    let wall = t0.elapsed().as_secs_f64();
+    let cores_busy = (crate::util::cpu_seconds() - c0) / wall;
     let syncs = store.stats().syncs;
     lat.sort();
-    Ok((rate, lat, syncs))
+    Ok(Run {
+        per_s: n as f64 / wall,
+        latencies: lat,
+        syncs,
+        cores_busy,
+    })
 }
 
 pub fn bench(a: &Args, r: &mut Results) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let n = a.appends;
-    let (rate, _, syncs) = append_run(&tmp.path().join("group"), events(n), 64)?;
-    r.insert("append_durable_per_s".into(), json!(rate.round()));
-    r.insert("append_durable_syncs".into(), json!(syncs));
-    let (half_rate, lat, _) = append_run(&tmp.path().join("half"), events(n / 2), 32)?;
-    r.insert("append_p50_ms".into(), json!(percentile(&lat, 0.5)));
-    r.insert("append_p99_ms".into(), json!(percentile(&lat, 0.99)));
-    r.insert("append_half_load_per_s".into(), json!(half_rate.round()));
+    let group = append_run(&tmp.path().join("group"), events(n), 64)?;
+    r.insert("append_durable_per_s".into(), json!(group.per_s.round()));
+    r.insert("append_durable_syncs".into(), json!(group.syncs));
+    r.insert(
+        "append_durable_cores_busy".into(),
+        json!((group.cores_busy * 100.0).round() / 100.0),
+    );
+    let half = append_run(&tmp.path().join("half"), events(n / 2), 32)?;
+    r.insert(
+        "append_p50_ms".into(),
+        json!(percentile(&half.latencies, 0.5)),
+    );
+    r.insert(
+        "append_p99_ms".into(),
+        json!(percentile(&half.latencies, 0.99)),
+    );
+    r.insert("append_half_load_per_s".into(), json!(half.per_s.round()));
     // Baseline: one writer, so every append is its own batch and its own fdatasync.
     let base_n = (n / 10).max(1000);
-    let (base, _, base_syncs) = append_run(&tmp.path().join("each"), events(base_n), 1)?;
-    r.insert("append_flush_each_per_s".into(), json!(base.round()));
-    r.insert("append_flush_each_syncs".into(), json!(base_syncs));
-    r.insert("append_group_commit_ratio".into(), json!(ratio(rate, base)));
+    let base = append_run(&tmp.path().join("each"), events(base_n), 1)?;
+    r.insert("append_flush_each_per_s".into(), json!(base.per_s.round()));
+    r.insert("append_flush_each_syncs".into(), json!(base.syncs));
+    r.insert(
+        "append_group_commit_ratio".into(),
+        json!(ratio(group.per_s, base.per_s)),
+    );
     Ok(())
 }
 

@@ -106,6 +106,11 @@ const ROWS: &[(&str, &str, &str)] = &[
         "one fdatasync per append",
     ),
     ("append_group_commit_ratio", "", "group commit / baseline"),
+    (
+        "append_durable_cores_busy",
+        "",
+        "of 2 cores, during the 64-writer run",
+    ),
     ("append_p99_ms", "≤ 10 ms", "ack latency p99, 32 writers"),
     (
         "verify_per_s",

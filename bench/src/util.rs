@@ -108,3 +108,15 @@ pub fn run_verifier(bundle: &std::path::Path, ledger: &str) -> anyhow::Result<(f
     anyhow::ensure!(status.success(), "the benchmark bundle did not verify");
     Ok((peak_mb, took))
 }
+
+/// CPU time (user + system) this process has used, in seconds.
+pub fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 here,
+    // in clock ticks: USER_HZ, which Linux fixes at 100 for user space.
+    (ticks(11) + ticks(12)) / 100.0
+}

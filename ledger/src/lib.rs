@@ -29,6 +29,8 @@ pub mod export;
 pub mod merkle;
 #[cfg(feature = "store")]
 pub mod store;
+#[cfg(feature = "store")]
+mod table;
 pub mod time;
 pub mod types;
 pub mod witness;

@@ -1,11 +1,13 @@
 //! The durable ledger store: append-only segment files, group-committed with
-//! `fdatasync`, and a sled index that can always be rebuilt from them.
+//! `fdatasync`, and an index that can always be rebuilt from them.
 //!
 //! ```text
 //! DATA/
 //!   LOCK                                  held exclusively while open
 //!   segments/<first seq, 20 digits>.jsonl one canonical entry line + '\n' each
-//!   index/                                sled: offsets, Merkle hashes, actor index, payloads
+//!   index/                                sled: actor index, payloads, how far the index goes
+//!   index/hashes.table                    RFC 6962 stored hashes, 32 bytes each, tlog order
+//!   index/offsets.table                   seq → (segment, offset, length), 20 bytes each
 //!   checkpoints/<size, 20 digits>.checkpoint
 //! ```
 //!
@@ -14,18 +16,25 @@
 //! event may be appended — in sequence order, atomically with sequencing, so an
 //! append checked before a concurrent revocation cannot land after it — writes
 //! the admitted lines with one `write`, calls `fdatasync` once, and only then
-//! answers every caller of the batch. sled's own `flush` uses
-//! `sync_file_range`, which does not survive power loss, so sled only holds what
-//! the segments can rebuild: seq → location, the RFC 6962 stored hashes (for
-//! O(log n) roots and proofs), actor DID → seqs, and payload bodies.
+//! answers every caller of the batch. An indexer thread then updates the
+//! index while the writer is already on the next batch; readers wait for it to
+//! reach the acknowledged size, so a read after an acknowledgement finds the
+//! entry. sled's own `flush` uses
+//! `sync_file_range`, which does not survive power loss, so the index only holds
+//! what the segments can rebuild: seq → location and the RFC 6962 stored hashes
+//! (for O(log n) roots and proofs) in two fixed-width tables, actor DID → seqs
+//! and payload bodies in sled. About once a second the indexer syncs the
+//! tables and then records in sled how far they go; on open that claim is
+//! checked against the segments (the root at the claimed size) and anything
+//! past it is indexed again.
 //!
 //! **Failure.** If a write or sync fails (a full disk, a read-only file
 //! system), nothing of that batch is acknowledged: the segment is cut back to
 //! what was acknowledged, the gate is rebuilt from it, the batch is answered
 //! [`StoreError::WriteFailed`] and later appends are tried again. Only if that
-//! undo fails is the store poisoned until it is reopened. If updating the sled
+//! undo fails is the store poisoned until it is reopened. If updating the
 //! index fails after the sync, the appends stand (they are durable), readers
-//! keep seeing the previous size, and a later append reopens the index (sled's
+//! keep seeing the size last indexed, and the writer reopens the index (sled's
 //! I/O errors are sticky until then) and catches it up from the segments.
 //!
 //! **Recovery on open.** Every segment line is parsed and checked (seq
@@ -33,7 +42,7 @@
 //! rebuilt from the ledger. An incomplete final line (a torn write that was never
 //! acknowledged, since acknowledgement follows the sync) is truncated. Any other
 //! damage is a hard error naming the seq: acknowledged entries are never
-//! silently dropped. The sled index is brought up to date, and rebuilt from
+//! silently dropped. The index is brought up to date, and rebuilt from
 //! scratch if its root disagrees with the segments.
 
 use std::collections::HashMap;
@@ -43,7 +52,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -53,6 +62,7 @@ use crate::canonical::to_canonical;
 use crate::entry::{entry_hash, Entry, MAX_ENTRY_BYTES};
 use crate::event::SignedEvent;
 use crate::merkle::{self, CompactRange, Hash, HashReader, TreeHead};
+use crate::table::Table;
 use crate::time::Timestamp;
 use crate::types::{EntryHash, PayloadDigest, Seq};
 
@@ -67,6 +77,17 @@ pub const MAX_SEGMENT_BYTES: u64 = 256 << 20;
 const INDEX_RETRY: Duration = Duration::from_millis(100);
 /// Longest wait between two attempts to catch up the index.
 const INDEX_RETRY_MAX: Duration = Duration::from_secs(1);
+/// Writer batches queued for the indexer before the writer waits for it:
+/// bounds the memory and the lag of the index behind the segments.
+const INDEX_QUEUE: usize = 64;
+/// How often the indexer records how far the index goes (syncing the
+/// tables): what a crash leaves to re-index on the next open.
+const INDEX_PERSIST_EVERY: Duration = Duration::from_secs(1);
+/// Most entries the indexer takes in one go.
+const MAX_INDEX_BATCH: usize = 4 * MAX_BATCH;
+/// Longest a reader waits for the index to reach the acknowledged size
+/// before it answers with what is indexed (only if the indexer is stuck).
+const VISIBLE_WAIT_MAX: Duration = Duration::from_secs(10);
 /// Upper bound on a payload body kept beside the chain.
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
@@ -75,7 +96,8 @@ const INDEX: &str = "index";
 const CHECKPOINTS: &str = "checkpoints";
 const LOCK: &str = "LOCK";
 const META_INDEXED: &[u8] = b"indexed_upto";
-const META_ROOT: &[u8] = b"indexed_root";
+const HASHES_TABLE: &str = "hashes.table";
+const OFFSETS_TABLE: &str = "offsets.table";
 
 /// Why the gate refused an event. `code` is stable; `message` is for people.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -211,26 +233,53 @@ struct Request {
     reply: Reply,
 }
 
-/// The sled index: derived from the segments (payload bodies aside).
+/// The index: derived from the segments (payload bodies aside). Merkle
+/// stored hashes and line locations are fixed-width tables (see
+/// [`crate::table`]); the actor index and payload bodies live in sled.
 struct Index {
-    /// Stored hashes recently read or written by the writer.
+    /// Stored hashes recently read or written by the indexer.
     hash_cache: Mutex<HashMap<u64, Hash>>,
+    /// RFC 6962 stored hashes in tlog order.
+    hashes: Table<32>,
+    /// seq → where its line is (see [`encode_location`]).
+    offsets: Table<20>,
     db: sled::Db,
-    offsets: sled::Tree,
-    hashes: sled::Tree,
     by_actor: sled::Tree,
     payloads: sled::Tree,
+    /// How many entries the index holds durably ([`META_INDEXED`]).
     meta: sled::Tree,
 }
 
-/// State shared by the writer thread and readers.
+/// How far the segments and the index have got.
+struct Progress {
+    /// Entries durable in the segments (acknowledged or being acknowledged).
+    durable: u64,
+    /// Entries indexed in sled; readers see up to here.
+    indexed: u64,
+    /// An index update failed: until the writer has reopened the index and
+    /// caught it up from the segments, readers see `indexed` without waiting
+    /// and the indexer drops the updates it is sent.
+    behind: bool,
+}
+
+/// Lines between two entries of `ix` and the indexer: `(segment, offset, len,
+/// leaf hash, actor)` for the entries from `start` on.
+struct IndexJob {
+    start: u64,
+    items: Vec<IndexItem>,
+}
+
+type IndexItem = (u64, u64, u32, EntryHash, Did);
+
+/// State shared by the writer thread, the indexer thread and readers.
 struct Shared {
     dir: PathBuf,
     /// `None` only while the writer reopens it after a failure: sled's I/O
     /// errors are sticky, every later operation fails until it is reopened.
     index: RwLock<Option<Arc<Index>>>,
-    /// Entries indexed in sled and acknowledged; readers see up to here.
-    indexed: RwLock<u64>,
+    progress: Mutex<Progress>,
+    /// Signalled whenever `progress` changes.
+    progressed: Condvar,
     poisoned: Mutex<Option<String>>,
     closed: AtomicBool,
     appends: AtomicU64,
@@ -278,10 +327,10 @@ fn actor_key(did: &Did, seq: u64) -> Vec<u8> {
     k
 }
 
-/// Reads stored hashes from sled, with an overlay for those computed in the
-/// current batch but not yet written.
-struct SledHashes<'a> {
-    tree: &'a sled::Tree,
+/// Reads stored hashes from the hash table, with an overlay for those
+/// computed in the current batch but not yet written.
+struct TableHashes<'a> {
+    table: &'a Table<32>,
     overlay: &'a HashMap<u64, Hash>,
     /// Stored hashes read or written recently (see [`HASH_CACHE_MAX`]).
     cache: Option<&'a Mutex<HashMap<u64, Hash>>>,
@@ -293,7 +342,7 @@ struct SledHashes<'a> {
 /// path. Cleared when full, since the frontier refills it on demand.
 const HASH_CACHE_MAX: usize = 1 << 16;
 
-impl HashReader for SledHashes<'_> {
+impl HashReader for TableHashes<'_> {
     fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
         let mut cache = self.cache.map(|c| c.lock().expect("lock"));
         indexes
@@ -305,10 +354,8 @@ impl HashReader for SledHashes<'_> {
                 if let Some(h) = cache.as_ref().and_then(|c| c.get(i)) {
                     return Ok(*h);
                 }
-                match self.tree.get(i.to_be_bytes()) {
-                    Ok(Some(v)) if v.len() == 32 => {
-                        let mut h = [0u8; 32];
-                        h.copy_from_slice(&v);
+                match self.table.get(*i) {
+                    Ok(Some(h)) => {
                         if let Some(c) = cache.as_mut() {
                             c.insert(*i, Hash(h));
                         }
@@ -324,14 +371,23 @@ impl HashReader for SledHashes<'_> {
 static EMPTY_OVERLAY: std::sync::LazyLock<HashMap<u64, Hash>> =
     std::sync::LazyLock::new(HashMap::new);
 
+fn open_table<const W: usize>(dir: &Path, name: &str) -> Result<Table<W>, StoreError> {
+    let path = dir.join(INDEX).join(name);
+    Table::open(&path).map_err(io(&path))
+}
+
 impl Index {
     fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = open_index(&dir.join(INDEX))?;
+        // Before the tables, sled held these; nothing reads them now.
+        for old in ["offsets", "hashes"] {
+            db.drop_tree(old).map_err(idx)?;
+        }
         let tree = |name: &str| db.open_tree(name).map_err(idx);
         Ok(Self {
             hash_cache: Mutex::new(HashMap::new()),
-            offsets: tree("offsets")?,
-            hashes: tree("hashes")?,
+            hashes: open_table(dir, HASHES_TABLE)?,
+            offsets: open_table(dir, OFFSETS_TABLE)?,
             by_actor: tree("by_actor")?,
             payloads: tree("payloads")?,
             meta: tree("meta")?,
@@ -339,15 +395,15 @@ impl Index {
         })
     }
 
-    fn reader(&self) -> SledHashes<'_> {
-        SledHashes {
-            tree: &self.hashes,
+    fn reader(&self) -> TableHashes<'_> {
+        TableHashes {
+            table: &self.hashes,
             overlay: &EMPTY_OVERLAY,
             cache: None,
         }
     }
 
-    /// How many entries the index says it holds.
+    /// How many entries the index says it holds durably.
     fn claimed(&self) -> Result<u64, StoreError> {
         Ok(self
             .meta
@@ -358,43 +414,51 @@ impl Index {
     }
 
     /// Brings the index up to the segments `scan` read: keeps the prefix it
-    /// claims if that prefix's root agrees with the segments, else rebuilds it
-    /// from scratch.
+    /// claims if the tables hold it and its root agrees with the segments,
+    /// else rebuilds it from scratch.
     fn catch_up(&self, dir: &Path, scan: &Scan, claimed: u64) -> Result<(), StoreError> {
-        let claimed_root = self.meta.get(META_ROOT).map_err(idx)?;
+        let hashes_len = self.hashes.len().map_err(io(self.hashes.path()))?;
+        let offsets_len = self.offsets.len().map_err(io(self.offsets.path()))?;
         let index_ok = claimed <= scan.entries
-            && match (claimed, scan.range_at_indexed, claimed_root) {
-                (0, _, _) => true,
-                (_, Some(r), Some(stored)) => stored.as_ref() == r.0,
+            && offsets_len >= claimed
+            && hashes_len >= tlog_tiles::stored_hash_count(claimed)
+            && match (claimed, scan.range_at_indexed) {
+                (0, _) => true,
+                (_, Some(r)) => tlog_tiles::tree_hash(claimed, &self.reader()).ok() == Some(r),
                 _ => false,
             };
         let from = if index_ok { claimed } else { 0 };
         if !index_ok {
-            for t in [&self.offsets, &self.hashes, &self.by_actor, &self.meta] {
+            for t in [&self.by_actor, &self.meta] {
                 t.clear().map_err(idx)?;
             }
         }
+        // Whatever lies past the claim was never synced: write it again.
+        self.hashes
+            .truncate(tlog_tiles::stored_hash_count(from))
+            .map_err(io(self.hashes.path()))?;
+        self.offsets
+            .truncate(from)
+            .map_err(io(self.offsets.path()))?;
         if from < scan.entries {
             reindex(self, dir, from)?;
+            self.persist(scan.entries)?;
         }
         Ok(())
     }
 
-    /// Indexes entries (line locations, leaf hashes) into sled as one batch
-    /// per tree. `start` is the seq of `items[0]`.
-    fn index_entries(
-        &self,
-        start: u64,
-        items: &[(u64, u64, u32, EntryHash, Did)],
-    ) -> Result<(), StoreError> {
+    /// Indexes entries: their stored hashes and line locations as one write
+    /// per table, their actors as one sled batch. `start` is the seq of
+    /// `items[0]`. Not durable until [`Index::persist`].
+    fn index_entries(&self, start: u64, items: &[IndexItem]) -> Result<(), StoreError> {
         let mut overlay = HashMap::new();
-        let mut hb = sled::Batch::default();
-        let mut ob = sled::Batch::default();
+        let mut hashes = Vec::with_capacity(items.len() * 2 * 32);
+        let mut offsets = Vec::with_capacity(items.len() * 20);
         let mut ab = sled::Batch::default();
         for (i, (segment, offset, len, hash, actor)) in items.iter().enumerate() {
             let n = start + i as u64;
-            let reader = SledHashes {
-                tree: &self.hashes,
+            let reader = TableHashes {
+                table: &self.hashes,
                 overlay: &overlay,
                 cache: Some(&self.hash_cache),
             };
@@ -402,37 +466,37 @@ impl Index {
                 .map_err(|e| StoreError::Index(format!("stored hashes for {n}: {e}")))?;
             let first_index = tlog_tiles::stored_hash_count(n);
             for (k, h) in new.into_iter().enumerate() {
-                let index = first_index + k as u64;
-                overlay.insert(index, h);
-                hb.insert(&index.to_be_bytes(), &h.0);
+                overlay.insert(first_index + k as u64, h);
+                hashes.extend_from_slice(&h.0);
             }
-            ob.insert(&n.to_be_bytes(), &encode_location(*segment, *offset, *len));
+            offsets.extend_from_slice(&encode_location(*segment, *offset, *len));
             ab.insert(actor_key(actor, n), &[]);
         }
-        self.hashes.apply_batch(hb).map_err(idx)?;
-        self.offsets.apply_batch(ob).map_err(idx)?;
+        // Stored hashes of consecutive records are consecutive in the table.
+        self.hashes
+            .put(tlog_tiles::stored_hash_count(start), &hashes)
+            .map_err(io(self.hashes.path()))?;
+        self.offsets
+            .put(start, &offsets)
+            .map_err(io(self.offsets.path()))?;
         self.by_actor.apply_batch(ab).map_err(idx)?;
-        {
-            let mut c = self.hash_cache.lock().expect("lock");
-            if c.len() + overlay.len() > HASH_CACHE_MAX {
-                c.clear();
-            }
-            c.extend(overlay);
+        let mut c = self.hash_cache.lock().expect("lock");
+        if c.len() + overlay.len() > HASH_CACHE_MAX {
+            c.clear();
         }
-        let upto = start + items.len() as u64;
-        let root = tlog_tiles::tree_hash(
-            upto,
-            &SledHashes {
-                tree: &self.hashes,
-                overlay: &EMPTY_OVERLAY,
-                cache: Some(&self.hash_cache),
-            },
-        )
-        .map_err(|e| StoreError::Index(e.to_string()))?;
+        c.extend(overlay);
+        Ok(())
+    }
+
+    /// Makes the first `upto` indexed entries durable and records that they
+    /// are: the tables are synced before sled says how far they go.
+    fn persist(&self, upto: u64) -> Result<(), StoreError> {
+        self.hashes.sync().map_err(io(self.hashes.path()))?;
+        self.offsets.sync().map_err(io(self.offsets.path()))?;
         self.meta
             .insert(META_INDEXED, &upto.to_be_bytes())
             .map_err(idx)?;
-        self.meta.insert(META_ROOT, &root.0).map_err(idx)?;
+        self.db.flush().map_err(idx)?;
         Ok(())
     }
 }
@@ -448,15 +512,37 @@ impl Shared {
         self.dir.join(SEGMENTS).join(segment_name(first))
     }
 
+    /// Entries readers may see: every acknowledged entry, so a read that
+    /// follows an acknowledgement finds it. Waits for the indexer to catch up
+    /// with the segments, unless the index is being repaired (then it is the
+    /// size last indexed).
+    fn visible(&self) -> u64 {
+        let deadline = Instant::now() + VISIBLE_WAIT_MAX;
+        let mut p = self.progress.lock().expect("lock");
+        while p.indexed < p.durable && !p.behind {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            p = self.progressed.wait_timeout(p, left).expect("lock").0;
+        }
+        p.indexed
+    }
+
+    fn update_progress(&self, f: impl FnOnce(&mut Progress)) {
+        f(&mut self.progress.lock().expect("lock"));
+        self.progressed.notify_all();
+    }
+
     fn read_line(&self, seq: u64) -> Result<Vec<u8>, StoreError> {
-        if seq >= *self.indexed.read().expect("lock") {
+        if seq >= self.visible() {
             return Err(StoreError::NoSuchEntry(seq));
         }
-        let loc = self
-            .index()?
+        let ix = self.index()?;
+        let loc = ix
             .offsets
-            .get(seq.to_be_bytes())
-            .map_err(idx)?
+            .get(seq)
+            .map_err(io(ix.offsets.path()))?
             .ok_or(StoreError::NoSuchEntry(seq))?;
         let (segment, offset, len) = decode_location(&loc)
             .ok_or_else(|| StoreError::Index(format!("bad location for {seq}")))?;
@@ -473,15 +559,15 @@ struct Writer<G: Gate> {
     shared: Arc<Shared>,
     gate: Arc<Mutex<G>>,
     rx: mpsc::Receiver<Request>,
+    /// Where durable lines go to be indexed, in seq order.
+    index_tx: Option<mpsc::SyncSender<IndexJob>>,
+    indexer: Option<JoinHandle<()>>,
     next: u64,
     prev: EntryHash,
     last_time: Option<Timestamp>,
     segment: File,
     segment_first: u64,
     segment_len: u64,
-    /// An index update failed: the index is reopened and caught up from the
-    /// segments before it takes another.
-    index_behind: bool,
     /// No new attempt to reopen the index before this.
     index_retry_at: Option<Instant>,
 }
@@ -489,21 +575,17 @@ struct Writer<G: Gate> {
 impl<G: Gate> Writer<G> {
     fn run(mut self) {
         loop {
-            let first = if self.index_behind {
-                // Catch the index up even if no append comes.
-                match self.rx.recv_timeout(INDEX_RETRY) {
-                    Ok(r) => r,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
+            // Wakes up now and then so an index that fell behind is caught up
+            // even if no append comes.
+            let first = match self.rx.recv_timeout(INDEX_RETRY) {
+                Ok(r) => r,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if self.index_behind() {
                         self.catch_up_index();
-                        continue;
                     }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    continue;
                 }
-            } else {
-                match self.rx.recv() {
-                    Ok(r) => r,
-                    Err(_) => break,
-                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             };
             let mut batch = vec![first];
             let mut count = batch[0].events.len();
@@ -517,7 +599,19 @@ impl<G: Gate> Writer<G> {
                 }
             }
             self.commit(batch);
+            if self.index_behind() {
+                self.catch_up_index();
+            }
         }
+        // Lets the indexer finish what it was sent.
+        drop(self.index_tx.take());
+        if let Some(h) = self.indexer.take() {
+            let _ = h.join();
+        }
+    }
+
+    fn index_behind(&self) -> bool {
+        self.shared.progress.lock().expect("lock").behind
     }
 
     fn poisoned(&self) -> Option<String> {
@@ -656,22 +750,7 @@ impl<G: Gate> Writer<G> {
             self.next = next;
             self.prev = prev;
             self.last_time = last_time;
-            // The lines are durable. The index is derived state: if updating it
-            // fails, the appends stand and readers keep the previous size until
-            // the index is reopened and caught up from the segments.
-            if !self.index_behind {
-                match self
-                    .shared
-                    .index()
-                    .and_then(|ix| ix.index_entries(start, &index_items))
-                {
-                    Ok(()) => *self.shared.indexed.write().expect("lock") = next,
-                    Err(_) => self.index_behind = true,
-                }
-            }
-            if self.index_behind {
-                self.catch_up_index();
-            }
+            self.shared.update_progress(|p| p.durable = next);
             self.shared
                 .appends
                 .fetch_add(next - start, Ordering::Relaxed);
@@ -679,6 +758,17 @@ impl<G: Gate> Writer<G> {
         self.shared.batches.fetch_add(1, Ordering::Relaxed);
         for (reply, rs) in replies.into_iter().zip(results) {
             let _ = reply.send(rs.into_iter().flatten().collect());
+        }
+        // The lines are durable and acknowledged. The index is derived state,
+        // updated by the indexer thread while the next batch is written;
+        // readers wait for it (see `Shared::visible`).
+        if !index_items.is_empty() {
+            if let Some(tx) = &self.index_tx {
+                let _ = tx.send(IndexJob {
+                    start,
+                    items: index_items,
+                });
+            }
         }
     }
 
@@ -694,9 +784,12 @@ impl<G: Gate> Writer<G> {
         }
         match self.repair_index() {
             Ok(()) => {
-                self.index_behind = false;
                 self.index_retry_at = None;
-                *self.shared.indexed.write().expect("lock") = self.next;
+                let next = self.next;
+                self.shared.update_progress(|p| {
+                    p.indexed = next;
+                    p.behind = false;
+                });
             }
             Err(_) => {
                 let wait = (started.elapsed() * 10).min(INDEX_RETRY_MAX);
@@ -778,6 +871,97 @@ impl<G: Gate> Writer<G> {
     }
 }
 
+/// The indexer thread: indexes durable lines in seq order, several batches
+/// of the writer at a time, so sled's work overlaps the next `fdatasync`
+/// instead of following it. After a failure it marks the index behind and
+/// drops what it is sent until the writer has repaired the index: the repair
+/// reads the segments, which only the writer may do safely (it truncates a
+/// torn tail).
+fn run_indexer(shared: &Shared, rx: mpsc::Receiver<IndexJob>, mut persisted: u64) {
+    let mut persisted_at = Instant::now();
+    loop {
+        let first = match rx.recv_timeout(INDEX_PERSIST_EVERY) {
+            Ok(j) => j,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                persist_indexed(shared, &mut persisted);
+                persisted_at = Instant::now();
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut jobs = vec![first];
+        let mut count = jobs[0].items.len();
+        while count < MAX_INDEX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => {
+                    count += j.items.len();
+                    jobs.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut runs: Vec<IndexJob> = Vec::new();
+        for j in jobs {
+            match runs.last_mut() {
+                Some(r) if r.start + r.items.len() as u64 == j.start => r.items.extend(j.items),
+                _ => runs.push(j),
+            }
+        }
+        for IndexJob {
+            mut start,
+            mut items,
+        } in runs
+        {
+            {
+                let mut p = shared.progress.lock().expect("lock");
+                let end = start + items.len() as u64;
+                if p.behind || end <= p.indexed {
+                    // Already covered by a repair, or to be covered by one.
+                    continue;
+                }
+                if start > p.indexed {
+                    // A gap: only a repair from the segments can fill it.
+                    p.behind = true;
+                    drop(p);
+                    shared.progressed.notify_all();
+                    continue;
+                }
+                items.drain(..(p.indexed - start) as usize);
+                start = p.indexed;
+            }
+            let done = shared
+                .index()
+                .and_then(|ix| ix.index_entries(start, &items));
+            let end = start + items.len() as u64;
+            shared.update_progress(|p| match done {
+                Ok(()) => p.indexed = end,
+                Err(_) => p.behind = true,
+            });
+        }
+        if persisted_at.elapsed() >= INDEX_PERSIST_EVERY {
+            persist_indexed(shared, &mut persisted);
+            persisted_at = Instant::now();
+        }
+    }
+    persist_indexed(shared, &mut persisted);
+}
+
+/// Records durably how far the index goes, so the next open only indexes
+/// what came after. A failure sends the index to the writer for repair.
+fn persist_indexed(shared: &Shared, persisted: &mut u64) {
+    let upto = {
+        let p = shared.progress.lock().expect("lock");
+        if p.behind || p.indexed == *persisted {
+            return;
+        }
+        p.indexed
+    };
+    match shared.index().and_then(|ix| ix.persist(upto)) {
+        Ok(()) => *persisted = upto,
+        Err(_) => shared.update_progress(|p| p.behind = true),
+    }
+}
+
 /// What scanning the segments found.
 struct Scan {
     entries: u64,
@@ -814,7 +998,12 @@ impl<G: Gate> Store<G> {
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             index: RwLock::new(Some(Arc::new(index))),
-            indexed: RwLock::new(scan.entries),
+            progress: Mutex::new(Progress {
+                durable: scan.entries,
+                indexed: scan.entries,
+                behind: false,
+            }),
+            progressed: Condvar::new(),
             poisoned: Mutex::new(None),
             closed: AtomicBool::new(false),
             appends: AtomicU64::new(0),
@@ -836,19 +1025,28 @@ impl<G: Gate> Store<G> {
             .and_then(|d| d.sync_all())
             .map_err(io(&seg_dir))?;
 
+        let (index_tx, index_rx) = mpsc::sync_channel(INDEX_QUEUE);
+        let indexer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("custody-ledger-indexer".into())
+                .spawn(move || run_indexer(&shared, index_rx, scan.entries))
+                .map_err(io(dir))?
+        };
         let gate = Arc::new(Mutex::new(gate));
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
             shared: shared.clone(),
             gate: gate.clone(),
             rx,
+            index_tx: Some(index_tx),
+            indexer: Some(indexer),
             next: scan.entries,
             prev: scan.prev,
             last_time: scan.last_time,
             segment,
             segment_first,
             segment_len,
-            index_behind: false,
             index_retry_at: None,
         };
         let handle = std::thread::Builder::new()
@@ -937,7 +1135,7 @@ impl<G: Gate> Store<G> {
 
     /// Number of acknowledged entries.
     pub fn len(&self) -> u64 {
-        *self.shared.indexed.read().expect("lock")
+        self.shared.visible()
     }
 
     pub fn is_empty(&self) -> bool {
