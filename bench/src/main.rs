@@ -130,6 +130,11 @@ const ROWS: &[(&str, &str, &str)] = &[
         "≤ 200",
         "check-proof (µs, incl. entry and checkpoint signatures)",
     ),
+    (
+        "store_reopen_s",
+        "",
+        "reopening the store of that bundle (a broker restart), s",
+    ),
     ("mint_p50_ms", "≤ 5", "custody token via broker, p50 (ms)"),
     ("mint_p99_ms", "≤ 20", "custody token via broker, p99 (ms)"),
     (

@@ -58,28 +58,66 @@ struct Bundle {
     sigs: Arc<Vec<(Vec<u8>, Signature)>>,
 }
 
-/// A bundle of a genesis plus `n` `prompt` entries by one human.
-fn build_bundle(n: usize) -> anyhow::Result<Bundle> {
+/// A bundle of a genesis plus `n` `prompt` entries by one human, signed and
+/// appended from every core (the order of the entries does not matter here).
+/// Also times reopening the store it was exported from: a broker restart
+/// re-reads and replays every entry.
+fn build_bundle(n: usize, r: &mut Results) -> anyhow::Result<Bundle> {
     let tmp = tempfile::tempdir()?;
     let ledger = KeyPair::generate();
     let human = KeyPair::generate();
-    let store = open_ledger(&tmp.path().join("data"), &ledger, &[&human])?;
-    let mut sigs = Vec::with_capacity(n);
-    let mut batch = Vec::new();
-    for i in 0..n {
-        let mut e = Event::new(human.did(), ActorKind::Human, ActionType::new("prompt")?);
-        e.details.insert("i".into(), i.into());
-        let s = e.sign(&human)?;
-        sigs.push((s.event.signing_input()?, s.sig));
-        batch.push(s);
-        if batch.len() == 1000 {
-            append_all(&store, std::mem::take(&mut batch))?;
-        }
-    }
-    append_all(&store, batch)?;
+    let data = tmp.path().join("data");
+    let store = open_ledger(&data, &ledger, &[&human])?;
+    let cores = std::thread::available_parallelism()
+        .map(|c| c.get())
+        .unwrap_or(1);
+    let shares = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..cores)
+            .map(|c| {
+                let (store, human) = (&store, &human);
+                sc.spawn(move || -> anyhow::Result<Vec<(Vec<u8>, Signature)>> {
+                    let mut sigs = Vec::with_capacity(n / cores + 1);
+                    let mut batch = Vec::with_capacity(1000);
+                    for i in (c..n).step_by(cores) {
+                        let mut e =
+                            Event::new(human.did(), ActorKind::Human, ActionType::new("prompt")?);
+                        e.details.insert("i".into(), i.into());
+                        let s = e.sign(human)?;
+                        sigs.push((s.event.signing_input()?, s.sig));
+                        batch.push(s);
+                        if batch.len() == 1000 {
+                            append_all(store, std::mem::take(&mut batch))?;
+                        }
+                    }
+                    append_all(store, batch)?;
+                    Ok(sigs)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a bundle builder panicked"))?
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    let sigs: Vec<_> = shares.into_iter().flatten().collect();
     let dir = tmp.path().join("bundle");
     export_bundle(&store, &ledger, &Origin::for_ledger(&ledger.did()), &dir)?;
     drop(store);
+    let t0 = Instant::now();
+    let reopened = Store::open(&data, Authority::new(Some(ledger.did())))?;
+    let took = t0.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        reopened.len() == n as u64 + 1,
+        "reopened store lost entries"
+    );
+    r.insert("store_reopen_s".into(), json!(round(took, 2)));
+    r.insert(
+        "store_reopen_per_s".into(),
+        json!(((n + 1) as f64 / took).round()),
+    );
     Ok(Bundle {
         _tmp: tmp,
         dir,
@@ -92,7 +130,7 @@ fn build_bundle(n: usize) -> anyhow::Result<Bundle> {
 /// `verify` and/or `proof`, over one bundle of `--verify-entries` entries.
 pub fn bench(a: &Args, r: &mut Results, verify: bool, proof: bool) -> anyhow::Result<()> {
     let n = a.verify_entries;
-    let b = build_bundle(n)?;
+    let b = build_bundle(n, r)?;
     r.insert("verify_entries".into(), json!(n + 1));
     if verify {
         bench_verify(&b, r)?;
