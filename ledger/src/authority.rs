@@ -236,13 +236,12 @@ impl Authority {
     /// Whether the actor of `signed` may append it at `at`. Does not change state.
     pub fn check(&self, signed: &SignedEvent, at: Timestamp) -> Result<(), Denial> {
         check_signature(signed)?;
-        self.check_verified(signed, at)
+        self.check_verified(&signed.event, at)
     }
 
     /// [`check`](Self::check) for an event whose signature was already
     /// verified: the part that depends on the ledger's state.
-    pub fn check_verified(&self, signed: &SignedEvent, at: Timestamp) -> Result<(), Denial> {
-        let ev = &signed.event;
+    pub fn check_verified(&self, ev: &Event, at: Timestamp) -> Result<(), Denial> {
         if self.nonces.contains(&ev.nonce) {
             return Err(deny(
                 DenialCode::ReplayedNonce,
@@ -563,7 +562,7 @@ impl crate::store::Gate for Authority {
         event: &SignedEvent,
         received_at: Timestamp,
     ) -> Result<(), crate::store::Rejection> {
-        self.check_verified(event, received_at)
+        self.check_verified(&event.event, received_at)
             .map_err(|d| crate::store::Rejection {
                 code: d.code.as_str().to_string(),
                 message: d.message,

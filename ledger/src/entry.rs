@@ -133,7 +133,11 @@ impl Entry {
                 supported: ENTRY_VERSION,
             });
         }
-        if entry.to_line()? != line {
+        // The same bytes as `to_line`, without running the outer object
+        // through the canonicalizer again (a fifth of the verifier's
+        // non-signature time per entry).
+        let event_json = to_canonical(&entry.event)?;
+        if entry.to_line_with_event(&event_json)? != line {
             return Err(LedgerError::NotCanonical(
                 "entry bytes differ from JCS of its content",
             ));

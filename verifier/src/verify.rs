@@ -299,9 +299,7 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
                     }
                 };
                 if sig_ok {
-                    if let Err(d) =
-                        authority.check_verified(&entry.signed_event(), entry.received_at)
-                    {
+                    if let Err(d) = authority.check_verified(&entry.event, entry.received_at) {
                         c.authorization
                             .fail(Some(n), format!("{} ({})", d.message, d.code.as_str()));
                     }
