@@ -9,7 +9,7 @@ use custody_ledger::store::{AcceptAll, Store};
 use custody_ledger::SignedEvent;
 use serde_json::json;
 
-use crate::util::{events, percentile, ratio, Results};
+use crate::util::{events, percentile, ratio, round, Results};
 use crate::Args;
 
 /// What one run measured.
@@ -75,7 +75,7 @@ pub fn bench(a: &Args, r: &mut Results) -> anyhow::Result<()> {
     r.insert("append_durable_syncs".into(), json!(group.syncs));
     r.insert(
         "append_durable_cores_busy".into(),
-        json!((group.cores_busy * 100.0).round() / 100.0),
+        json!(round(group.cores_busy, 2)),
     );
     let half = append_run(&tmp.path().join("half"), events(n / 2), 32)?;
     r.insert(

@@ -255,12 +255,7 @@ fn main() -> anyhow::Result<()> {
     };
     let on = |b: Bench| selected.contains(&b);
     let mut r = Map::new();
-    r.insert(
-        "cores".into(),
-        json!(std::thread::available_parallelism()
-            .map(|c| c.get())
-            .unwrap_or(1)),
-    );
+    r.insert("cores".into(), json!(util::cores()));
     r.insert(
         "benches".into(),
         json!(selected

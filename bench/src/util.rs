@@ -120,3 +120,10 @@ pub fn cpu_seconds() -> f64 {
     // in clock ticks: USER_HZ, which Linux fixes at 100 for user space.
     (ticks(11) + ticks(12)) / 100.0
 }
+
+/// The cores this process may use.
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|c| c.get())
+        .unwrap_or(1)
+}

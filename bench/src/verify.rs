@@ -14,7 +14,7 @@ use custody_ledger::store::Store;
 use custody_ledger::{actions, ActionType, ActorKind, Event, SignedEvent};
 use serde_json::json;
 
-use crate::util::{ratio, round, run_verifier, verifier_exe, Results};
+use crate::util::{cores, ratio, round, run_verifier, verifier_exe, Results};
 use crate::Args;
 
 /// A store with a genesis entry by `ledger` that trusts `delegators` as
@@ -68,9 +68,7 @@ fn build_bundle(n: usize, r: &mut Results) -> anyhow::Result<Bundle> {
     let human = KeyPair::generate();
     let data = tmp.path().join("data");
     let store = open_ledger(&data, &ledger, &[&human])?;
-    let cores = std::thread::available_parallelism()
-        .map(|c| c.get())
-        .unwrap_or(1);
+    let cores = cores();
     let shares = std::thread::scope(|sc| {
         let handles: Vec<_> = (0..cores)
             .map(|c| {
@@ -147,9 +145,7 @@ fn bench_verify(b: &Bundle, r: &mut Results) -> anyhow::Result<()> {
     let verify_rate = (n + 1) as f64 / took.as_secs_f64();
 
     // Baseline: the bare signature checks, on every core.
-    let cores = std::thread::available_parallelism()
-        .map(|c| c.get())
-        .unwrap_or(1);
+    let cores = cores();
     let pk = *b.signer.public().dalek();
     let sigs = b.sigs.clone();
     let t0 = Instant::now();

@@ -145,14 +145,6 @@ impl Entry {
         Ok(entry)
     }
 
-    /// The signed event inside (clones the event).
-    pub fn signed_event(&self) -> SignedEvent {
-        SignedEvent {
-            event: self.event.clone(),
-            sig: self.sig,
-        }
-    }
-
     /// Checks the actor's signature on the event.
     pub fn verify_signature(&self) -> Result<(), LedgerError> {
         self.event.verify_signature(&self.sig)

@@ -254,7 +254,7 @@ struct Index {
 struct Progress {
     /// Entries durable in the segments (acknowledged or being acknowledged).
     durable: u64,
-    /// Entries indexed in sled; readers see up to here.
+    /// Entries in the index; readers see up to here.
     indexed: u64,
     /// An index update failed: until the writer has reopened the index and
     /// caught it up from the segments, readers see `indexed` without waiting
@@ -262,14 +262,22 @@ struct Progress {
     behind: bool,
 }
 
-/// Lines between two entries of `ix` and the indexer: `(segment, offset, len,
-/// leaf hash, actor)` for the entries from `start` on.
+/// What the writer hands the indexer: the entries from `start` on.
 struct IndexJob {
     start: u64,
     items: Vec<IndexItem>,
 }
 
-type IndexItem = (u64, u64, u32, EntryHash, Did);
+/// What the index keeps of one entry.
+struct IndexItem {
+    /// First seq of the segment holding the line.
+    segment: u64,
+    /// Byte offset of the line in that segment.
+    offset: u64,
+    len: u32,
+    hash: EntryHash,
+    actor: Did,
+}
 
 /// State shared by the writer thread, the indexer thread and readers.
 struct Shared {
@@ -455,22 +463,22 @@ impl Index {
         let mut hashes = Vec::with_capacity(items.len() * 2 * 32);
         let mut offsets = Vec::with_capacity(items.len() * 20);
         let mut ab = sled::Batch::default();
-        for (i, (segment, offset, len, hash, actor)) in items.iter().enumerate() {
+        for (i, item) in items.iter().enumerate() {
             let n = start + i as u64;
             let reader = TableHashes {
                 table: &self.hashes,
                 overlay: &overlay,
                 cache: Some(&self.hash_cache),
             };
-            let new = tlog_tiles::stored_hashes_for_record_hash(n, Hash(hash.0), &reader)
+            let new = tlog_tiles::stored_hashes_for_record_hash(n, Hash(item.hash.0), &reader)
                 .map_err(|e| StoreError::Index(format!("stored hashes for {n}: {e}")))?;
             let first_index = tlog_tiles::stored_hash_count(n);
             for (k, h) in new.into_iter().enumerate() {
                 overlay.insert(first_index + k as u64, h);
                 hashes.extend_from_slice(&h.0);
             }
-            offsets.extend_from_slice(&encode_location(*segment, *offset, *len));
-            ab.insert(actor_key(actor, n), &[]);
+            offsets.extend_from_slice(&encode_location(item.segment, item.offset, item.len));
+            ab.insert(actor_key(&item.actor, n), &[]);
         }
         // Stored hashes of consecutive records are consecutive in the table.
         self.hashes
@@ -577,28 +585,24 @@ impl<G: Gate> Writer<G> {
         loop {
             // Wakes up now and then so an index that fell behind is caught up
             // even if no append comes.
-            let first = match self.rx.recv_timeout(INDEX_RETRY) {
-                Ok(r) => r,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if self.index_behind() {
-                        self.catch_up_index();
+            match self.rx.recv_timeout(INDEX_RETRY) {
+                Ok(first) => {
+                    let mut count = first.events.len();
+                    let mut batch = vec![first];
+                    while count < MAX_BATCH {
+                        match self.rx.try_recv() {
+                            Ok(r) => {
+                                count += r.events.len();
+                                batch.push(r);
+                            }
+                            Err(_) => break,
+                        }
                     }
-                    continue;
+                    self.commit(batch);
                 }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            };
-            let mut batch = vec![first];
-            let mut count = batch[0].events.len();
-            while count < MAX_BATCH {
-                match self.rx.try_recv() {
-                    Ok(r) => {
-                        count += r.events.len();
-                        batch.push(r);
-                    }
-                    Err(_) => break,
-                }
             }
-            self.commit(batch);
             if self.index_behind() {
                 self.catch_up_index();
             }
@@ -688,13 +692,13 @@ impl<G: Gate> Writer<G> {
                 let offset = self.segment_len + buf.len() as u64;
                 buf.extend_from_slice(&line);
                 buf.push(b'\n');
-                index_items.push((
-                    self.segment_first,
+                index_items.push(IndexItem {
+                    segment: self.segment_first,
                     offset,
-                    line.len() as u32,
+                    len: line.len() as u32,
                     hash,
-                    entry.event.actor.clone(),
-                ));
+                    actor: entry.event.actor.clone(),
+                });
                 gate.applied(&entry);
                 prev = hash;
                 last_time = Some(at);
@@ -907,28 +911,10 @@ fn run_indexer(shared: &Shared, rx: mpsc::Receiver<IndexJob>, mut persisted: u64
                 _ => runs.push(j),
             }
         }
-        for IndexJob {
-            mut start,
-            mut items,
-        } in runs
-        {
-            {
-                let mut p = shared.progress.lock().expect("lock");
-                let end = start + items.len() as u64;
-                if p.behind || end <= p.indexed {
-                    // Already covered by a repair, or to be covered by one.
-                    continue;
-                }
-                if start > p.indexed {
-                    // A gap: only a repair from the segments can fill it.
-                    p.behind = true;
-                    drop(p);
-                    shared.progressed.notify_all();
-                    continue;
-                }
-                items.drain(..(p.indexed - start) as usize);
-                start = p.indexed;
-            }
+        for run in runs {
+            let Some(IndexJob { start, items }) = unindexed_part(shared, run) else {
+                continue;
+            };
             let done = shared
                 .index()
                 .and_then(|ix| ix.index_entries(start, &items));
@@ -944,6 +930,27 @@ fn run_indexer(shared: &Shared, rx: mpsc::Receiver<IndexJob>, mut persisted: u64
         }
     }
     persist_indexed(shared, &mut persisted);
+}
+
+/// The part of `run` the index does not hold yet, or `None` if there is
+/// nothing for the indexer to do: all of it is indexed, or the index is
+/// behind and a repair from the segments will cover it. A run that starts
+/// past the index (a gap) marks it behind.
+fn unindexed_part(shared: &Shared, mut run: IndexJob) -> Option<IndexJob> {
+    let mut p = shared.progress.lock().expect("lock");
+    let end = run.start + run.items.len() as u64;
+    if p.behind || end <= p.indexed {
+        return None;
+    }
+    if run.start > p.indexed {
+        p.behind = true;
+        drop(p);
+        shared.progressed.notify_all();
+        return None;
+    }
+    run.items.drain(..(p.indexed - run.start) as usize);
+    run.start = p.indexed;
+    Some(run)
 }
 
 /// Records durably how far the index goes, so the next open only indexes
@@ -1308,10 +1315,12 @@ impl<G: Gate> Store<G> {
 
     /// The stored checkpoint at `size`, if there is one.
     pub fn checkpoint(&self, size: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        if self.checkpoint_sizes()?.contains(&size) {
-            Ok(Some(self.read_checkpoint(size)?))
-        } else {
-            Ok(None)
+        match self.read_checkpoint(size) {
+            Ok(note) => Ok(Some(note)),
+            Err(StoreError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -1523,13 +1532,13 @@ fn reindex(ix: &Index, dir: &Path, from: u64) -> Result<(), StoreError> {
                     seq: n,
                     reason: e.to_string(),
                 })?;
-                items.push((
-                    first,
+                items.push(IndexItem {
+                    segment: first,
                     offset,
-                    line.len() as u32,
-                    entry_hash(&line),
-                    entry.event.actor.clone(),
-                ));
+                    len: line.len() as u32,
+                    hash: entry_hash(&line),
+                    actor: entry.event.actor.clone(),
+                });
                 if items.len() >= 4096 {
                     ix.index_entries(start, &items)?;
                     start += items.len() as u64;
