@@ -151,12 +151,14 @@ fn event_for(
 ) -> anyhow::Result<Option<(custody_ledger::Event, Option<PayloadBody>)>> {
     let name = input["hook_event_name"].as_str().unwrap_or_default();
     let (action, payload): (&str, Option<String>) = match name {
-        "SessionStart" => ("agent.session_start", None),
+        "SessionStart" => (actions::AGENT_SESSION_START, None),
         "UserPromptSubmit" => (actions::PROMPT, Some(text_of(&input["prompt"]))),
         "PreToolUse" => (actions::TOOL_CALL, Some(text_of(&input["tool_input"]))),
         "PostToolUse" => (actions::TOOL_RESULT, Some(text_of(&input["tool_response"]))),
         "Stop" | "SubagentStop" => ("agent.stop", None),
-        "SessionEnd" => (actions::SESSION_END, None),
+        // Claude Code's own session ends (also on /clear, before a resume);
+        // the custody session goes on until its `session.end` or expiry.
+        "SessionEnd" => (actions::AGENT_SESSION_END, None),
         "Notification" => ("agent.notification", Some(text_of(&input["message"]))),
         _ => return Ok(None),
     };

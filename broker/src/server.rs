@@ -272,21 +272,31 @@ impl AppState {
         Ok(did)
     }
 
-    /// An admin in `[trust]` who has not been revoked may export and redact.
+    /// An admin of the ledger's trust state who has not been revoked may
+    /// revoke, export and redact. The ledger's state, not the config file,
+    /// decides: it is what the rules and the offline verifier hold it to.
     fn check_admin(&self, caller: &Did) -> Result<(), String> {
-        if !self.cfg.admins.contains(caller) {
-            return Err(format!("{caller} is not in [trust] admins"));
-        }
-        match self.store.with_gate(|a| {
-            a.revoked_at(caller, Timestamp::now())
-                .map(|r| r.revocation.reason.clone())
-        }) {
-            Some(reason) => Err(format!("{caller} has been revoked ({reason})")),
-            None => Ok(()),
-        }
+        let now = Timestamp::now();
+        self.store.with_gate(|a| {
+            if !a.trust().admins.contains(caller) {
+                return Err(format!(
+                    "{caller} is not an admin of this ledger ([trust] admins)"
+                ));
+            }
+            match a.revoked_at(caller, now) {
+                Some(r) => Err(format!(
+                    "{caller} has been revoked (entry {}: {})",
+                    r.seq, r.revocation.reason
+                )),
+                None => Ok(()),
+            }
+        })
     }
 
-    /// The delegation of a session that may still act now, or why not.
+    /// The delegation of a session that may still act now, or why not:
+    /// started, not revoked (nor its delegator), inside its validity window
+    /// and not ended. The same state the rules hold appends to, so a cached
+    /// credential (the OTLP ingest token) dies exactly when appends do.
     fn active_session(&self, did: &Did) -> Result<Delegation, String> {
         let now = Timestamp::now();
         self.store.with_gate(|a| {
@@ -296,6 +306,9 @@ impl AppState {
             let g = a
                 .session(did)
                 .ok_or_else(|| "no such session".to_string())?;
+            if let Some(end) = g.ended_at {
+                return Err(format!("the session ended (entry {end})"));
+            }
             g.delegation
                 .is_valid_at(now.datetime())
                 .map_err(|e| e.to_string())?;
@@ -353,9 +366,9 @@ impl AppState {
         match r {
             Ok(a) => Ok(a),
             Err(AppendError::Rejected(rej)) => {
-                self.record_denial(&actor, &action, &rej.code, &rej.message)
+                self.record_denial(&actor, &action, rej.code.as_str(), &rej.message)
                     .await;
-                Err(ApiError::forbidden(denial_code(&rej.code), rej.message))
+                Err(ApiError::forbidden(rej.code.as_str(), rej.message))
             }
             Err(AppendError::Store(e)) => Err(store_error(e)),
         }
@@ -372,11 +385,7 @@ impl AppState {
         // Keys cost nothing, so refusals of identities the ledger does not know
         // are recorded only up to a global budget: probing is evidence, but a
         // stranger must not be able to grow the ledger without bound.
-        let known = self.store.with_gate(|a| {
-            a.session(actor).is_some()
-                || a.trust().admins.contains(actor)
-                || a.trust().delegators.contains(actor)
-        });
+        let known = self.store.with_gate(|a| a.knows(actor));
         if !known {
             let mut b = self.stranger_denials.lock().expect("lock");
             if b.0.elapsed() >= Duration::from_secs(60) {
@@ -440,25 +449,6 @@ impl AppState {
             *last = (head.size, Instant::now());
         }
         Ok(())
-    }
-}
-
-fn denial_code(code: &str) -> &'static str {
-    match code {
-        "bad_signature" => "bad_signature",
-        "replayed_nonce" => "replayed_nonce",
-        "unknown_actor" => "unknown_actor",
-        "wrong_actor_kind" => "wrong_actor_kind",
-        "not_admin" => "not_admin",
-        "no_session" => "no_session",
-        "delegation_invalid" => "delegation_invalid",
-        "context_mismatch" => "context_mismatch",
-        "out_of_scope" => "out_of_scope",
-        "not_yet_valid" => "not_yet_valid",
-        "expired" => "expired",
-        "revoked" => "revoked",
-        "too_large" => "too_large",
-        _ => "refused",
     }
 }
 
@@ -751,6 +741,9 @@ async fn otlp_logs(
                     .and_then(|d| Did::parse(d).ok())
             })
             .ok_or_else(|| unauth("unknown or revoked ingest token"))?;
+    let d = s
+        .active_session(&did)
+        .map_err(|why| unauth(&format!("the ingest token's session may not act: {why}")))?;
     let ct = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
@@ -763,12 +756,7 @@ async fn otlp_logs(
     })?;
     let records = otlp::decode(enc, &body)
         .map_err(|e| ApiError::bad_request("malformed_otlp", e.to_string()))?;
-    let Some(d) = s
-        .store
-        .with_gate(|a| a.session(&did).map(|g| g.delegation.clone()))
-    else {
-        return Err(unauth("the ingest token's session is not in the ledger"));
-    };
+
     let bad = |e: custody_ledger::LedgerError| ApiError::internal(e.to_string());
     let mut bodies = Vec::with_capacity(records.len());
     let mut events = Vec::with_capacity(records.len());
@@ -1059,11 +1047,7 @@ async fn mint(
             .map(|_| a.session(&caller).map(|g| g.delegation.clone()))
     });
     let delegation = match grant {
-        Err(d) => {
-            return Err(s
-                .deny(&caller, what, denial_code(d.code.as_str()), d.message)
-                .await)
-        }
+        Err(d) => return Err(s.deny(&caller, what, d.code.as_str(), d.message).await),
         Ok(None) => {
             return Err(s
                 .deny(
@@ -1187,9 +1171,9 @@ async fn mint(
             let key = accessor_key(&caller, &minted.accessor);
             let _ = s.db.with(|t| t.accessors.remove(&key));
             match first {
-                Some(Err(AppendError::Rejected(rej))) => Err(s
-                    .deny(&caller, what, denial_code(&rej.code), rej.message)
-                    .await),
+                Some(Err(AppendError::Rejected(rej))) => {
+                    Err(s.deny(&caller, what, rej.code.as_str(), rej.message).await)
+                }
                 Some(Err(AppendError::Store(e))) => Err(store_error(e)),
                 _ => Err(ApiError::internal(
                     "the mint could not be recorded; token revoked",
@@ -1351,10 +1335,10 @@ async fn append_batch(
         out.push(match r {
             Ok(a) => BatchItem::Ok(appended_body(&a)),
             Err(AppendError::Rejected(rej)) => {
-                s.record_denial(&caller, &action, &rej.code, &rej.message)
+                s.record_denial(&caller, &action, rej.code.as_str(), &rej.message)
                     .await;
                 BatchItem::Err(ErrorBody {
-                    error: rej.code,
+                    error: rej.code.as_str().into(),
                     message: rej.message,
                 })
             }
@@ -1378,38 +1362,22 @@ async fn session_status(
     body: Bytes,
 ) -> ApiResult<Json<SessionStatus>> {
     let caller = s.authenticate(&method, &uri, &headers, &body)?;
-    let now = Timestamp::now();
-    Ok(Json(s.store.with_gate(|a| {
-        let expires = a
-            .session(&caller)
-            .map(|g| custody_identity::delegation::format_time(g.delegation.not_after));
-        if let Some(r) = a.revoked_at(&caller, now) {
-            return SessionStatus {
-                active: false,
-                reason: Some(format!("revoked: {}", r.revocation.reason)),
-                expires_at: expires,
-            };
-        }
-        match a.session(&caller) {
-            None => SessionStatus {
-                active: false,
-                reason: Some("no such session".into()),
-                expires_at: None,
-            },
-            Some(g) => match g.delegation.is_valid_at(now.datetime()) {
-                Ok(()) => SessionStatus {
-                    active: true,
-                    reason: None,
-                    expires_at: expires,
-                },
-                Err(e) => SessionStatus {
-                    active: false,
-                    reason: Some(e.to_string()),
-                    expires_at: expires,
-                },
-            },
-        }
-    })))
+    let expires_at = s.store.with_gate(|a| {
+        a.session(&caller)
+            .map(|g| custody_identity::delegation::format_time(g.delegation.not_after))
+    });
+    Ok(Json(match s.active_session(&caller) {
+        Ok(_) => SessionStatus {
+            active: true,
+            reason: None,
+            expires_at,
+        },
+        Err(why) => SessionStatus {
+            active: false,
+            reason: Some(why),
+            expires_at,
+        },
+    }))
 }
 
 async fn revoke(
@@ -1422,15 +1390,8 @@ async fn revoke(
     let caller = s.authenticate(&method, &uri, &headers, &body)?;
     let req: RevokeRequest = parse_body(&body)?;
     let what = actions::IDENTITY_REVOKE;
-    if !s.cfg.admins.contains(&caller) {
-        return Err(s
-            .deny(
-                &caller,
-                what,
-                "not_admin",
-                format!("{caller} is not in [trust] admins"),
-            )
-            .await);
+    if let Err(why) = s.check_admin(&caller) {
+        return Err(s.deny(&caller, what, "not_admin", why).await);
     }
     if req.event.event.actor != caller
         || req.event.event.action.as_str() != actions::IDENTITY_REVOKE

@@ -1,45 +1,41 @@
-//! Who may append what, and when.
+//! Who may append what, and when: the ledger's rules as a state machine.
 //!
-//! [`Authority`] is a state machine fed every entry in sequence order. Before an
-//! event is appended, [`Authority::check`] decides whether its actor may do what
-//! it says at the receive time; [`Authority::apply`] then folds the entry into the
-//! state. The broker runs it as the store's admission gate; the offline verifier
-//! runs the same rules over an export, so a ledger the broker accepted and a
+//! [`Authority`] is fed every entry in sequence order. [`Authority::check`]
+//! decides whether an event may be appended at a receive time and returns an
+//! [`Admitted`] — the role that signed it, the table row that allowed it and
+//! what it changes; [`Authority::apply`] folds exactly that into the state. A
+//! refused event changes nothing ([`Authority::skip`] only moves the position).
+//! The broker runs these rules as the store's admission gate and the offline
+//! verifier runs them over an export, so a ledger the broker accepted and a
 //! ledger the verifier accepts are the same set.
 //!
-//! The rules (also in `docs/FORMAT.md`):
-//! 1. Entry 0 is `ledger.genesis`, signed by the ledger key (actor kind
-//!    `service`), naming the admins and delegators. `trust.update` by the ledger
-//!    key replaces them later.
-//! 2. The ledger key (kind `service`) may record anything: attestations such as
-//!    `request.denied` or `credential.mint`.
-//! 3. A human or CI identity listed as admin or delegator acts directly with kind
-//!    `human` or `service`. Only admins may `identity.revoke`.
-//! 4. An agent session acts with kind `agent` after its `session.start`, which it
-//!    signs itself and which carries a delegation credential from a delegator
-//!    naming this session key. Each later event must carry the same session id,
-//!    `on_behalf_of` the delegator and the delegation's context, be received
-//!    inside the validity window, and stay within the delegated scopes when it
-//!    names a `scope`.
-//! 5. An identity revoked by an admin may do nothing once the revocation is
-//!    effective — from the later of its `effective_at` and the receive time of
-//!    its `identity.revoke` entry; revoking a delegator also cuts every session
-//!    it delegated.
-//! 6. No nonce is used twice.
+//! The order of the checks is the same for every event (FORMAT.md §9):
+//! 1. **A2 nonces** — no nonce twice.
+//! 2. **The action table** ([`crate::actions::ACTION_TABLE`]) — the row for the
+//!    action names the roles that may sign it and their `actor_kind`; a name in
+//!    a reserved namespace without a row is refused for everyone. Nothing
+//!    below runs for an event the table refuses.
+//! 3. **A3 revocation** — a revoked signer (or a session whose delegator is
+//!    revoked) may append nothing from the revocation's effective time on.
+//! 4. **A4 sessions** — a session's events carry its session id, delegator
+//!    and context, fall inside its validity window and delegated scopes, and
+//!    come before its `session.end`.
+//! 5. **The row's constraint** — genesis, trust update, session start,
+//!    revocation (see [`crate::actions::Constraint`]).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use custody_identity::{Delegation, Did, Revocation};
 use serde_json::Value;
 
-use crate::actions;
+use crate::actions::{self, ActionRule, Constraint, Refusal, Role};
 use crate::entry::Entry;
 use crate::event::{ActorKind, Event, SignedEvent};
 use crate::time::Timestamp;
 use crate::types::{Nonce, Seq};
 
-/// Why an event is refused. `code` is stable (for APIs and reports); the message
-/// names the problem for a person.
+/// Why an event is refused. `code` is stable (for APIs, `request.denied`
+/// entries and reports); the message names the problem for a person.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Denial {
@@ -47,7 +43,17 @@ pub struct Denial {
     pub message: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+impl Denial {
+    pub fn new(code: DenialCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Every reason the ledger's rules refuse an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DenialCode {
     BadSignature,
@@ -55,7 +61,20 @@ pub enum DenialCode {
     NoGenesis,
     UnknownActor,
     WrongActorKind,
+    /// An action name in a reserved namespace that the table does not define.
+    ReservedAction,
+    /// A row only the ledger key may sign.
+    LedgerKeyOnly,
+    /// `identity.revoke` by someone who is not a current admin.
     NotAdmin,
+    /// `approval` by someone who is not a person (admin or delegator).
+    HumanOnly,
+    /// A row only a started session may sign.
+    SessionOnly,
+    /// `session.start` signed by a key that already has a role.
+    NewSessionKeyOnly,
+    /// The ledger key writing in the actors' free namespace.
+    NotPermitted,
     NoSession,
     DelegationInvalid,
     ContextMismatch,
@@ -63,10 +82,48 @@ pub enum DenialCode {
     NotYetValid,
     Expired,
     Revoked,
+    /// The session recorded its `session.end`.
+    SessionEnded,
+    RevocationInvalid,
+    /// A revocation naming the ledger's own DID.
+    CannotRevokeLedger,
+    /// A revocation that would leave no unrevoked admin.
+    LastAdmin,
+    TrustInvalid,
+    TooLarge,
     Malformed,
 }
 
 impl DenialCode {
+    pub const ALL: &'static [DenialCode] = &[
+        DenialCode::BadSignature,
+        DenialCode::ReplayedNonce,
+        DenialCode::NoGenesis,
+        DenialCode::UnknownActor,
+        DenialCode::WrongActorKind,
+        DenialCode::ReservedAction,
+        DenialCode::LedgerKeyOnly,
+        DenialCode::NotAdmin,
+        DenialCode::HumanOnly,
+        DenialCode::SessionOnly,
+        DenialCode::NewSessionKeyOnly,
+        DenialCode::NotPermitted,
+        DenialCode::NoSession,
+        DenialCode::DelegationInvalid,
+        DenialCode::ContextMismatch,
+        DenialCode::OutOfScope,
+        DenialCode::NotYetValid,
+        DenialCode::Expired,
+        DenialCode::Revoked,
+        DenialCode::SessionEnded,
+        DenialCode::RevocationInvalid,
+        DenialCode::CannotRevokeLedger,
+        DenialCode::LastAdmin,
+        DenialCode::TrustInvalid,
+        DenialCode::TooLarge,
+        DenialCode::Malformed,
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             DenialCode::BadSignature => "bad_signature",
@@ -74,7 +131,13 @@ impl DenialCode {
             DenialCode::NoGenesis => "no_genesis",
             DenialCode::UnknownActor => "unknown_actor",
             DenialCode::WrongActorKind => "wrong_actor_kind",
+            DenialCode::ReservedAction => "reserved_action",
+            DenialCode::LedgerKeyOnly => "ledger_key_only",
             DenialCode::NotAdmin => "not_admin",
+            DenialCode::HumanOnly => "human_only",
+            DenialCode::SessionOnly => "session_only",
+            DenialCode::NewSessionKeyOnly => "new_session_key_only",
+            DenialCode::NotPermitted => "not_permitted",
             DenialCode::NoSession => "no_session",
             DenialCode::DelegationInvalid => "delegation_invalid",
             DenialCode::ContextMismatch => "context_mismatch",
@@ -82,16 +145,41 @@ impl DenialCode {
             DenialCode::NotYetValid => "not_yet_valid",
             DenialCode::Expired => "expired",
             DenialCode::Revoked => "revoked",
+            DenialCode::SessionEnded => "session_ended",
+            DenialCode::RevocationInvalid => "revocation_invalid",
+            DenialCode::CannotRevokeLedger => "cannot_revoke_ledger",
+            DenialCode::LastAdmin => "last_admin",
+            DenialCode::TrustInvalid => "trust_invalid",
+            DenialCode::TooLarge => "too_large",
             DenialCode::Malformed => "malformed",
+        }
+    }
+
+    /// The code named `s`, as [`as_str`](Self::as_str) spells it.
+    pub fn parse(s: &str) -> Option<DenialCode> {
+        Self::ALL.iter().copied().find(|c| c.as_str() == s)
+    }
+
+    fn for_refusal(r: Refusal) -> DenialCode {
+        match r {
+            Refusal::LedgerKeyOnly => DenialCode::LedgerKeyOnly,
+            Refusal::AdminOnly => DenialCode::NotAdmin,
+            Refusal::HumanOnly => DenialCode::HumanOnly,
+            Refusal::SessionOnly => DenialCode::SessionOnly,
+            Refusal::NewSessionKeyOnly => DenialCode::NewSessionKeyOnly,
+            Refusal::ActorsOnly => DenialCode::NotPermitted,
         }
     }
 }
 
-fn deny(code: DenialCode, message: impl Into<String>) -> Denial {
-    Denial {
-        code,
-        message: message.into(),
+impl std::fmt::Display for DenialCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
+}
+
+fn deny(code: DenialCode, message: impl Into<String>) -> Denial {
+    Denial::new(code, message)
 }
 
 /// A started session: the delegation it runs under.
@@ -99,6 +187,8 @@ fn deny(code: DenialCode, message: impl Into<String>) -> Denial {
 pub struct SessionGrant {
     pub delegation: Delegation,
     pub started_at: Seq,
+    /// Its `session.end`, after which it may do nothing.
+    pub ended_at: Option<Seq>,
 }
 
 /// A revocation recorded in the ledger.
@@ -107,7 +197,8 @@ pub struct SessionGrant {
 /// its `identity.revoke` entry: an append-only ledger cannot take back what it
 /// accepted before the revocation reached it, so a backdated revocation does
 /// not retroactively invalidate entries — and an admin's skewed clock cannot
-/// either. A future `effective_at` schedules the cut-off.
+/// either. A future `effective_at` schedules the cut-off. When a DID is
+/// revoked more than once, the revocation that takes effect earliest holds.
 #[derive(Clone, Debug)]
 pub struct RevocationRecord {
     pub revocation: Revocation,
@@ -150,17 +241,20 @@ impl TrustRoots {
         let list = |key: &str| -> Result<BTreeSet<Did>, Denial> {
             let arr = details.get(key).and_then(|v| v.as_array()).ok_or_else(|| {
                 deny(
-                    DenialCode::Malformed,
+                    DenialCode::TrustInvalid,
                     format!("trust details need a `{key}` array"),
                 )
             })?;
             arr.iter()
                 .map(|v| {
                     v.as_str()
-                        .ok_or_else(|| deny(DenialCode::Malformed, format!("`{key}` holds DIDs")))
+                        .ok_or_else(|| {
+                            deny(DenialCode::TrustInvalid, format!("`{key}` holds DIDs"))
+                        })
                         .and_then(|s| {
-                            Did::parse(s)
-                                .map_err(|e| deny(DenialCode::Malformed, format!("`{key}`: {e}")))
+                            Did::parse(s).map_err(|e| {
+                                deny(DenialCode::TrustInvalid, format!("`{key}`: {e}"))
+                            })
                         })
                 })
                 .collect()
@@ -170,6 +264,44 @@ impl TrustRoots {
             delegators: list("delegators")?,
         })
     }
+
+    fn names(&self, did: &Did) -> bool {
+        self.admins.contains(did) || self.delegators.contains(did)
+    }
+}
+
+/// What the rules accepted an event as: who signed it, which row of the
+/// action table allowed it, and the change it makes to the state. Only
+/// [`Authority::check`] builds one, so [`Authority::apply`] can only fold in
+/// what the rules accepted.
+#[derive(Clone, Debug)]
+pub struct Admitted {
+    role: Role,
+    rule: &'static ActionRule,
+    change: Change,
+}
+
+impl Admitted {
+    /// The role the signer held when the event was accepted.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The row of the action table that allowed it.
+    pub fn rule(&self) -> &'static ActionRule {
+        self.rule
+    }
+}
+
+/// What an accepted event changes.
+#[derive(Clone, Debug)]
+enum Change {
+    Nothing,
+    Genesis { ledger: Box<Did>, trust: TrustRoots },
+    Trust(TrustRoots),
+    Session(Box<Delegation>),
+    SessionEnd,
+    Revocation(Box<Revocation>, String),
 }
 
 /// The authorization state of a ledger at some position.
@@ -222,6 +354,40 @@ impl Authority {
         self.next
     }
 
+    /// The roles `did` holds now; a DID with none of the others is a
+    /// [`Role::NewSession`] candidate.
+    pub fn roles_of(&self, did: &Did) -> Vec<Role> {
+        if self.ledger.as_ref() == Some(did) {
+            return vec![Role::Ledger];
+        }
+        if self.sessions.contains_key(did) {
+            return vec![Role::Session];
+        }
+        let mut roles = Vec::new();
+        if self.trust.admins.contains(did) {
+            roles.push(Role::Admin);
+        }
+        if self.trust.delegators.contains(did) {
+            roles.push(Role::Delegator);
+        }
+        if roles.is_empty() {
+            roles.push(Role::NewSession);
+        }
+        roles
+    }
+
+    /// Whether the ledger's state names `did` at all (ledger key, admin,
+    /// delegator or started session).
+    pub fn knows(&self, did: &Did) -> bool {
+        self.roles_of(did) != [Role::NewSession]
+    }
+
+    /// Whether `did` is an admin that is not revoked at `at`: who may revoke
+    /// and export.
+    pub fn is_active_admin(&self, did: &Did, at: Timestamp) -> bool {
+        self.trust.admins.contains(did) && self.revoked_at(did, at).is_none()
+    }
+
     /// The revocation that makes `did` powerless at `at`, if any: its own, or its
     /// delegator's when `did` is a session.
     pub fn revoked_at(&self, did: &Did, at: Timestamp) -> Option<&RevocationRecord> {
@@ -234,34 +400,58 @@ impl Authority {
     }
 
     /// Whether the actor of `signed` may append it at `at`. Does not change state.
-    pub fn check(&self, signed: &SignedEvent, at: Timestamp) -> Result<(), Denial> {
+    pub fn check(&self, signed: &SignedEvent, at: Timestamp) -> Result<Admitted, Denial> {
         check_signature(signed)?;
         self.check_verified(&signed.event, at)
     }
 
     /// [`check`](Self::check) for an event whose signature was already
     /// verified: the part that depends on the ledger's state.
-    pub fn check_verified(&self, ev: &Event, at: Timestamp) -> Result<(), Denial> {
+    pub fn check_verified(&self, ev: &Event, at: Timestamp) -> Result<Admitted, Denial> {
+        // A2: nonces.
         if self.nonces.contains(&ev.nonce) {
             return Err(deny(
                 DenialCode::ReplayedNonce,
                 format!("nonce {} was already used", ev.nonce),
             ));
         }
-        if self.next == Seq(0) {
-            return self.check_genesis(ev);
-        }
         let action = ev.action.as_str();
-        if action == actions::GENESIS {
+        if self.next == Seq(0) && action != actions::GENESIS {
             return Err(deny(
-                DenialCode::Malformed,
-                "ledger.genesis may only be entry 0",
+                DenialCode::NoGenesis,
+                format!("entry 0 must be ledger.genesis, found {action}"),
             ));
         }
-        let ledger = self
-            .ledger
-            .as_ref()
-            .ok_or_else(|| deny(DenialCode::NoGenesis, "the ledger has no genesis entry"))?;
+        // The table, before anything that depends on who the signer is.
+        let rule = actions::rule_for(action).ok_or_else(|| {
+            deny(
+                DenialCode::ReservedAction,
+                format!(
+                    "{action} is in a reserved namespace ({}.*) and is not an action of the ledger's table",
+                    action.split('.').next().unwrap_or(action)
+                ),
+            )
+        })?;
+        let roles = self.signer_roles(ev)?;
+        let (role, kinds) = roles
+            .iter()
+            .find_map(|r| rule.kinds_for(*r).map(|k| (*r, k)))
+            .ok_or_else(|| refusal(rule, ev, &roles))?;
+        if !kinds.contains(&ev.actor_kind) {
+            return Err(deny(
+                DenialCode::WrongActorKind,
+                format!(
+                    "{action} by the {role} acts as {}, not `{}`",
+                    kinds
+                        .iter()
+                        .map(|k| format!("`{}`", k.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(" or "),
+                    ev.actor_kind.as_str()
+                ),
+            ));
+        }
+        // A3: revocation.
         if let Some(r) = self.revoked_at(&ev.actor, at) {
             return Err(deny(
                 DenialCode::Revoked,
@@ -275,93 +465,87 @@ impl Authority {
                 ),
             ));
         }
-        if &ev.actor == ledger {
-            return match ev.actor_kind {
-                ActorKind::Service => {
-                    if action == actions::TRUST_UPDATE {
-                        TrustRoots::from_details(&ev.details).map(|_| ())
-                    } else {
-                        Ok(())
-                    }
-                }
-                _ => Err(deny(
-                    DenialCode::WrongActorKind,
-                    "the ledger key acts as `service` only",
-                )),
-            };
+        // A4: a session's events.
+        if role == Role::Session {
+            let grant = self
+                .sessions
+                .get(&ev.actor)
+                .ok_or_else(|| deny(DenialCode::NoSession, "no such session"))?;
+            check_session_event(grant, ev, at)?;
         }
-        if action == actions::SESSION_START {
-            return self.check_session_start(ev, at);
-        }
-        if let Some(grant) = self.sessions.get(&ev.actor) {
-            return check_session_event(grant, ev, at);
-        }
-        let is_admin = self.trust.admins.contains(&ev.actor);
-        let is_delegator = self.trust.delegators.contains(&ev.actor);
-        if is_admin || is_delegator {
-            if ev.actor_kind == ActorKind::Agent {
-                return Err(deny(
-                    DenialCode::WrongActorKind,
-                    format!(
-                        "{} is a human/CI identity and cannot act as `agent`",
-                        ev.actor
-                    ),
-                ));
-            }
-            if action == actions::IDENTITY_REVOKE {
-                if !is_admin {
-                    return Err(deny(
-                        DenialCode::NotAdmin,
-                        format!("{} is not an admin", ev.actor),
-                    ));
-                }
-                parse_revocation(ev)?;
-            }
-            return Ok(());
-        }
-        Err(deny(
-            DenialCode::UnknownActor,
-            format!(
-                "{} is neither the ledger, a trusted admin or delegator, nor a started session",
-                ev.actor
-            ),
-        ))
+        let change = match rule.constraint {
+            Constraint::None if action == actions::SESSION_END => Change::SessionEnd,
+            Constraint::None => Change::Nothing,
+            Constraint::Genesis => self.check_genesis(ev)?,
+            Constraint::TrustUpdate => Change::Trust(self.check_trust(ev)?),
+            Constraint::SessionStart => self.check_session_start(ev, at)?,
+            Constraint::Revocation => self.check_revocation(ev)?,
+        };
+        Ok(Admitted { role, rule, change })
     }
 
-    fn check_genesis(&self, ev: &Event) -> Result<(), Denial> {
-        if ev.action.as_str() != actions::GENESIS {
-            return Err(deny(
-                DenialCode::NoGenesis,
-                format!("entry 0 must be ledger.genesis, found {}", ev.action),
-            ));
-        }
-        if ev.actor_kind != ActorKind::Service {
-            return Err(deny(
-                DenialCode::WrongActorKind,
-                "ledger.genesis is signed by the ledger key as `service`",
-            ));
-        }
-        if let Some(ledger) = &self.ledger {
-            if &ev.actor != ledger {
-                return Err(deny(
+    /// The roles the event's signer holds. At entry 0 of a ledger whose DID
+    /// is not pinned, the genesis signer is taken as the ledger key.
+    fn signer_roles(&self, ev: &Event) -> Result<Vec<Role>, Denial> {
+        if self.next == Seq(0) {
+            return match &self.ledger {
+                Some(l) if l != &ev.actor => Err(deny(
                     DenialCode::UnknownActor,
                     format!(
-                        "ledger.genesis is signed by {}, not the ledger key {}",
-                        ev.actor, ledger
+                        "ledger.genesis is signed by {}, not the ledger key {l}",
+                        ev.actor
                     ),
-                ));
-            }
+                )),
+                _ => Ok(vec![Role::Ledger]),
+            };
         }
-        TrustRoots::from_details(&ev.details).map(|_| ())
-    }
-
-    fn check_session_start(&self, ev: &Event, at: Timestamp) -> Result<(), Denial> {
-        if self.sessions.contains_key(&ev.actor) {
+        if self.ledger.is_none() {
             return Err(deny(
-                DenialCode::Malformed,
-                format!("session {} was already started", ev.actor),
+                DenialCode::NoGenesis,
+                "the ledger has no accepted genesis entry",
             ));
         }
+        Ok(self.roles_of(&ev.actor))
+    }
+
+    fn check_genesis(&self, ev: &Event) -> Result<Change, Denial> {
+        if self.next != Seq(0) {
+            return Err(deny(
+                DenialCode::Malformed,
+                "ledger.genesis may only be entry 0",
+            ));
+        }
+        let trust = TrustRoots::from_details(&ev.details)?;
+        if trust.names(&ev.actor) {
+            return Err(deny(
+                DenialCode::TrustInvalid,
+                "the ledger key cannot be an admin or delegator of its own ledger",
+            ));
+        }
+        Ok(Change::Genesis {
+            ledger: Box::new(ev.actor.clone()),
+            trust,
+        })
+    }
+
+    fn check_trust(&self, ev: &Event) -> Result<TrustRoots, Denial> {
+        let trust = TrustRoots::from_details(&ev.details)?;
+        if trust.names(&ev.actor) {
+            return Err(deny(
+                DenialCode::TrustInvalid,
+                "the ledger key cannot be an admin or delegator of its own ledger",
+            ));
+        }
+        if let Some(s) = self.sessions.keys().find(|s| trust.names(s)) {
+            return Err(deny(
+                DenialCode::TrustInvalid,
+                format!("{s} is an agent session and cannot be an admin or delegator"),
+            ));
+        }
+        Ok(trust)
+    }
+
+    fn check_session_start(&self, ev: &Event, at: Timestamp) -> Result<Change, Denial> {
         let delegation = parse_delegation(ev)?;
         if delegation.session != ev.actor {
             return Err(deny(
@@ -387,62 +571,161 @@ impl Authority {
         let grant = SessionGrant {
             delegation,
             started_at: self.next,
+            ended_at: None,
         };
-        check_session_event(&grant, ev, at)
+        check_session_event(&grant, ev, at)?;
+        Ok(Change::Session(Box::new(grant.delegation)))
     }
 
-    /// Folds an appended entry into the state. The entry must have passed
-    /// [`check`](Self::check) (the verifier also applies entries that failed, to
-    /// keep going; the state then reflects what the entry claims).
-    pub fn apply(&mut self, entry: &Entry) {
-        let ev = &entry.event;
-        self.nonces.insert(ev.nonce);
-        self.next = entry.seq.next();
-        match ev.action.as_str() {
-            actions::GENESIS if entry.seq == Seq(0) => {
-                if self.ledger.is_none() {
-                    self.ledger = Some(ev.actor.clone());
-                }
-                if let Ok(t) = TrustRoots::from_details(&ev.details) {
-                    self.trust = t;
+    /// A3: the signer states the revocation itself; the ledger key is never
+    /// its subject; an admin may revoke another admin or itself, but not the
+    /// last admin that no revocation names, so someone can always revoke.
+    fn check_revocation(&self, ev: &Event) -> Result<Change, Denial> {
+        let jws = ev.detail_str("revocation").ok_or_else(|| {
+            deny(
+                DenialCode::RevocationInvalid,
+                "identity.revoke needs `details.revocation` (a compact JWS)",
+            )
+        })?;
+        let rev = Revocation::verify(jws)
+            .map_err(|e| deny(DenialCode::RevocationInvalid, e.to_string()))?;
+        if rev.issuer != ev.actor {
+            return Err(deny(
+                DenialCode::RevocationInvalid,
+                "the revocation statement is signed by someone other than the event's actor",
+            ));
+        }
+        if let Some(subject) = ev.details.get("subject") {
+            if subject.as_str() != Some(rev.subject.as_str()) {
+                return Err(deny(
+                    DenialCode::RevocationInvalid,
+                    "`details.subject` differs from the revocation statement's subject",
+                ));
+            }
+        }
+        if self.ledger.as_ref() == Some(&rev.subject) {
+            return Err(deny(
+                DenialCode::CannotRevokeLedger,
+                "the ledger key cannot be revoked: it signs every checkpoint (rotate it as SECURITY.md describes)",
+            ));
+        }
+        if self.trust.admins.contains(&rev.subject) {
+            let others = self
+                .trust
+                .admins
+                .iter()
+                .filter(|a| **a != rev.subject && !self.revocations.contains_key(*a))
+                .count();
+            if others == 0 {
+                return Err(deny(
+                    DenialCode::LastAdmin,
+                    format!(
+                        "{} is the last admin no revocation names; add another admin first",
+                        rev.subject
+                    ),
+                ));
+            }
+        }
+        Ok(Change::Revocation(Box::new(rev), jws.to_string()))
+    }
+
+    /// Folds an accepted entry into the state: what [`check`](Self::check)
+    /// admitted, at the next position.
+    pub fn apply(&mut self, entry: &Entry, admitted: Admitted) {
+        let here = self.next;
+        self.nonces.insert(entry.event.nonce);
+        self.next = here.next();
+        let actor = &entry.event.actor;
+        match admitted.change {
+            Change::Nothing => {}
+            Change::Genesis { ledger, trust } => {
+                self.ledger = Some(*ledger);
+                self.trust = trust;
+            }
+            Change::Trust(trust) => self.trust = trust,
+            Change::Session(delegation) => {
+                self.sessions.insert(
+                    actor.clone(),
+                    SessionGrant {
+                        delegation: *delegation,
+                        started_at: here,
+                        ended_at: None,
+                    },
+                );
+            }
+            Change::SessionEnd => {
+                if let Some(g) = self.sessions.get_mut(actor) {
+                    g.ended_at.get_or_insert(here);
                 }
             }
-            actions::TRUST_UPDATE if Some(&ev.actor) == self.ledger.as_ref() => {
-                if let Ok(t) = TrustRoots::from_details(&ev.details) {
-                    self.trust = t;
-                }
-            }
-            actions::SESSION_START => {
-                if let Ok(d) = parse_delegation(ev) {
-                    if d.session == ev.actor && !self.sessions.contains_key(&ev.actor) {
-                        self.sessions.insert(
-                            ev.actor.clone(),
-                            SessionGrant {
-                                delegation: d,
-                                started_at: entry.seq,
-                            },
-                        );
+            Change::Revocation(rev, jws) => {
+                let effective = Timestamp::from_datetime(rev.effective_at).max(entry.received_at);
+                let record = RevocationRecord {
+                    revocation: *rev,
+                    jws,
+                    seq: here,
+                    effective,
+                };
+                // The earliest effective revocation holds: a later admin
+                // revocation cuts off an identity that a far-future one named.
+                match self.revocations.get(&record.revocation.subject) {
+                    Some(r) if r.effective <= record.effective => {}
+                    _ => {
+                        self.revocations
+                            .insert(record.revocation.subject.clone(), record);
                     }
                 }
             }
-            actions::IDENTITY_REVOKE => {
-                if let Ok((rev, jws)) = parse_revocation(ev) {
-                    let stated = Timestamp::from_datetime(rev.effective_at);
-                    let effective = stated.max(entry.received_at);
-                    // The first revocation of an identity stands.
-                    self.revocations
-                        .entry(rev.subject.clone())
-                        .or_insert(RevocationRecord {
-                            revocation: rev,
-                            jws,
-                            seq: entry.seq,
-                            effective,
-                        });
-                }
-            }
-            _ => {}
         }
     }
+
+    /// Passes over an entry the rules refused (the verifier reports it): it
+    /// changes nothing but the position.
+    pub fn skip(&mut self) {
+        self.next = self.next.next();
+    }
+
+    /// Checks a stored entry again and folds it in if the rules accept it
+    /// (reopening a store, whose entries were admitted when appended). A
+    /// refused entry changes nothing, so a ledger written under older, looser
+    /// rules cannot carry what those rules let through into today's state.
+    pub fn replay(&mut self, entry: &Entry) -> Result<Role, Denial> {
+        match self.check_verified(&entry.event, entry.received_at) {
+            Ok(a) => {
+                let role = a.role;
+                self.apply(entry, a);
+                Ok(role)
+            }
+            Err(d) => {
+                self.skip();
+                Err(d)
+            }
+        }
+    }
+}
+
+/// The denial for a signer that no signer of `rule` matches.
+fn refusal(rule: &ActionRule, ev: &Event, roles: &[Role]) -> Denial {
+    let action = ev.action.as_str();
+    if roles == [Role::NewSession] && action != actions::SESSION_START {
+        return deny(
+            DenialCode::UnknownActor,
+            format!(
+                "{} is neither the ledger, a trusted admin or delegator, nor a started session",
+                ev.actor
+            ),
+        );
+    }
+    let held: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    deny(
+        DenialCode::for_refusal(rule.refusal),
+        format!(
+            "{action} may be appended by {} only; {} is {}",
+            rule.signers_text(),
+            ev.actor,
+            held.join(" and ")
+        ),
+    )
 }
 
 /// The stateless part of the rules: the actor's signature.
@@ -461,6 +744,12 @@ pub fn check_signature_canonical(signed: &SignedEvent, canonical: &[u8]) -> Resu
 
 fn check_session_event(grant: &SessionGrant, ev: &Event, at: Timestamp) -> Result<(), Denial> {
     let d = &grant.delegation;
+    if let Some(end) = grant.ended_at {
+        return Err(deny(
+            DenialCode::SessionEnded,
+            format!("session {} ended at entry {end}", ev.actor),
+        ));
+    }
     if ev.actor_kind != ActorKind::Agent {
         return Err(deny(
             DenialCode::WrongActorKind,
@@ -530,47 +819,28 @@ fn parse_delegation(ev: &Event) -> Result<Delegation, Denial> {
     Delegation::verify(jws).map_err(|e| deny(DenialCode::DelegationInvalid, e.to_string()))
 }
 
-fn parse_revocation(ev: &Event) -> Result<(Revocation, String), Denial> {
-    let jws = ev.detail_str("revocation").ok_or_else(|| {
-        deny(
-            DenialCode::Malformed,
-            "identity.revoke needs `details.revocation` (a compact JWS)",
-        )
-    })?;
-    let rev = Revocation::verify(jws).map_err(|e| deny(DenialCode::Malformed, e.to_string()))?;
-    if rev.issuer != ev.actor {
-        return Err(deny(
-            DenialCode::Malformed,
-            "the revocation statement is signed by someone other than the event's actor",
-        ));
-    }
-    Ok((rev, jws.to_string()))
-}
-
 /// The broker runs the rules as the store's admission gate.
 #[cfg(feature = "store")]
 impl crate::store::Gate for Authority {
-    fn precheck(event: &SignedEvent, canonical: &[u8]) -> Result<(), crate::store::Rejection> {
-        check_signature_canonical(event, canonical).map_err(|d| crate::store::Rejection {
-            code: d.code.as_str().to_string(),
-            message: d.message,
-        })
+    type Admitted = Admitted;
+
+    fn precheck(event: &SignedEvent, canonical: &[u8]) -> Result<(), Denial> {
+        check_signature_canonical(event, canonical)
     }
 
-    fn admit(
-        &mut self,
-        event: &SignedEvent,
-        received_at: Timestamp,
-    ) -> Result<(), crate::store::Rejection> {
+    fn admit(&mut self, event: &SignedEvent, received_at: Timestamp) -> Result<Admitted, Denial> {
         self.check_verified(&event.event, received_at)
-            .map_err(|d| crate::store::Rejection {
-                code: d.code.as_str().to_string(),
-                message: d.message,
-            })
     }
 
-    fn applied(&mut self, entry: &Entry) {
-        self.apply(entry)
+    fn applied(&mut self, entry: &Entry, admitted: Admitted) {
+        self.apply(entry, admitted)
+    }
+
+    fn replay(&mut self, entry: &Entry) {
+        // A refusal here means the entry was admitted under older rules; it
+        // stays in the ledger (it was acknowledged) and the offline verifier
+        // reports it, but it grants nothing now.
+        let _ = Authority::replay(self, entry);
     }
 
     fn fresh(&self) -> Self {

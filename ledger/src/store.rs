@@ -58,6 +58,7 @@ use std::time::{Duration, Instant};
 
 use custody_identity::Did;
 
+use crate::authority::{Denial, DenialCode};
 use crate::canonical::to_canonical;
 use crate::entry::{entry_hash, Entry, MAX_ENTRY_BYTES};
 use crate::event::SignedEvent;
@@ -99,16 +100,16 @@ const META_INDEXED: &[u8] = b"indexed_upto";
 const HASHES_TABLE: &str = "hashes.table";
 const OFFSETS_TABLE: &str = "offsets.table";
 
-/// Why the gate refused an event. `code` is stable; `message` is for people.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct Rejection {
-    pub code: String,
-    pub message: String,
-}
+/// Why the gate refused an event: the rules' own [`Denial`] (a stable code
+/// and a message for people), so a refusal keeps its type from the rules to
+/// the HTTP answer.
+pub type Rejection = Denial;
 
 /// Decides, in sequence order, whether an event may be appended.
 pub trait Gate: Send + 'static {
+    /// What an admission carries from [`admit`](Gate::admit) to
+    /// [`applied`](Gate::applied): the change the accepted event makes.
+    type Admitted: Send;
     /// The checks that do not depend on the ledger's state (signatures). They
     /// run in the appending caller's thread, in parallel, before the event is
     /// queued, so the single writer thread only does what must be sequential.
@@ -118,10 +119,16 @@ pub trait Gate: Send + 'static {
         Self: Sized;
     /// Whether `event` may be appended with this receive time. Must not change
     /// state: a rejected event changes nothing.
-    fn admit(&mut self, event: &SignedEvent, received_at: Timestamp) -> Result<(), Rejection>;
-    /// Folds an entry into the state: after admission, and for every entry on
-    /// reopen.
-    fn applied(&mut self, entry: &Entry);
+    fn admit(
+        &mut self,
+        event: &SignedEvent,
+        received_at: Timestamp,
+    ) -> Result<Self::Admitted, Rejection>;
+    /// Folds an admitted entry into the state.
+    fn applied(&mut self, entry: &Entry, admitted: Self::Admitted);
+    /// Folds a stored entry into the state on reopen, checking it again: an
+    /// entry today's rules refuse changes nothing.
+    fn replay(&mut self, entry: &Entry);
     /// An empty gate with the same configuration. After a failed write the
     /// store rebuilds the state from the ledger into one, since the batch had
     /// already been folded in.
@@ -135,16 +142,19 @@ pub trait Gate: Send + 'static {
 pub struct AcceptAll;
 
 impl Gate for AcceptAll {
+    type Admitted = ();
+
     fn precheck(event: &SignedEvent, canonical: &[u8]) -> Result<(), Rejection> {
-        event.verify_canonical(canonical).map_err(|e| Rejection {
-            code: "bad_signature".into(),
-            message: e.to_string(),
-        })
+        event
+            .verify_canonical(canonical)
+            .map_err(|e| Denial::new(DenialCode::BadSignature, e.to_string()))
     }
     fn admit(&mut self, _: &SignedEvent, _: Timestamp) -> Result<(), Rejection> {
         Ok(())
     }
-    fn applied(&mut self, _: &Entry) {}
+    fn applied(&mut self, _: &Entry, _: ()) {}
+
+    fn replay(&mut self, _: &Entry) {}
 
     fn fresh(&self) -> Self {
         AcceptAll
@@ -663,28 +673,31 @@ impl<G: Gate> Writer<G> {
                     Some(t) if t > now => t,
                     _ => now,
                 };
-                if let Err(rej) = gate.admit(&ev, at) {
-                    rs.push(Some(Err(AppendError::Rejected(rej))));
-                    continue;
-                }
+                let admitted = match gate.admit(&ev, at) {
+                    Ok(a) => a,
+                    Err(rej) => {
+                        rs.push(Some(Err(AppendError::Rejected(rej))));
+                        continue;
+                    }
+                };
                 let entry = Entry::new(Seq(next), prev, at, ev);
                 let line = match entry.to_line_with_event(&canonical) {
                     Ok(l) if l.len() <= MAX_ENTRY_BYTES => l,
                     Ok(l) => {
-                        rs.push(Some(Err(AppendError::Rejected(Rejection {
-                            code: "too_large".into(),
-                            message: format!(
+                        rs.push(Some(Err(AppendError::Rejected(Denial::new(
+                            DenialCode::TooLarge,
+                            format!(
                                 "entry would be {} bytes; the limit is {MAX_ENTRY_BYTES}",
                                 l.len()
                             ),
-                        }))));
+                        )))));
                         continue;
                     }
                     Err(e) => {
-                        rs.push(Some(Err(AppendError::Rejected(Rejection {
-                            code: "malformed".into(),
-                            message: e.to_string(),
-                        }))));
+                        rs.push(Some(Err(AppendError::Rejected(Denial::new(
+                            DenialCode::Malformed,
+                            e.to_string(),
+                        )))));
                         continue;
                     }
                 };
@@ -699,7 +712,7 @@ impl<G: Gate> Writer<G> {
                     hash,
                     actor: entry.event.actor.clone(),
                 });
-                gate.applied(&entry);
+                gate.applied(&entry, admitted);
                 prev = hash;
                 last_time = Some(at);
                 next += 1;
@@ -1088,10 +1101,7 @@ impl<G: Gate> Store<G> {
         let mut positions = Vec::with_capacity(n);
         for (i, ev) in events.into_iter().enumerate() {
             let checked = to_canonical(&ev.event)
-                .map_err(|e| Rejection {
-                    code: "malformed".into(),
-                    message: e.to_string(),
-                })
+                .map_err(|e| Denial::new(DenialCode::Malformed, e.to_string()))
                 .and_then(|canonical| G::precheck(&ev, &canonical).map(|()| canonical));
             match checked {
                 Ok(canonical) => {
@@ -1496,7 +1506,7 @@ fn scan_segments<G: Gate>(dir: &Path, gate: &mut G, claimed: u64) -> Result<Scan
             prev = entry_hash(&line);
             range.push(Hash(prev.0));
             last_time = Some(entry.received_at);
-            gate.applied(&entry);
+            gate.replay(&entry);
             offset += line.len() as u64 + 1;
             n += 1;
             if n == claimed {

@@ -931,7 +931,10 @@ proptest! {
             let line = entry.to_line().unwrap();
             prop_assert_eq!(&Entry::parse_line(&line).unwrap(), &entry);
             prev = entry_hash(&line);
-            a.apply(&entry);
+            match verdict {
+                Ok(admitted) => a.apply(&entry, admitted),
+                Err(_) => a.skip(),
+            }
             prop_assert_eq!(a.next_seq(), Seq(n as u64 + 1));
             for (did, _) in a.sessions() {
                 let _ = a.revoked_at(did, s.received_at);

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use custody_identity::KeyPair;
+use custody_ledger::authority::DenialCode;
 use custody_ledger::bundle::payload_digest;
 use custody_ledger::merkle::{self, MemoryHashStore};
 use custody_ledger::store::{AcceptAll, AppendError, Gate, Rejection, Store, StoreError};
@@ -322,19 +323,18 @@ fn roots_and_proofs_agree_with_an_independent_tree() {
 /// Refuses events whose `details.i` is odd.
 struct OddRefuser;
 impl Gate for OddRefuser {
+    type Admitted = ();
     fn precheck(_: &SignedEvent, _: &[u8]) -> Result<(), Rejection> {
         Ok(())
     }
     fn admit(&mut self, e: &SignedEvent, _: Timestamp) -> Result<(), Rejection> {
         match e.event.details.get("i").and_then(|v| v.as_u64()) {
-            Some(i) if i % 2 == 1 => Err(Rejection {
-                code: "odd".into(),
-                message: "odd".into(),
-            }),
+            Some(i) if i % 2 == 1 => Err(Rejection::new(DenialCode::Malformed, "odd")),
             _ => Ok(()),
         }
     }
-    fn applied(&mut self, _: &Entry) {}
+    fn applied(&mut self, _: &Entry, _: ()) {}
+    fn replay(&mut self, _: &Entry) {}
     fn fresh(&self) -> Self {
         OddRefuser
     }
@@ -348,7 +348,7 @@ fn rejected_events_change_nothing() {
     s.append(event(&k, 0)).unwrap();
     let before = std::fs::read(segment_files(t.path()).pop().unwrap()).unwrap();
     match s.append(event(&k, 1)) {
-        Err(AppendError::Rejected(r)) => assert_eq!(r.code, "odd"),
+        Err(AppendError::Rejected(r)) => assert_eq!(r.message, "odd"),
         other => panic!("{other:?}"),
     }
     assert_eq!(s.len(), 1);
@@ -451,7 +451,7 @@ fn bad_signatures_are_refused_at_append() {
         .iter()
         .map(|r| match r {
             Ok(a) => format!("ok {}", a.seq.0),
-            Err(AppendError::Rejected(rej)) => rej.code.clone(),
+            Err(AppendError::Rejected(rej)) => rej.code.as_str().to_string(),
             Err(e) => format!("{e}"),
         })
         .collect();

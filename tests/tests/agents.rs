@@ -271,7 +271,10 @@ async fn otlp_exports_in_both_encodings_are_attested_and_split_right() {
     assert!(!text.contains("s3cr3t-codex"));
     assert!(!text.contains("src/lib.rs"));
 
-    // The report counts who acted: 2 prompts + 2 user decisions are human.
+    // The report counts by signer: every telemetry entry is the ledger key's
+    // attestation. What the telemetry says a person did (2 prompts, 2 user
+    // decisions) is a claim beside the counts, attested by the ledger key
+    // from the agent's export; no person signed an approval.
     let out = h.path().join("report.json");
     let o = Command::new(custody_tests::bin("custody-verify"))
         .args([
@@ -291,28 +294,24 @@ async fn otlp_exports_in_both_encodings_are_attested_and_split_right() {
     let r: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     let act = &r["activity"];
     assert_eq!(act["broker_attested"], 9);
-    assert_eq!(
-        act["by_kind_action"]["human"]["telemetry.codex.user_prompt"],
-        1
-    );
-    assert_eq!(
-        act["by_kind_action"]["human"]["telemetry.claude_code.user_prompt"],
-        1
-    );
-    assert_eq!(
-        act["by_kind_action"]["human"]["telemetry.claude_code.tool_decision"],
-        1
-    );
-    assert_eq!(
-        act["by_kind_action"]["agent"]["telemetry.claude_code.tool_decision"],
-        1
-    );
-    assert_eq!(
-        act["by_kind_action"]["agent"]["telemetry.codex.tool_result"],
-        1
-    );
-    assert_eq!(act["human_decisions"]["approve"], 1);
-    assert_eq!(act["human_decisions"]["deny"], 1);
+    let by_ledger = &act["by_kind_action"]["ledger"];
+    assert_eq!(by_ledger["telemetry.codex.user_prompt"], 1);
+    assert_eq!(by_ledger["telemetry.claude_code.user_prompt"], 1);
+    assert_eq!(by_ledger["telemetry.claude_code.tool_decision"], 2);
+    assert_eq!(by_ledger["telemetry.codex.tool_result"], 1);
+    assert!(act["by_kind_action"]["human"].is_null());
+    let claim = act["claims"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["claim"].as_str().unwrap().contains("agent telemetry"))
+        .expect("telemetry claim");
+    assert_eq!(claim["count"], 4);
+    assert!(claim["attested_by"]
+        .as_str()
+        .unwrap()
+        .contains("ledger key"));
+    assert!(act["human_decisions"].as_object().unwrap().is_empty());
 
     // Revoking the session kills its ingest token too.
     h.client().revoke(&h.admin, &s.did, "done").await.unwrap();

@@ -61,27 +61,35 @@ fn report_counts_match_the_scenario() {
     assert_eq!(a["agent_approvals"]["policy"], by(By::Policy("")));
     assert_eq!(a["agent_approvals"]["auto_review"], by(By::AutoReview("")));
     assert_eq!(a["agent_approvals"]["none"], by(By::Nobody));
-    // Human activity: direct actions, approvals, the admin's revocations, and
-    // what the agent's telemetry says its user did (prompt, approval).
+    // Counted by signer, as the rules accepted it. People: direct actions,
+    // signed approvals, the admin's revocations.
     assert_eq!(
         a["by_kind"]["human"],
-        human_direct
-            + human_approvals
-            + revokes
-            + telemetry * custody_broker::demo::TELEMETRY_HUMAN
+        human_direct + human_approvals + revokes
     );
-    // Agent activity: session starts, tool calls, results, credential
-    // requests, and the telemetry of the agent's own actions.
+    // Agent sessions: session starts, tool calls, results, credential
+    // requests.
     assert_eq!(
         a["by_kind"]["agent"],
-        sessions + tool_calls + results + mints + telemetry * custody_broker::demo::TELEMETRY_AGENT
+        sessions + tool_calls + results + mints
     );
     assert_eq!(
         a["broker_attested"],
         telemetry * (custody_broker::demo::TELEMETRY_HUMAN + custody_broker::demo::TELEMETRY_AGENT)
     );
-    // Approvals: signed `approval` entries and the one at the agent's prompt.
-    assert_eq!(a["human_decisions"]["approve"], human_approvals + telemetry);
+    // What the agent's telemetry says its user did is a claim, attested by
+    // the ledger key, not a person's signed decision.
+    let claims = a["claims"].as_array().unwrap();
+    let telemetry_claim = claims
+        .iter()
+        .find(|c| c["claim"].as_str().unwrap().contains("agent telemetry"))
+        .unwrap();
+    assert_eq!(
+        telemetry_claim["count"],
+        telemetry * custody_broker::demo::TELEMETRY_HUMAN
+    );
+    // Approvals: the signed `approval` entries only.
+    assert_eq!(a["human_decisions"]["approve"], human_approvals);
     assert_eq!(a["policy_decisions"]["deny"], policy_denied);
 
     let mints_seen = r["credentials"]

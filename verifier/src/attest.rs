@@ -10,12 +10,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use custody_ledger::bundle::Bundle;
+use custody_ledger::actions::Role;
 use custody_ledger::{actions, ActorKind, Approval, Entry, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use crate::report::Verification;
-use crate::verify::{verify_bundle, VerifyError, VerifyOptions};
+use crate::verify::{verify_bundle_with, VerifyError, VerifyOptions};
 
 pub const REPORT_FORMAT: &str = "custody-attestation-report";
 pub const REPORT_VERSION: u64 = 1;
@@ -104,30 +104,45 @@ pub struct CommitLine {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Activity {
-    /// Entries per kind of activity (see [`activity_kind`]): who acted, which
-    /// is not always who signed.
+    /// Accepted entries per signer (see [`signer_class`]): `agent` (agent
+    /// sessions), `human` and `service` (admins and delegators, by the kind
+    /// the rules accepted them as: people, CI identities), `ledger` (the
+    /// ledger key's attestations). The headline: who signed, as verified.
     pub by_kind: BTreeMap<String, u64>,
+    /// What entries *claim* a person did, though a session or the broker
+    /// signed them, with who attests each claim (see [`Claim`]).
+    #[serde(default)]
+    pub claims: Vec<Claim>,
     /// Prompts typed by a person and relayed, signed, by the agent session's
-    /// hook (counted as human above).
+    /// hook (a claim; also in `claims`).
     #[serde(default)]
     pub human_relayed_by_agent: u64,
-    /// Entries the broker attests from agent telemetry (OTLP), not signed by
-    /// the agent; counted above by what they report.
+    /// Telemetry entries the broker signed with the ledger key from a
+    /// session's OTLP export (what the agent reported).
     #[serde(default)]
     pub broker_attested: u64,
-    /// Pre-tool policy decisions: allow / deny.
+    /// Pre-tool policy decisions signed by the ledger key: allow / deny.
     #[serde(default)]
     pub policy_decisions: BTreeMap<String, u64>,
-    /// Entries per activity kind and action type.
+    /// Accepted entries per signer and action type.
     pub by_kind_action: BTreeMap<String, BTreeMap<String, u64>>,
-    /// Agent tool calls by who approved them: human, policy, auto_review, none, unrecorded.
+    /// Agent tool calls by who the agent says approved them: human, policy,
+    /// auto_review, none, unrecorded (the agent's own claim).
     pub agent_approvals: BTreeMap<String, u64>,
-    /// Human decisions: `approval` entries and users' permission decisions
-    /// reported by agent telemetry; approve / deny.
+    /// `approval` entries signed by people with their own keys: approve / deny.
     pub human_decisions: BTreeMap<String, u64>,
-    /// Entries per time bucket and kind, for the timeline.
+    /// Accepted entries per time bucket and signer, for the timeline.
     pub timeline: Vec<Bucket>,
     pub bucket_seconds: i64,
+}
+
+/// Something entries claim a person did, with who vouches for it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Claim {
+    pub claim: String,
+    pub count: u64,
+    /// Who signed the entries that make the claim.
+    pub attested_by: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -136,6 +151,8 @@ pub struct Bucket {
     pub agent: u64,
     pub human: u64,
     pub service: u64,
+    #[serde(default)]
+    pub ledger: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -160,6 +177,9 @@ pub struct Oversight {
 pub struct RevocationLine {
     pub seq: u64,
     pub at: String,
+    /// When it took effect (FORMAT.md §9, A3).
+    #[serde(default)]
+    pub effective: String,
     pub admin: String,
     pub subject: String,
     pub reason: String,
@@ -178,6 +198,9 @@ pub struct Exceptions {
     pub payloads_redacted: u64,
     pub sessions_without_end: Vec<String>,
     pub results_without_call: u64,
+    /// Entries the rules refused (only in a bundle that does not verify).
+    #[serde(default)]
+    pub refused: Vec<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -199,23 +222,29 @@ pub struct Article {
     pub cannot_prove: String,
 }
 
-/// Builds the report for `dir`. Returns it with the verification it rests on.
+/// Builds the report for `dir`: one verification pass, whose verdict on
+/// each entry (the role the rules accepted its signer as, or a refusal) is
+/// what the report counts.
 pub fn build_report(
     dir: &Path,
     opts: &VerifyOptions,
 ) -> Result<(Report, Verification), VerifyError> {
-    let v = verify_bundle(dir, opts)?;
-    let b = Bundle::open(dir)?;
     let mut acc = Acc::default();
-    for item in b.entry_lines()? {
-        let (_, line) = item?;
-        // Lines that do not parse are already failures in `v`; skip them here.
-        if let Ok(e) = Entry::parse_line(&line) {
-            acc.add(&e);
-        }
-    }
+    let v = verify_bundle_with(dir, opts, |e, role| acc.add(e, role))?;
     acc.payloads_redacted = v.stats.payloads_redacted;
     Ok((acc.finish(&v), v))
+}
+
+/// The signer classes of `activity.by_kind`.
+pub fn signer_class(role: Role, kind: ActorKind) -> &'static str {
+    match role {
+        Role::Session | Role::NewSession => "agent",
+        Role::Ledger => "ledger",
+        Role::Admin | Role::Delegator => match kind {
+            ActorKind::Service => "service",
+            _ => "human",
+        },
+    }
 }
 
 #[derive(Default)]
@@ -226,6 +255,8 @@ struct Acc {
     admins: BTreeSet<String>,
     delegators: BTreeSet<String>,
     kinds: BTreeMap<String, String>,
+    /// The role the rules accepted each signer as, first seen.
+    roles: BTreeMap<String, Role>,
     counts: BTreeMap<String, u64>,
     sessions: BTreeMap<String, SessionInfo>,
     session_ends: BTreeSet<String>,
@@ -233,8 +264,10 @@ struct Acc {
     by_kind_action: BTreeMap<String, BTreeMap<String, u64>>,
     approvals: BTreeMap<String, u64>,
     decisions: BTreeMap<String, u64>,
-    times: Vec<(i128, ActorKind)>,
+    times: Vec<(i128, &'static str)>,
     human_relayed: u64,
+    human_telemetry: u64,
+    approval_claims: u64,
     attested: u64,
     policy_decisions: BTreeMap<String, u64>,
     commits: Vec<CommitLine>,
@@ -246,19 +279,31 @@ struct Acc {
     results_without_call: u64,
     payloads_redacted: u64,
     accepted_after: BTreeMap<String, u64>,
+    refused: Vec<u64>,
 }
 
 impl Acc {
-    fn add(&mut self, e: &Entry) {
+    /// Counts one entry by what the rules made of it: `role` is the role its
+    /// signer was accepted as, `None` when the rules refused it (then it
+    /// counts for nothing but the list of refusals).
+    fn add(&mut self, e: &Entry, role: Option<Role>) {
         let ev = &e.event;
+        let Some(role) = role else {
+            self.refused.push(e.seq.0);
+            return;
+        };
         let actor = ev.actor.to_string();
-        let did_it = activity_kind(ev);
-        let kind = did_it.as_str().to_string();
-        let telemetry = ev.actor_kind == ActorKind::Service
-            && ev.action.as_str().starts_with(actions::TELEMETRY_PREFIX);
+        let signer = signer_class(role, ev.actor_kind);
+        let action = ev.action.as_str();
+        let by_ledger = role == Role::Ledger;
+        let telemetry = by_ledger && action.starts_with(actions::TELEMETRY_PREFIX);
+        let origin_human = ev.detail_str("origin") == Some("human");
         if telemetry {
             self.attested += 1;
-        } else if ev.actor_kind == ActorKind::Agent && did_it == ActorKind::Human {
+            if origin_human {
+                self.human_telemetry += 1;
+            }
+        } else if role == Role::Session && action == actions::PROMPT && origin_human {
             self.human_relayed += 1;
         }
         self.first.get_or_insert(e.received_at);
@@ -266,15 +311,16 @@ impl Acc {
         self.kinds
             .entry(actor.clone())
             .or_insert_with(|| ev.actor_kind.as_str().to_string());
+        self.roles.entry(actor.clone()).or_insert(role);
         *self.counts.entry(actor.clone()).or_default() += 1;
-        *self.by_kind.entry(kind.clone()).or_default() += 1;
+        *self.by_kind.entry(signer.to_string()).or_default() += 1;
         *self
             .by_kind_action
-            .entry(kind.clone())
+            .entry(signer.to_string())
             .or_default()
-            .entry(ev.action.to_string())
+            .entry(action.to_string())
             .or_default() += 1;
-        self.times.push((e.received_at.unix_millis(), did_it));
+        self.times.push((e.received_at.unix_millis(), signer));
         let s = |k: &str| ev.detail_str(k).map(str::to_string);
         let list = |k: &str| -> Vec<String> {
             ev.details
@@ -287,25 +333,25 @@ impl Acc {
                 })
                 .unwrap_or_default()
         };
-        // Activity by a revoked identity after its revocation.
-        for (r, _) in &self.revocations {
-            if r.subject == actor
+        // Activity by a revoked identity once its revocation took effect
+        // (the rules refuse it, so only an invalid ledger has any).
+        for (r, effective) in &self.revocations {
+            let by_subject = r.subject == actor
                 || self
                     .sessions
                     .get(&actor)
-                    .map(|si| si.delegated_by == r.subject)
-                    == Some(true)
-            {
+                    .is_some_and(|si| si.delegated_by == r.subject);
+            if by_subject && e.received_at >= *effective {
                 *self.accepted_after.entry(r.subject.clone()).or_default() += 1;
             }
         }
-        match ev.action.as_str() {
-            actions::GENESIS | actions::TRUST_UPDATE => {
+        match (role, action) {
+            (Role::Ledger, actions::GENESIS | actions::TRUST_UPDATE) => {
                 self.ledger.get_or_insert(actor.clone());
                 self.admins = list("admins").into_iter().collect();
                 self.delegators = list("delegators").into_iter().collect();
             }
-            actions::SESSION_START => {
+            (Role::NewSession, actions::SESSION_START) => {
                 if let Some(d) = ev
                     .detail_str("delegation")
                     .and_then(|j| custody_identity::Delegation::verify(j).ok())
@@ -326,42 +372,33 @@ impl Acc {
                     );
                 }
             }
-            actions::SESSION_END => {
+            (Role::Session, actions::SESSION_END | actions::AGENT_SESSION_END) => {
                 self.session_ends.insert(actor.clone());
             }
-            actions::TOOL_CALL if ev.actor_kind == ActorKind::Agent => {
+            (Role::Session, actions::TOOL_CALL) => {
                 let k = match &ev.approval {
-                    Some(
-                        a @ (Approval::Human { .. }
-                        | Approval::Policy { .. }
-                        | Approval::AutoReview { .. }
-                        | Approval::None),
-                    ) => a.kind(),
+                    Some(a) => a.kind(),
                     None => "unrecorded",
                 };
+                if matches!(ev.approval, Some(Approval::Human { .. })) {
+                    self.approval_claims += 1;
+                }
                 *self.approvals.entry(k.to_string()).or_default() += 1;
                 *self.tool_calls.entry(actor.clone()).or_default() += 1;
             }
-            actions::TOOL_RESULT => match self.tool_calls.get_mut(&actor) {
+            (Role::Session, actions::TOOL_RESULT) => match self.tool_calls.get_mut(&actor) {
                 Some(n) if *n > 0 => *n -= 1,
                 _ => self.results_without_call += 1,
             },
-            actions::APPROVAL => {
+            (Role::Admin | Role::Delegator, actions::APPROVAL) => {
                 let d = s("decision").unwrap_or_else(|| "unknown".into());
                 *self.decisions.entry(d).or_default() += 1;
             }
-            actions::POLICY_DECISION if ev.actor_kind == ActorKind::Service => {
+            (Role::Ledger, actions::POLICY_DECISION) => {
                 let d = s("decision").unwrap_or_else(|| "unknown".into());
                 *self.policy_decisions.entry(d).or_default() += 1;
             }
-            a if telemetry
-                && a.ends_with(".tool_decision")
-                && matches!(ev.approval, Some(Approval::Human { .. })) =>
-            {
-                let d = s("decision").unwrap_or_else(|| "unknown".into());
-                *self.decisions.entry(d).or_default() += 1;
-            }
-            "git.commit" if ev.actor_kind == ActorKind::Agent => {
+            (Role::Session, "git.commit") => {
                 if let Some(commit) = s("commit") {
                     self.commits.push(CommitLine {
                         seq: e.seq.0,
@@ -379,10 +416,10 @@ impl Acc {
                     });
                 }
             }
-            actions::CREDENTIAL_MINT | actions::CREDENTIAL_REVOKE => {
+            (Role::Ledger, actions::CREDENTIAL_MINT | actions::CREDENTIAL_REVOKE) => {
                 self.credentials.push(CredentialLine {
                     seq: e.seq.0,
-                    action: ev.action.to_string(),
+                    action: action.to_string(),
                     subject: s("subject").unwrap_or_else(|| actor.clone()),
                     scope: s("scope"),
                     ttl_seconds: ev.details.get("ttl_seconds").and_then(|v| v.as_u64()),
@@ -390,24 +427,26 @@ impl Acc {
                     at: e.received_at.to_string(),
                 });
             }
-            actions::IDENTITY_REVOKE => {
+            (Role::Admin, actions::IDENTITY_REVOKE) => {
                 if let Some(r) = ev
                     .detail_str("revocation")
                     .and_then(|j| custody_identity::Revocation::verify(j).ok())
                 {
                     let subject = r.subject.to_string();
+                    let effective = Timestamp::from_datetime(r.effective_at).max(e.received_at);
                     if let Some(si) = self.sessions.get_mut(&subject) {
-                        si.revoked_at_seq = Some(e.seq.0);
+                        si.revoked_at_seq.get_or_insert(e.seq.0);
                     }
                     for si in self.sessions.values_mut() {
-                        if si.delegated_by == subject && si.revoked_at_seq.is_none() {
-                            si.revoked_at_seq = Some(e.seq.0);
+                        if si.delegated_by == subject {
+                            si.revoked_at_seq.get_or_insert(e.seq.0);
                         }
                     }
                     self.revocations.push((
                         RevocationLine {
                             seq: e.seq.0,
                             at: e.received_at.to_string(),
+                            effective: effective.to_string(),
                             admin: actor.clone(),
                             subject,
                             reason: r.reason.clone(),
@@ -415,11 +454,11 @@ impl Acc {
                             last_refusal_after_ms: None,
                             accepted_after: 0,
                         },
-                        e.received_at,
+                        effective,
                     ));
                 }
             }
-            actions::REQUEST_DENIED => {
+            (Role::Ledger, actions::REQUEST_DENIED) => {
                 let who = s("actor").unwrap_or_default();
                 let line = DeniedLine {
                     seq: e.seq.0,
@@ -427,27 +466,48 @@ impl Acc {
                     attempted: s("attempted_action").unwrap_or_default(),
                     code: s("code").unwrap_or_default(),
                 };
-                for (r, t) in &mut self.revocations {
+                for (r, effective) in &mut self.revocations {
                     let by_subject = r.subject == who
                         || self
                             .sessions
                             .get(&who)
-                            .map(|si| si.delegated_by == r.subject)
-                            == Some(true);
-                    if by_subject {
+                            .is_some_and(|si| si.delegated_by == r.subject);
+                    if by_subject && e.received_at >= *effective {
                         r.refused_after += 1;
                         r.last_refusal_after_ms =
-                            Some((e.received_at.unix_millis() - t.unix_millis()) as i64);
+                            Some((e.received_at.unix_millis() - effective.unix_millis()) as i64);
                     }
                 }
                 self.denied.push((line, e.received_at));
             }
-            "payload.redact" => self.redactions.push(e.seq.0),
+            (Role::Ledger, actions::PAYLOAD_REDACT) => self.redactions.push(e.seq.0),
             _ => {}
         }
     }
 
+    fn claims(&self) -> Vec<Claim> {
+        vec![
+            Claim {
+                claim: "prompts a person typed, relayed by the agent's hook".into(),
+                count: self.human_relayed,
+                attested_by: "the agent session (its own signature)".into(),
+            },
+            Claim {
+                claim: "a person's prompts or permission decisions in agent telemetry".into(),
+                count: self.human_telemetry,
+                attested_by: "the ledger key, recording what the agent's OTLP export reported"
+                    .into(),
+            },
+            Claim {
+                claim: "tool calls the agent says a person approved".into(),
+                count: self.approval_claims,
+                attested_by: "the agent session (its own signature)".into(),
+            },
+        ]
+    }
+
     fn finish(mut self, v: &Verification) -> Report {
+        let claims = self.claims();
         let valid = v.valid;
         for (r, _) in &mut self.revocations {
             r.accepted_after = self.accepted_after.get(&r.subject).copied().unwrap_or(0);
@@ -460,17 +520,15 @@ impl Acc {
             .counts
             .iter()
             .map(|(did, n)| {
-                let role = if Some(did) == self.ledger.as_ref() {
-                    "ledger"
-                } else if self.sessions.contains_key(did) {
-                    "session"
-                } else {
-                    match (self.admins.contains(did), self.delegators.contains(did)) {
+                let role = match self.roles.get(did) {
+                    Some(Role::Ledger) => "ledger",
+                    Some(Role::Session | Role::NewSession) => "session",
+                    _ => match (self.admins.contains(did), self.delegators.contains(did)) {
                         (true, true) => "admin+delegator",
                         (true, false) => "admin",
                         (false, true) => "delegator",
                         _ => "unknown",
-                    }
+                    },
                 };
                 Identity {
                     did: did.clone(),
@@ -492,6 +550,7 @@ impl Acc {
         let denied: Vec<DeniedLine> = self.denied.into_iter().map(|d| d.0).collect();
         let activity = Activity {
             by_kind: self.by_kind,
+            claims,
             human_relayed_by_agent: self.human_relayed,
             broker_attested: self.attested,
             policy_decisions: self.policy_decisions,
@@ -512,6 +571,7 @@ impl Acc {
             payloads_redacted: self.payloads_redacted,
             sessions_without_end,
             results_without_call: self.results_without_call,
+            refused: self.refused,
         };
         let verification = VerificationSummary {
             valid,
@@ -562,30 +622,8 @@ impl Acc {
     }
 }
 
-/// Who did what an entry records. A person's prompt relayed by the agent's
-/// hook (`details.origin = "human"`) and broker-attested telemetry of a user's
-/// prompt or permission decision are human activity, though a session or the
-/// broker signed them; other telemetry reports the agent's own actions. All
-/// else is the signer's kind.
-pub fn activity_kind(ev: &custody_ledger::Event) -> ActorKind {
-    let origin = ev.detail_str("origin");
-    match ev.actor_kind {
-        ActorKind::Agent if ev.action.as_str() == actions::PROMPT && origin == Some("human") => {
-            ActorKind::Human
-        }
-        ActorKind::Service if ev.action.as_str().starts_with(actions::TELEMETRY_PREFIX) => {
-            match origin {
-                Some("human") => ActorKind::Human,
-                Some("agent") => ActorKind::Agent,
-                _ => ActorKind::Service,
-            }
-        }
-        k => k,
-    }
-}
-
 /// Buckets entries by time: at most about 24 buckets over the period.
-fn timeline(times: &[(i128, ActorKind)]) -> (Vec<Bucket>, i64) {
+fn timeline(times: &[(i128, &str)]) -> (Vec<Bucket>, i64) {
     let (Some(first), Some(last)) = (times.first(), times.last()) else {
         return (Vec::new(), 60);
     };
@@ -619,15 +657,17 @@ fn timeline(times: &[(i128, ActorKind)]) -> (Vec<Bucket>, i64) {
             agent: 0,
             human: 0,
             service: 0,
+            ledger: 0,
         })
         .collect();
     for (t, k) in times {
         let i = (((t / 1000) as i64 - start) / bucket) as usize;
         if let Some(b) = out.get_mut(i) {
-            match k {
-                ActorKind::Agent => b.agent += 1,
-                ActorKind::Human => b.human += 1,
-                ActorKind::Service => b.service += 1,
+            match *k {
+                "agent" => b.agent += 1,
+                "human" => b.human += 1,
+                "service" => b.service += 1,
+                _ => b.ledger += 1,
             }
         }
     }

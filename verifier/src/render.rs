@@ -29,11 +29,17 @@ fn verdict(r: &Report) -> &'static str {
     }
 }
 
-/// How the activity split was counted, in one sentence.
+/// How the activity split was counted, and what is only claimed.
 fn attribution_note(r: &Report) -> String {
+    let claims: Vec<String> = r
+        .activity
+        .claims
+        .iter()
+        .map(|c| format!("{} {} (attested by {})", c.count, c.claim, c.attested_by))
+        .collect();
     format!(
-        "Counted by who acted, not who signed: {} human prompt(s) were relayed and signed by agent sessions' hooks; {} entr(ies) are agent telemetry attested by the broker (not signed by the agent).",
-        r.activity.human_relayed_by_agent, r.activity.broker_attested
+        "Counted by who signed, as the ledger's rules accepted it (agent sessions, people, CI identities, the ledger key). Claimed, not proven by a person's signature: {}.",
+        claims.join("; ")
     )
 }
 
@@ -194,7 +200,7 @@ pub fn markdown(r: &Report) -> String {
     s
 }
 
-/// Stacked bars of agent / human / service entries per time bucket.
+/// Stacked bars of entries per time bucket and signer.
 fn timeline_svg(r: &Report) -> String {
     let b = &r.activity.timeline;
     if b.is_empty() {
@@ -203,7 +209,7 @@ fn timeline_svg(r: &Report) -> String {
     let (w, h, pad) = (720.0f64, 200.0f64, 30.0f64);
     let max = b
         .iter()
-        .map(|x| x.agent + x.human + x.service)
+        .map(|x| x.agent + x.human + x.service + x.ledger)
         .max()
         .unwrap_or(1)
         .max(1) as f64;
@@ -222,7 +228,8 @@ fn timeline_svg(r: &Report) -> String {
         for (n, color, label) in [
             (x.agent, "#d9822b", "agent"),
             (x.human, "#2b6cd9", "human"),
-            (x.service, "#999", "service"),
+            (x.service, "#6a9", "service"),
+            (x.ledger, "#999", "ledger"),
         ] {
             if n == 0 {
                 continue;
@@ -256,7 +263,8 @@ fn timeline_svg(r: &Report) -> String {
     for (i, (c, l)) in [
         ("#d9822b", "agent"),
         ("#2b6cd9", "human"),
-        ("#999", "service"),
+        ("#6a9", "service"),
+        ("#999", "ledger"),
     ]
     .iter()
     .enumerate()
@@ -284,7 +292,7 @@ section.article{{border-left:4px solid #ccc;padding-left:1em;margin-bottom:1.5em
     let _ = write!(s, "<h1>custody attestation report</h1>");
     let _ = write!(
         s,
-        "<div id=\"summary\" class=\"banner {}\"><h2>Summary</h2><p>Integrity: <span class=\"{}\">{}</span>. Ledger <code>{}</code>{}, {} entries, root <code>{}</code>.</p><p>Period {} to {} ({:.2} days). Agent entries: {}, human entries: {}, service entries: {}.</p>",
+        "<div id=\"summary\" class=\"banner {}\"><h2>Summary</h2><p>Integrity: <span class=\"{}\">{}</span>. Ledger <code>{}</code>{}, {} entries, root <code>{}</code>.</p><p>Period {} to {} ({:.2} days). Signed by agent sessions: {}, people: {}, CI identities: {}, the ledger key: {}.</p>",
         if ok { "ok" } else { "bad" },
         if ok { "ok" } else { "bad" },
         verdict(r),
@@ -298,6 +306,7 @@ section.article{{border-left:4px solid #ccc;padding-left:1em;margin-bottom:1.5em
         r.activity.by_kind.get("agent").copied().unwrap_or(0),
         r.activity.by_kind.get("human").copied().unwrap_or(0),
         r.activity.by_kind.get("service").copied().unwrap_or(0),
+        r.activity.by_kind.get("ledger").copied().unwrap_or(0),
     );
     if !ok {
         let _ = write!(s, "<p><strong>The bundle does not verify; every section below is unverified.</strong></p><ul>");

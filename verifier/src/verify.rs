@@ -11,7 +11,8 @@
 use std::path::Path;
 
 use custody_identity::Did;
-use custody_ledger::authority::Authority;
+use custody_ledger::actions::Role;
+use custody_ledger::authority::{Authority, Denial, DenialCode};
 use custody_ledger::bundle::{self, Bundle, PayloadRecord};
 use custody_ledger::checkpoint::SignedCheckpoint;
 use custody_ledger::merkle::{hash_to_hex, CompactRange};
@@ -117,6 +118,18 @@ pub enum VerifyError {
 
 /// Verifies the bundle at `dir`.
 pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, VerifyError> {
+    verify_bundle_with(dir, opts, |_, _| {})
+}
+
+/// [`verify_bundle`], calling `visit` with every entry that parses, in order,
+/// and the role the rules accepted its signer as (`None`: refused, or its
+/// signature failed). The report is built from this: what the rules accepted
+/// and who signed it, never from raw action names.
+pub fn verify_bundle_with(
+    dir: &Path,
+    opts: &VerifyOptions,
+    mut visit: impl FnMut(&Entry, Option<Role>),
+) -> Result<Verification, VerifyError> {
     let b = Bundle::open(dir)?;
     let mut c = Checks::new();
     let mut stats = Stats::default();
@@ -298,13 +311,31 @@ pub fn verify_bundle(dir: &Path, opts: &VerifyOptions) -> Result<Verification, V
                         false
                     }
                 };
-                if sig_ok {
-                    if let Err(d) = authority.check_verified(&entry.event, entry.received_at) {
-                        c.authorization
-                            .fail(Some(n), format!("{} ({})", d.message, d.code.as_str()));
+                // An entry whose signature fails is not authorized (it is
+                // reported under `signatures`), and an entry the rules refuse
+                // changes nothing: later entries are judged against the state
+                // the accepted ones built (FORMAT.md §9).
+                let verdict = if sig_ok {
+                    match authority.check_verified(&entry.event, entry.received_at) {
+                        Ok(a) => Ok(a),
+                        Err(d) => {
+                            c.authorization
+                                .fail(Some(n), format!("{} ({})", d.message, d.code.as_str()));
+                            Err(d)
+                        }
                     }
+                } else {
+                    Err(Denial::new(
+                        DenialCode::BadSignature,
+                        "signature does not verify",
+                    ))
+                };
+                let role = verdict.as_ref().ok().map(|a| a.role());
+                match verdict {
+                    Ok(a) => authority.apply(&entry, a),
+                    Err(_) => authority.skip(),
                 }
-                authority.apply(&entry);
+                visit(&entry, role);
                 count_stats(&mut stats, &entry);
                 if !seen_dids.contains(&entry.event.actor) {
                     seen_dids.insert(entry.event.actor.clone());
