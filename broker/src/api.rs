@@ -219,6 +219,8 @@ pub struct Cosigned {
     pub size: u64,
     /// Every configured witness that has now cosigned this checkpoint.
     pub witnesses: Vec<String>,
-    /// The `checkpoint.cosigned` entry.
-    pub seq: u64,
+    /// The `checkpoint.cosigned` entry; absent when the posted cosignatures
+    /// were all kept already (a replay adds nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }

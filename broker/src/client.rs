@@ -90,18 +90,7 @@ impl Client {
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
         if !status.is_success() {
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(e) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: e.error,
-                    message: e.message,
-                },
-                Err(_) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: "http".into(),
-                    message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
-                },
-            });
+            return Err(api_error(status, &bytes));
         }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
@@ -154,6 +143,19 @@ impl Client {
             .await
             .map_err(|e| self.transport(e))?;
         self.decode(resp).await
+    }
+
+    /// Has the broker sign a checkpoint now (admins only); returns the note.
+    pub async fn checkpoint_now(&self, admin: &KeyPair) -> Result<String, ClientError> {
+        let resp = self
+            .post_raw(admin, PATH_CHECKPOINT, &serde_json::json!({}))
+            .await?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     pub async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R, ClientError> {
@@ -400,4 +402,21 @@ pub fn session_event(session: &SessionFile, action: &str) -> anyhow::Result<Even
     ev.on_behalf_of = Some(session.delegator.clone());
     ev.context = Some(Context::new(session.context.clone())?);
     Ok(ev)
+}
+
+/// The error a non-2xx answer carries: the broker's `{"error","message"}`
+/// body, or the raw text when it is not one.
+fn api_error(status: reqwest::StatusCode, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(e) => ClientError::Api {
+            status: status.as_u16(),
+            code: e.error,
+            message: e.message,
+        },
+        Err(_) => ClientError::Api {
+            status: status.as_u16(),
+            code: "http".into(),
+            message: String::from_utf8_lossy(bytes).chars().take(300).collect(),
+        },
+    }
 }

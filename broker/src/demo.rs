@@ -547,8 +547,7 @@ impl Demo {
                 Ok(())
             }
             Step::Checkpoint => {
-                let _: Result<serde_json::Value, _> =
-                    self.client.get(crate::api::PATH_CHECKPOINT).await;
+                self.client.checkpoint_now(&self.admin).await?;
                 Ok(())
             }
             Step::RedactToolInput { nth_call } => {

@@ -3,7 +3,8 @@
 //! The `custody` command: the broker that agents and admins talk to
 //! ([`server`], tokio + axum), and the client commands of the public contract
 //! ([`client`]). Requests are signed by the caller's did:key ([`signing`]); the
-//! API's bodies live in [`api`]; [`config`] reads `custody.toml`; [`vault`]
+//! API's bodies live in [`api`]; [`replay`] and [`ratelimit`] bound what a
+//! flood of signed requests can make the broker remember; [`config`] reads `custody.toml`; [`vault`]
 //! mints and revokes OpenBao/Vault tokens, whose accessors [`brokerdb`] keeps;
 //! [`sessionfile`] is what an agent runs with. Agents are wired in through
 //! [`hook`] (Claude Code / Codex hooks), [`otlp`] (their OpenTelemetry logs,
@@ -21,6 +22,8 @@ pub mod git;
 pub mod hook;
 pub mod otlp;
 pub mod policy;
+pub mod ratelimit;
+pub mod replay;
 pub mod server;
 pub mod sessionfile;
 pub mod signing;

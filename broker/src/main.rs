@@ -187,6 +187,14 @@ enum SessionCommand {
         #[arg(long, value_name = "SESSIONFILE")]
         session: PathBuf,
     },
+    /// Close the session: records `session.end`; the broker then refuses
+    /// everything it sends and revokes its tokens.
+    End {
+        #[arg(long, value_name = "SESSIONFILE")]
+        session: PathBuf,
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -299,6 +307,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 out.display()
             );
             println!("{}", file.did);
+        }
+        Command::Session {
+            command: SessionCommand::End { session, reason },
+        } => {
+            let s = SessionFile::load(&session)?;
+            let mut ev = session_event(&s, custody_ledger::actions::SESSION_END)?;
+            if let Some(r) = reason {
+                ev.details.insert("reason".into(), r.into());
+            }
+            let client = Client::new(&s.broker, Some(&s.ca_pem))?;
+            let a = runtime()?.block_on(client.log(&s, ev))?;
+            eprintln!("session {} ended (entry {})", s.did, a.seq);
+            println!("{}", a.seq);
         }
         Command::Session {
             command: SessionCommand::Env { session },

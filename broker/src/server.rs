@@ -46,8 +46,6 @@ use crate::vault::{accessor_hash, Vault};
 const REVOKE_CONCURRENCY: usize = 16;
 /// Refusals of identities the ledger does not know, recorded per minute.
 const STRANGER_DENIALS_PER_MINUTE: u32 = 60;
-/// How many nonces the replay cache holds before it prunes expired ones.
-const NONCE_PRUNE_AT: usize = 100_000;
 /// How long a shutdown waits for requests in flight before closing connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -103,8 +101,8 @@ pub struct AppState {
     pub ca: SessionCa,
     /// Accessors (raw, needed to revoke) and ingest tokens (hashed).
     db: crate::brokerdb::BrokerDb,
-    nonces: Mutex<HashMap<[u8; 16], i64>>,
-    rate: Mutex<HashMap<Did, (Instant, u32)>>,
+    nonces: crate::replay::ReplayCache,
+    rate: crate::ratelimit::RateLimiter,
     stranger_denials: Mutex<(Instant, u32)>,
     mint_lock: tokio::sync::RwLock<()>,
     checkpointed: Mutex<(u64, Instant)>,
@@ -134,12 +132,41 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<KeyPair> {
     }
 }
 
+/// Whether the store at `dir` holds any entry (a non-empty segment file).
+fn holds_entries(dir: &Path) -> anyhow::Result<bool> {
+    let segments = dir.join("segments");
+    let items = match std::fs::read_dir(&segments) {
+        Ok(items) => items,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_ctx(&segments, e)),
+    };
+    for item in items {
+        let item = item.map_err(|e| io_ctx(&segments, e))?;
+        if item.file_name().to_string_lossy().ends_with(".jsonl")
+            && item.metadata().map(|m| m.len() > 0).unwrap_or(true)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 impl AppState {
     /// Opens the data directory: ledger, keys, CA, broker state; writes the
     /// genesis entry or a trust update when the config's trust roots changed.
     pub fn open(cfg: Config, vault: Option<Vault>) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(&cfg.data).map_err(|e| io_ctx(&cfg.data, e))?;
-        let ledger_key = load_or_create_key(&cfg.data.join("ledger.key"))?;
+        let key_path = cfg.data.join("ledger.key");
+        if !key_path.exists() && holds_entries(&cfg.data.join("ledger"))? {
+            // A new key would start a second ledger on top of the first:
+            // neither key would verify what is there.
+            anyhow::bail!(
+                "{} holds a ledger but {} is missing: restore the ledger key from its backup (custody will not create a new key for an existing ledger)",
+                cfg.data.join("ledger").display(),
+                key_path.display()
+            );
+        }
+        let ledger_key = load_or_create_key(&key_path)?;
         let ca_key = load_or_create_key(&cfg.data.join("ca.key"))?;
         let ca_pem_path = cfg.data.join("ca.pem");
         let ca = if ca_pem_path.exists() {
@@ -189,6 +216,7 @@ impl AppState {
             }
         };
         let size = store.len();
+        let cfg_rate = cfg.limits.requests_per_second;
         Ok(Arc::new(Self {
             policy,
             cfg,
@@ -198,8 +226,8 @@ impl AppState {
             vault,
             ca,
             db,
-            nonces: Mutex::new(HashMap::new()),
-            rate: Mutex::new(HashMap::new()),
+            nonces: crate::replay::ReplayCache::default(),
+            rate: crate::ratelimit::RateLimiter::new(cfg_rate),
             stranger_denials: Mutex::new((Instant::now(), 0)),
             mint_lock: tokio::sync::RwLock::new(()),
             checkpointed: Mutex::new((size, Instant::now())),
@@ -238,37 +266,24 @@ impl AppState {
             };
             ApiError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
         })?;
-        {
-            let mut nonces = self.nonces.lock().expect("lock");
-            if nonces.len() >= NONCE_PRUNE_AT {
-                nonces.retain(|_, exp| *exp > now);
-            }
-            if nonces.contains_key(&nonce) {
-                return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "replayed_request",
-                    RequestAuthError::Replayed.to_string(),
-                ));
-            }
-            // A nonce only needs remembering while its timestamp is acceptable.
-            nonces.insert(nonce, ts + skew + 1);
-        }
-        {
-            let mut rate = self.rate.lock().expect("lock");
-            let limit = self.cfg.limits.requests_per_second;
-            let entry = rate.entry(did.clone()).or_insert((Instant::now(), 0));
-            if entry.0.elapsed() >= Duration::from_secs(1) {
-                *entry = (Instant::now(), 0);
-            }
-            entry.1 += 1;
-            if entry.1 > limit {
-                return Err(ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    format!("more than {limit} requests per second from {did}"),
-                ));
-            }
-        }
+        // The budget first, so a flood is refused before it can fill the
+        // replay cache; DIDs the ledger does not know share one budget.
+        self.rate
+            .check(&did, || self.store.with_gate(|a| a.knows(&did)))
+            .map_err(|e| {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
+            })?;
+        // A nonce only needs remembering while its timestamp is acceptable.
+        self.nonces
+            .insert(nonce, ts + skew + 1, now)
+            .map_err(|e| match e {
+                crate::replay::ReplayError::Replayed => {
+                    ApiError::new(StatusCode::UNAUTHORIZED, "replayed_request", e.to_string())
+                }
+                crate::replay::ReplayError::Full => {
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string())
+                }
+            })?;
         Ok(did)
     }
 
@@ -316,11 +331,16 @@ impl AppState {
         })
     }
 
-    /// Keeps a body beside the chain under a fresh salt; returns its reference.
-    fn put_salted_payload(&self, body: &[u8]) -> ApiResult<custody_ledger::PayloadRef> {
-        let (pref, salt) = custody_ledger::bundle::salted_payload_ref(body);
-        self.store
-            .put_payload(pref.digest, salt, body)
+    /// Keeps a body beside the chain under a fresh salt (off the runtime:
+    /// sled flushes); returns its reference.
+    async fn put_salted_payload(
+        self: &Arc<Self>,
+        body: Vec<u8>,
+    ) -> ApiResult<custody_ledger::PayloadRef> {
+        let (pref, salt) = custody_ledger::bundle::salted_payload_ref(&body);
+        let digest = pref.digest;
+        self.blocking(move |s| s.store.put_payload(digest, salt, &body))
+            .await?
             .map_err(|e| ApiError::internal(e.to_string()))?;
         Ok(pref)
     }
@@ -352,21 +372,73 @@ impl AppState {
             .map_err(|e| ApiError::internal(e.to_string()))
     }
 
+    /// Signs events with the ledger key and appends them, both on a
+    /// blocking thread: neither signing nor the sync runs on the runtime's
+    /// workers.
+    async fn append_attested(
+        self: &Arc<Self>,
+        events: Vec<Event>,
+    ) -> ApiResult<Vec<Result<custody_ledger::store::Appended, AppendError>>> {
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let signed = events
+                .into_iter()
+                .map(|e| e.sign(&s.ledger_key))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok(s.store.append_many(signed))
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+    }
+
+    /// [`append_attested`](Self::append_attested) for one event, with the
+    /// refusal handling of [`append_one`](Self::append_one).
+    async fn append_attested_one(
+        self: &Arc<Self>,
+        event: Event,
+    ) -> ApiResult<custody_ledger::store::Appended> {
+        let (actor, action) = (event.actor.clone(), event.action.to_string());
+        let r = self.append_attested(vec![event]).await?;
+        self.one_result(&actor, &action, r).await
+    }
+
+    /// Runs `f` (sled writes and flushes, file reads) on a blocking thread.
+    async fn blocking<R: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&AppState) -> R + Send + 'static,
+    ) -> ApiResult<R> {
+        let s = self.clone();
+        tokio::task::spawn_blocking(move || f(&s))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))
+    }
+
     async fn append_one(
         self: &Arc<Self>,
         event: SignedEvent,
     ) -> ApiResult<custody_ledger::store::Appended> {
         let actor = event.event.actor.clone();
         let action = event.event.action.to_string();
-        let r = self
-            .append_many(vec![event])
-            .await?
+        let r = self.append_many(vec![event]).await?;
+        self.one_result(&actor, &action, r).await
+    }
+
+    /// The one result of a one-event append: a refusal is recorded and
+    /// answered 403 with its code, a store failure 503/500.
+    async fn one_result(
+        self: &Arc<Self>,
+        actor: &Did,
+        action: &str,
+        mut results: Vec<Result<custody_ledger::store::Appended, AppendError>>,
+    ) -> ApiResult<custody_ledger::store::Appended> {
+        let r = results
             .pop()
             .ok_or_else(|| ApiError::internal("no append result"))?;
         match r {
             Ok(a) => Ok(a),
             Err(AppendError::Rejected(rej)) => {
-                self.record_denial(&actor, &action, rej.code.as_str(), &rej.message)
+                self.record_denial(actor, action, rej.code.as_str(), &rej.message)
                     .await;
                 Err(ApiError::forbidden(rej.code.as_str(), rej.message))
             }
@@ -409,11 +481,9 @@ impl AppState {
             "reason".into(),
             reason.chars().take(500).collect::<String>().into(),
         );
-        if let Ok(signed) = e.sign(&self.ledger_key) {
-            if let Ok(mut rs) = self.append_many(vec![signed]).await {
-                if let Some(Err(err)) = rs.pop() {
-                    tracing::error!("recording a denial failed: {err}");
-                }
+        if let Ok(mut rs) = self.append_attested(vec![e]).await {
+            if let Some(Err(err)) = rs.pop() {
+                tracing::error!("recording a denial failed: {err}");
             }
         }
     }
@@ -484,7 +554,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(PATH_EXPORT, post(export))
         .route(PATH_STATUS, post(session_status))
         .route(PATH_REDACT, post(redact))
-        .route(PATH_CHECKPOINT, get(checkpoint))
+        .route(PATH_CHECKPOINT, get(checkpoint).post(sign_checkpoint))
         .route(PATH_PROOF_INCLUSION, get(inclusion))
         .route(PATH_PROOF_CONSISTENCY, get(consistency))
         .route(PATH_POLICY_CHECK, post(policy_check))
@@ -692,17 +762,24 @@ async fn start_session(
     }
     let appended = s.append_one(req.start).await?;
     let cert_ttl = Duration::from_secs(ttl.whole_seconds().clamp(1, 24 * 3600) as u64);
-    let certificate_pem =
-        s.ca.issue_session_cert(&d.session, cert_ttl)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
     let ingest_token = random_token();
     let hashed = sha256_hex(&ingest_token);
-    s.db.with(|t| {
-        t.ingest
-            .insert(hashed.as_bytes(), d.session.as_str().as_bytes())?;
-        t.db.flush().map(|_| ())
-    })
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let session_did = d.session.clone();
+    let certificate_pem = s
+        .blocking(move |s| -> Result<String, String> {
+            let pem =
+                s.ca.issue_session_cert(&session_did, cert_ttl)
+                    .map_err(|e| e.to_string())?;
+            s.db.with(|t| {
+                t.ingest
+                    .insert(hashed.as_bytes(), session_did.as_str().as_bytes())?;
+                t.db.flush().map(|_| ())
+            })
+            .map_err(|e| e.to_string())?;
+            Ok(pem)
+        })
+        .await?
+        .map_err(ApiError::internal)?;
     Ok(Json(SessionStarted {
         seq: appended.seq.0,
         session_id: d.id.clone(),
@@ -757,7 +834,6 @@ async fn otlp_logs(
     let records = otlp::decode(enc, &body)
         .map_err(|e| ApiError::bad_request("malformed_otlp", e.to_string()))?;
 
-    let bad = |e: custody_ledger::LedgerError| ApiError::internal(e.to_string());
     let mut bodies = Vec::with_capacity(records.len());
     let mut events = Vec::with_capacity(records.len());
     for r in &records {
@@ -798,17 +874,39 @@ async fn otlp_logs(
         let (pref, salt) = custody_ledger::bundle::salted_payload_ref(&body);
         e.payload = Some(pref.clone());
         bodies.push((pref.digest, salt, body));
-        events.push(e.sign(&s.ledger_key).map_err(bad)?);
+        events.push(e);
     }
-    // One flush for the whole export, not one per record.
-    let items: Vec<_> = bodies
+    // One flush for the whole export, not one per record, off the runtime.
+    s.blocking(move |s| {
+        let items: Vec<_> = bodies
+            .iter()
+            .map(|(d, salt, b)| (*d, *salt, b.as_slice()))
+            .collect();
+        s.store.put_payloads(&items)
+    })
+    .await?
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let digests: Vec<_> = events
         .iter()
-        .map(|(d, salt, b)| (*d, *salt, b.as_slice()))
+        .filter_map(|e| e.payload.as_ref().map(|p| p.digest))
         .collect();
-    s.store
-        .put_payloads(&items)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let results = s.append_many(events).await?;
+    let results = s.append_attested(events).await?;
+    // A refused record keeps nothing, not even its body beside the chain.
+    let refused: Vec<_> = results
+        .iter()
+        .zip(&digests)
+        .filter(|(r, _)| r.is_err())
+        .map(|(_, d)| *d)
+        .collect();
+    if !refused.is_empty() {
+        let _ = s
+            .blocking(move |s| {
+                for d in &refused {
+                    let _ = s.store.redact(d);
+                }
+            })
+            .await;
+    }
     let failed: Vec<String> = results
         .iter()
         .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
@@ -879,11 +977,11 @@ async fn policy_check(
         e.details.insert("errors".into(), json!(decision.errors));
     }
     // The command or path may hold secrets: a redactable digest, not the text.
-    e.payload = Some(s.put_salted_payload(resource.text.as_bytes())?);
-    let signed = e
-        .sign(&s.ledger_key)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let appended = s.append_one(signed).await?;
+    e.payload = Some(
+        s.put_salted_payload(resource.text.as_bytes().to_vec())
+            .await?,
+    );
+    let appended = s.append_attested_one(e).await?;
     Ok(Json(PolicyDecision {
         allow: decision.allow,
         policies: decision.policies,
@@ -924,7 +1022,10 @@ async fn cosignature(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<J
     }
     let size = posted.head().size;
     let store = s.store.clone();
-    let merged = tokio::task::spawn_blocking(move || -> ApiResult<SignedCheckpoint> {
+    let (ledger_public, witnesses) = (s.ledger_key.public(), s.cfg.witnesses.clone());
+    let new_cosigners = cosigners.clone();
+    let merged = tokio::task::spawn_blocking(move || -> ApiResult<(SignedCheckpoint, bool)> {
+        let cosigners = new_cosigners;
         let stored = store
             .checkpoint(size)
             .map_err(|e| ApiError::internal(e.to_string()))?
@@ -937,6 +1038,11 @@ async fn cosignature(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<J
             })?;
         let mut cp =
             SignedCheckpoint::parse(&stored).map_err(|e| ApiError::internal(e.to_string()))?;
+        let (had, _) = cp
+            .verify_with_witnesses(&ledger_public, &witnesses)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let before =
+            SignedCheckpoint::parse(&stored).map_err(|e| ApiError::internal(e.to_string()))?;
         cp.merge_signatures(&posted).map_err(|_| {
             ApiError::new(
                 StatusCode::CONFLICT,
@@ -944,16 +1050,29 @@ async fn cosignature(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<J
                 format!("the checkpoint at size {size} here has another root or time"),
             )
         })?;
+        // A replayed note (every cosigner already kept) changes nothing and
+        // adds no entry.
+        if cosigners.iter().all(|w| had.contains(w)) {
+            return Ok((before, false));
+        }
         store
             .save_checkpoint(size, &cp.to_bytes())
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        Ok(cp)
+        Ok((cp, true))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
+    let (merged, changed) = merged;
     let (all, _) = merged
         .verify_with_witnesses(&s.ledger_key.public(), &s.cfg.witnesses)
         .map_err(|e| ApiError::internal(e.to_string()))?;
+    if !changed {
+        return Ok(Json(Cosigned {
+            size,
+            witnesses: all,
+            seq: None,
+        }));
+    }
     let mut e = Event::new(
         s.ledger_key.did(),
         ActorKind::Service,
@@ -963,14 +1082,11 @@ async fn cosignature(State(s): State<Arc<AppState>>, body: Bytes) -> ApiResult<J
     e.details
         .insert("root".into(), hash_to_hex(&merged.head().root).into());
     e.details.insert("witnesses".into(), json!(cosigners));
-    let signed = e
-        .sign(&s.ledger_key)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let appended = s.append_one(signed).await?;
+    let appended = s.append_attested_one(e).await?;
     Ok(Json(Cosigned {
         size,
         witnesses: all,
-        seq: appended.seq.0,
+        seq: Some(appended.seq.0),
     }))
 }
 
@@ -1113,9 +1229,6 @@ async fn mint(
         .insert("accessor_sha256".into(), acc_hash.clone().into());
     rec.details
         .insert("request_nonce".into(), ev.nonce.to_hex().into());
-    let rec = rec
-        .sign(&s.ledger_key)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
     // The accessor (needed to revoke the token) and the ledger entries are
     // made durable side by side, two syncs at once; the token is handed out
     // only after both. A crash in between leaves at worst a recorded or
@@ -1131,8 +1244,14 @@ async fn mint(
             })
             .map_err(|e| e.to_string())
     });
-    let (recorded, results) = tokio::join!(record, s.append_many(vec![req.request.clone(), rec]));
-    let results = results?;
+    let request = req.request.clone();
+    let append = s.blocking(move |s| {
+        rec.sign(&s.ledger_key)
+            .map(|rec| s.store.append_many(vec![request, rec]))
+            .map_err(|e| ApiError::internal(e.to_string()))
+    });
+    let (recorded, results) = tokio::join!(record, append);
+    let results = results??;
     if let Err(e) = recorded.map_err(|e| e.to_string()).and_then(|r| r) {
         // Not revocable by the kill switch: the token must not live.
         let _ = vault.revoke_accessor(&minted.accessor).await;
@@ -1148,9 +1267,7 @@ async fn mint(
         ev.details.insert("tokens_revoked".into(), 1.into());
         ev.details
             .insert("reason".into(), "its accessor could not be recorded".into());
-        if let Ok(signed) = ev.sign(&s.ledger_key) {
-            let _ = s.append_many(vec![signed]).await;
-        }
+        let _ = s.append_attested(vec![ev]).await;
         return Err(ApiError::internal(format!(
             "recording the token's accessor failed; token revoked: {e}"
         )));
@@ -1169,7 +1286,9 @@ async fn mint(
             // Not recorded: the token must not live.
             let _ = vault.revoke_accessor(&minted.accessor).await;
             let key = accessor_key(&caller, &minted.accessor);
-            let _ = s.db.with(|t| t.accessors.remove(&key));
+            let _ = s
+                .blocking(move |s| s.db.with(|t| t.accessors.remove(&key)))
+                .await;
             match first {
                 Some(Err(AppendError::Rejected(rej))) => {
                     Err(s.deny(&caller, what, rej.code.as_str(), rej.message).await)
@@ -1241,11 +1360,52 @@ async fn append_event(
                 "payload size differs from the event's",
             ));
         }
-        s.store
-            .put_payload(r.digest, salt, &body)
+        let digest = r.digest;
+        // Kept first so an acknowledged entry never lacks its body; taken
+        // back if the entry is refused, unless an earlier entry holds the
+        // same body (a replayed event must not delete the original's).
+        let fresh = s
+            .blocking(
+                move |s| -> Result<bool, custody_ledger::store::StoreError> {
+                    if s.store.payload(&digest)?.is_some() {
+                        return Ok(false);
+                    }
+                    s.store.put_payload(digest, salt, &body)?;
+                    Ok(true)
+                },
+            )
+            .await?
             .map_err(|e| ApiError::bad_request("payload_mismatch", e.to_string()))?;
+        let appended = s.append_one(req.event).await;
+        if appended.is_err() && fresh {
+            let _ = s.blocking(move |s| s.store.redact(&digest)).await;
+        }
+        return Ok(Json(appended_body(&appended?)));
+    }
+    if req.event.event.action.as_str() == actions::SESSION_END {
+        return end_session(&s, &caller, req.event).await;
     }
     let a = s.append_one(req.event).await?;
+    Ok(Json(appended_body(&a)))
+}
+
+/// A session's own `session.end`: once appended the rules refuse everything
+/// the session sends, and its tokens are revoked, as a kill switch would
+/// (mints in flight finish and record their tokens first).
+async fn end_session(
+    s: &Arc<AppState>,
+    caller: &Did,
+    event: SignedEvent,
+) -> ApiResult<Json<crate::api::Appended>> {
+    let _guard = s.mint_lock.write().await;
+    let a = s.append_one(event).await?;
+    s.kill_tokens(
+        caller,
+        std::slice::from_ref(caller),
+        a.seq.0,
+        "session ended",
+    )
+    .await;
     Ok(Json(appended_body(&a)))
 }
 
@@ -1264,8 +1424,8 @@ async fn redact(
     let digest = custody_ledger::PayloadDigest::from_hex(&req.digest)
         .map_err(|e| ApiError::bad_request("malformed", e.to_string()))?;
     let had = s
-        .store
-        .redact(&digest)
+        .blocking(move |s| s.store.redact(&digest))
+        .await?
         .map_err(|e| ApiError::internal(e.to_string()))?;
     // The redaction itself is on the record, with who asked and why.
     let mut e = Event::new(
@@ -1281,10 +1441,7 @@ async fn redact(
         req.reason.chars().take(500).collect::<String>().into(),
     );
     e.details.insert("existed".into(), had.into());
-    let signed = e
-        .sign(&s.ledger_key)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let a = s.append_one(signed).await?;
+    let a = s.append_attested_one(e).await?;
     Ok(Json(json!({"redacted": had, "seq": a.seq.0})))
 }
 
@@ -1424,99 +1581,11 @@ async fn revoke(
             }
         }
     });
-    let mut revoked = 0u64;
-    let mut hashes = Vec::new();
-    let mut failures = Vec::new();
-    // Every recorded accessor of every target, revoked REVOKE_CONCURRENCY at
-    // a time: each is one OpenBao round trip, and the kill switch's latency
-    // is their sum otherwise.
-    let mut pending = Vec::new();
-    for did in &targets {
-        let mut prefix = did.as_str().as_bytes().to_vec();
-        prefix.push(0);
-        let keys =
-            s.db.with(|t| {
-                t.accessors
-                    .scan_prefix(&prefix)
-                    .map(|kv| kv.map(|(k, _)| k))
-                    .collect::<sled::Result<Vec<_>>>()
-            })
-            .unwrap_or_else(|e| {
-                failures.push(format!("reading recorded accessors: {e}"));
-                Vec::new()
-            });
-        for k in keys {
-            let accessor = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            pending.push((k, accessor));
-        }
-    }
-    if s.vault.is_none() && !pending.is_empty() {
-        failures.push("no vault configured".to_string());
-        pending.clear();
-    }
-    for chunk in pending.chunks(REVOKE_CONCURRENCY) {
-        let mut set = tokio::task::JoinSet::new();
-        for (k, accessor) in chunk.iter().cloned() {
-            let s2 = s.clone();
-            set.spawn(async move {
-                let r = match &s2.vault {
-                    Some(v) => v
-                        .revoke_accessor(&accessor)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    None => Err("no vault configured".to_string()),
-                };
-                (k, accessor, r)
-            });
-        }
-        while let Some(done) = set.join_next().await {
-            match done {
-                Ok((k, accessor, Ok(()))) => {
-                    revoked += 1;
-                    hashes.push(accessor_hash(&accessor));
-                    let _ = s.db.with(|t| t.accessors.remove(&k));
-                }
-                Ok((_, _, Err(e))) => failures.push(e),
-                Err(e) => failures.push(e.to_string()),
-            }
-        }
-    }
-    hashes.sort();
-    for did in &targets {
-        // The session's ingest tokens die with it.
-        let _ = s.db.with(|t| {
-            for kv in t.ingest.iter() {
-                let (k, v) = kv?;
-                if v.as_ref() == did.as_str().as_bytes() {
-                    t.ingest.remove(k)?;
-                }
-            }
-            Ok(())
-        });
-    }
-    let _ = s.db.flush();
-    let mut rec = Event::new(
-        s.ledger_key.did(),
-        ActorKind::Service,
-        ActionType::new(actions::CREDENTIAL_REVOKE)
-            .map_err(|e| ApiError::internal(e.to_string()))?,
-    );
-    rec.details
-        .insert("subject".into(), subject.as_str().into());
-    rec.details
-        .insert("revocation_seq".into(), appended.seq.0.into());
-    rec.details.insert(
-        "sessions".into(),
-        json!(targets.iter().map(|d| d.to_string()).collect::<Vec<_>>()),
-    );
-    rec.details.insert("accessor_sha256".into(), json!(hashes));
-    rec.details.insert("tokens_revoked".into(), revoked.into());
-    if !failures.is_empty() {
-        rec.details.insert("failures".into(), json!(failures));
-    }
-    if let Ok(signed) = rec.sign(&s.ledger_key) {
-        let _ = s.append_many(vec![signed]).await;
-    }
+    let KilledTokens {
+        revoked, failures, ..
+    } = s
+        .kill_tokens(&subject, &targets, appended.seq.0, "identity revoked")
+        .await;
     if !failures.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
@@ -1535,6 +1604,123 @@ async fn revoke(
         sessions: targets.iter().map(|d| d.to_string()).collect(),
         tokens_revoked: revoked,
     }))
+}
+
+/// What [`AppState::kill_tokens`] did.
+struct KilledTokens {
+    revoked: u64,
+    failures: Vec<String>,
+}
+
+impl AppState {
+    /// Revokes in OpenBao every recorded token of `targets`, drops their
+    /// ingest tokens, and records a `credential.revoke` entry for `subject`
+    /// citing the entry at `because_seq` (a revocation, or a session's end).
+    async fn kill_tokens(
+        self: &Arc<Self>,
+        subject: &Did,
+        targets: &[Did],
+        because_seq: u64,
+        reason: &str,
+    ) -> KilledTokens {
+        let s = self;
+        let mut revoked = 0u64;
+        let mut hashes = Vec::new();
+        let mut failures = Vec::new();
+        // Every recorded accessor of every target, revoked REVOKE_CONCURRENCY at
+        // a time: each is one OpenBao round trip, and the kill switch's latency
+        // is their sum otherwise.
+        let mut pending = Vec::new();
+        for did in targets {
+            let mut prefix = did.as_str().as_bytes().to_vec();
+            prefix.push(0);
+            let keys =
+                s.db.with(|t| {
+                    t.accessors
+                        .scan_prefix(&prefix)
+                        .map(|kv| kv.map(|(k, _)| k))
+                        .collect::<sled::Result<Vec<_>>>()
+                })
+                .unwrap_or_else(|e| {
+                    failures.push(format!("reading recorded accessors: {e}"));
+                    Vec::new()
+                });
+            for k in keys {
+                let accessor = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                pending.push((k, accessor));
+            }
+        }
+        if s.vault.is_none() && !pending.is_empty() {
+            failures.push("no vault configured".to_string());
+            pending.clear();
+        }
+        for chunk in pending.chunks(REVOKE_CONCURRENCY) {
+            let mut set = tokio::task::JoinSet::new();
+            for (k, accessor) in chunk.iter().cloned() {
+                let s2 = s.clone();
+                set.spawn(async move {
+                    let r = match &s2.vault {
+                        Some(v) => v
+                            .revoke_accessor(&accessor)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        None => Err("no vault configured".to_string()),
+                    };
+                    (k, accessor, r)
+                });
+            }
+            while let Some(done) = set.join_next().await {
+                match done {
+                    Ok((k, accessor, Ok(()))) => {
+                        revoked += 1;
+                        hashes.push(accessor_hash(&accessor));
+                        let _ = s.db.with(|t| t.accessors.remove(&k));
+                    }
+                    Ok((_, _, Err(e))) => failures.push(e),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+        }
+        hashes.sort();
+        // The targets' ingest tokens are refused from now on by the ledger's
+        // state (OTLP checks it); dropping them here only tidies the table.
+        let dead = targets.to_vec();
+        let _ = s
+            .blocking(move |s| {
+                let _ = s.db.with(|t| {
+                    for kv in t.ingest.iter() {
+                        let (k, v) = kv?;
+                        if dead.iter().any(|d| v.as_ref() == d.as_str().as_bytes()) {
+                            t.ingest.remove(k)?;
+                        }
+                    }
+                    Ok(())
+                });
+                s.db.flush()
+            })
+            .await;
+        let mut rec = Event::new(
+            s.ledger_key.did(),
+            ActorKind::Service,
+            ActionType::new(actions::CREDENTIAL_REVOKE).expect("a valid action name"),
+        );
+        rec.details
+            .insert("subject".into(), subject.as_str().into());
+        rec.details
+            .insert("revocation_seq".into(), because_seq.into());
+        rec.details.insert("reason".into(), reason.into());
+        rec.details.insert(
+            "sessions".into(),
+            json!(targets.iter().map(|d| d.to_string()).collect::<Vec<_>>()),
+        );
+        rec.details.insert("accessor_sha256".into(), json!(hashes));
+        rec.details.insert("tokens_revoked".into(), revoked.into());
+        if !failures.is_empty() {
+            rec.details.insert("failures".into(), json!(failures));
+        }
+        let _ = s.append_attested(vec![rec]).await;
+        KilledTokens { revoked, failures }
+    }
 }
 
 async fn export(
@@ -1572,28 +1758,55 @@ async fn export(
         .into_response())
 }
 
-async fn checkpoint(State(s): State<Arc<AppState>>) -> ApiResult<Response> {
-    s.maybe_checkpoint(true)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    match s
-        .store
-        .latest_checkpoint()
+/// The latest stored checkpoint and its size, read off the runtime's threads.
+async fn latest_checkpoint(s: &Arc<AppState>) -> ApiResult<(u64, Vec<u8>)> {
+    let store = s.store.clone();
+    tokio::task::spawn_blocking(move || store.latest_checkpoint())
+        .await
         .map_err(|e| ApiError::internal(e.to_string()))?
-    {
-        Some((_, note)) => Ok((
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "text/plain; charset=utf-8",
-            )],
-            note,
-        )
-            .into_response()),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no_checkpoint",
-            "no checkpoint yet",
-        )),
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no_checkpoint", "no checkpoint yet"))
+}
+
+fn note_response(note: Vec<u8>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        note,
+    )
+        .into_response()
+}
+
+/// `GET /v1/checkpoint`: the latest signed checkpoint. Unauthenticated, so
+/// it never signs one: checkpoints come on the configured period (and on
+/// export, shutdown and an admin's `POST /v1/checkpoint`), whoever polls.
+async fn checkpoint(State(s): State<Arc<AppState>>) -> ApiResult<Response> {
+    let (_, note) = latest_checkpoint(&s).await?;
+    Ok(note_response(note))
+}
+
+/// `POST /v1/checkpoint`: an admin has a checkpoint signed now (if entries
+/// were appended since the last one), e.g. before handing it to a witness.
+async fn sign_checkpoint(
+    State(s): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let caller = s.authenticate(&method, &uri, &headers, &body)?;
+    if let Err(why) = s.check_admin(&caller) {
+        return Err(s.deny(&caller, "checkpoint.sign", "not_admin", why).await);
     }
+    let s2 = s.clone();
+    tokio::task::spawn_blocking(move || s2.maybe_checkpoint(true))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let (_, note) = latest_checkpoint(&s).await?;
+    Ok(note_response(note))
 }
 
 #[derive(Deserialize)]
@@ -1605,33 +1818,27 @@ async fn inclusion(
     State(s): State<Arc<AppState>>,
     Query(q): Query<InclusionQuery>,
 ) -> ApiResult<Json<InclusionProofBody>> {
-    s.maybe_checkpoint(true)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let (size, note) = s
-        .store
-        .latest_checkpoint()
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, "no_checkpoint", "no checkpoint yet")
-        })?;
+    let (size, note) = latest_checkpoint(&s).await?;
     if q.seq >= size {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "no_such_entry",
             format!(
-                "seq {} is not covered by the latest checkpoint (size {size})",
+                "seq {} is not covered by the latest checkpoint (size {size}); the next is signed within checkpoint.every",
                 q.seq
             ),
         ));
     }
-    let path = s
-        .store
-        .inclusion_proof(q.seq, size)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let entry = s
-        .store
-        .line(q.seq)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let store = s.store.clone();
+    let (path, entry) = tokio::task::spawn_blocking(move || {
+        Ok::<_, custody_ledger::store::StoreError>((
+            store.inclusion_proof(q.seq, size)?,
+            store.line(q.seq)?,
+        ))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(InclusionProofBody {
         seq: q.seq,
         tree_size: size,
@@ -1657,9 +1864,10 @@ async fn consistency(
             format!("need 1 <= old <= new <= {}", s.store.len()),
         ));
     }
-    let path = s
-        .store
-        .consistency_proof(q.old, q.new)
+    let store = s.store.clone();
+    let path = tokio::task::spawn_blocking(move || store.consistency_proof(q.old, q.new))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(Json(ConsistencyProofBody {
         old_size: q.old,

@@ -34,6 +34,11 @@ impl Drop for BrokerProcess {
 }
 
 impl BrokerProcess {
+    /// The process id (to read its memory from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM and wait: the broker's graceful shutdown.
     pub fn stop(mut self) {
         let pid = self.child.id() as i32;

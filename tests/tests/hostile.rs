@@ -155,9 +155,11 @@ async fn ledger_size(h: &Harness) -> u64 {
     h.client().health().await.unwrap().entries
 }
 
-/// The entries from `from` on, read through the unauthenticated proof endpoint.
+/// The entries from `from` on, read through the unauthenticated proof
+/// endpoint after an admin has a checkpoint signed that covers them.
 async fn entries_since(h: &Harness, from: u64) -> Vec<Entry> {
     let c = h.client();
+    c.checkpoint_now(&h.admin).await.unwrap();
     let size = ledger_size(h).await;
     let mut out = Vec::new();
     for seq in from..size {

@@ -75,6 +75,8 @@ async fn witnessed_checkpoints_anchor_the_ledger() {
     }
 
     // First sight: trusted on first use.
+    // An admin has one signed now; the unauthenticated GET only reads it.
+    h.client().checkpoint_now(&h.admin).await.unwrap();
     let cp1 = get(&h, "/v1/checkpoint").await;
     let n1 = size_of(&cp1);
     let (code, err) = cosign(&h, &cp1, &ledger, None, "c1");
@@ -82,6 +84,13 @@ async fn witnessed_checkpoints_anchor_the_ledger() {
     let (st, v) = post_cosigned(&h, std::fs::read(h.path().join("c1.out")).unwrap()).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["witnesses"], serde_json::json!([witness.did().as_str()]));
+    assert!(v["seq"].is_u64(), "{v}");
+    // Posting the same cosigned note again adds nothing.
+    let size = h.client().health().await.unwrap().entries;
+    let (st, again) = post_cosigned(&h, std::fs::read(h.path().join("c1.out")).unwrap()).await;
+    assert_eq!(st, 200, "{again}");
+    assert!(again.get("seq").is_none(), "{again}");
+    assert_eq!(h.client().health().await.unwrap().entries, size);
 
     // The ledger grows; the witness wants proof that it only grew.
     for _ in 0..4 {
@@ -89,6 +98,7 @@ async fn witnessed_checkpoints_anchor_the_ledger() {
             .await
             .unwrap();
     }
+    h.client().checkpoint_now(&h.admin).await.unwrap();
     let cp2 = get(&h, "/v1/checkpoint").await;
     let n2 = size_of(&cp2);
     assert!(n2 > n1);
