@@ -21,6 +21,7 @@ pub mod authority;
 pub mod bundle;
 pub mod canonical;
 pub mod checkpoint;
+pub mod denial;
 pub mod entry;
 mod error;
 pub mod event;

@@ -58,8 +58,8 @@ use std::time::{Duration, Instant};
 
 use custody_identity::Did;
 
-use crate::authority::{Denial, DenialCode};
 use crate::canonical::to_canonical;
+use crate::denial::{Denial, DenialCode};
 use crate::entry::{entry_hash, Entry, MAX_ENTRY_BYTES};
 use crate::event::SignedEvent;
 use crate::merkle::{self, CompactRange, Hash, HashReader, TreeHead};
