@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use custody_broker::api::{AppendBatch, BatchItem, BatchResult, PATH_EVENTS_BATCH};
-use custody_broker::client::{session_event, Client, ClientError};
-use custody_broker::dev::{example_config, write_secret_file, OpenBao, BROKER_ROLE};
-use custody_broker::sessionfile::SessionFile;
-use custody_broker::vault::Vault;
+use custody_agent::client::{session_event, Client, ClientError};
+use custody_agent::sessionfile::SessionFile;
+use custody_cli::dev::{example_config, write_secret_file, OpenBao, BROKER_ROLE};
 use custody_identity::KeyPair;
 use custody_ledger::SignedEvent;
+use custody_server::vault::Vault;
+use custody_wire::api::{AppendBatch, BatchItem, BatchResult, PATH_EVENTS_BATCH};
 use serde_json::json;
 use tokio::task::JoinSet;
 
@@ -63,13 +63,13 @@ impl Broker {
                 dev.did().as_str(),
             ) + BENCH_LIMITS,
         )?;
-        let cfg = custody_broker::config::Config::load(&cfgp)?;
-        let vault = custody_broker::server::vault_from_config(&cfg)?;
-        let state = custody_broker::server::AppState::open(cfg, vault)?;
+        let cfg = custody_server::config::Config::load(&cfgp)?;
+        let vault = custody_server::server::vault_from_config(&cfg)?;
+        let state = custody_server::server::AppState::open(cfg, vault)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(custody_broker::server::serve(state, listener, async move {
+        let server = tokio::spawn(custody_server::server::serve(state, listener, async move {
             let _ = rx.await;
         }));
         Ok(Self {
@@ -389,7 +389,7 @@ pub fn bench_http(a: &Args, r: &mut Results) -> anyhow::Result<()> {
         }
         let before = admin_client.health().await?.entries;
         // Sign up front (the session's work, not the broker's), on every core.
-        let batch = a.http_batch.clamp(1, custody_broker::api::MAX_BATCH_EVENTS);
+        let batch = a.http_batch.clamp(1, custody_wire::api::MAX_BATCH_EVENTS);
         let signed: Vec<Vec<Vec<SignedEvent>>> = std::thread::scope(|sc| {
             let hs: Vec<_> = work
                 .iter()

@@ -9,8 +9,8 @@ use std::hint::black_box;
 use anyhow::Context as _;
 use std::time::{Duration, Instant};
 
-use custody_broker::policy::{Policy, Query, Resource};
 use custody_identity::{Delegation, KeyPair};
+use custody_server::policy::{Policy, Query, Resource};
 use serde_json::{json, Value};
 
 use crate::util::{percentile_us, ratio, round, Results};

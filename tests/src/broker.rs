@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use custody_broker::client::Client;
-use custody_broker::dev::{example_config, free_port, write_secret_file, OpenBao};
+use custody_agent::client::Client;
+use custody_cli::dev::{example_config, free_port, write_secret_file, OpenBao};
 use custody_identity::KeyPair;
 
 /// OpenBao + broker + the keys the config trusts.
@@ -171,7 +171,7 @@ impl Harness {
         agent: &str,
         context: &str,
         name: &str,
-    ) -> (custody_broker::sessionfile::SessionFile, PathBuf) {
+    ) -> (custody_agent::sessionfile::SessionFile, PathBuf) {
         let (s, _) = self
             .client()
             .start_session(

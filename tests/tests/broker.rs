@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use custody_broker::api;
-use custody_broker::client::session_event;
-use custody_broker::signing;
+use custody_agent::client::session_event;
 use custody_identity::{Delegation, KeyPair};
 use custody_ledger::{actions, ActionType, ActorKind, Event};
 use custody_tests::broker::Harness;
 use custody_tests::{check_ok, failing_seqs};
+use custody_wire::api;
+use custody_wire::signing;
 use time::OffsetDateTime;
 
 fn scopes(s: &[&str]) -> Vec<String> {
@@ -598,7 +598,7 @@ async fn https_with_the_brokers_own_ca() {
     assert!(s.broker.starts_with("https://"));
     c.mint(&s, "ci-read").await.unwrap();
     // Without the CA the client refuses the broker's certificate.
-    let plain = custody_broker::client::Client::new(&h.url, None).unwrap();
+    let plain = custody_agent::client::Client::new(&h.url, None).unwrap();
     let e = plain.health().await.unwrap_err().to_string();
     assert!(e.contains("cannot reach"), "{e}");
     // The CLI reads the CA from the session file.
@@ -618,7 +618,7 @@ async fn https_with_the_brokers_own_ca() {
 async fn custody_dev_serves_and_cleans_up() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let port = custody_broker::dev::free_port().unwrap();
+    let port = custody_cli::dev::free_port().unwrap();
     /// Kills `custody dev` (and so OpenBao) even when an assertion fails.
     struct Guard(std::process::Child);
     impl Drop for Guard {
@@ -661,7 +661,7 @@ async fn custody_dev_serves_and_cleans_up() {
         .and_then(|p| p.parse().ok())
         .expect("OpenBao pid printed");
     let url = format!("http://127.0.0.1:{port}");
-    let c = custody_broker::client::Client::new(&url, None).unwrap();
+    let c = custody_agent::client::Client::new(&url, None).unwrap();
     assert_eq!(c.health().await.unwrap().vault, "ok");
     let dev = custody_identity::KeyPair::load(&dir.path().join("developer.key")).unwrap();
     let (s, _) = c

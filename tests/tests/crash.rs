@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use custody_broker::client::{session_event, Client, ClientError};
-use custody_broker::sessionfile::SessionFile;
+use custody_agent::client::{session_event, Client, ClientError};
+use custody_agent::sessionfile::SessionFile;
 use custody_identity::KeyPair;
 use custody_ledger::{actions, entry_hash, Entry};
 use custody_tests::broker::Harness;
@@ -500,7 +500,7 @@ async fn full_disk_and_read_only_data_dir() {
 /// The broker's own sled database (`DATA/broker`: token accessors, ingest
 /// tokens) has sticky I/O errors like the ledger index: once one of its writes
 /// hits the full disk, every later operation on that handle fails. The broker
-/// reopens it ([`custody_broker::brokerdb`]), so mints and session starts
+/// reopens it ([`custody_server::brokerdb`]), so mints and session starts
 /// work again as soon as the disk has space, without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_then_mint_and_session_start_recover() {

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use custody_broker::sessionfile::SessionFile;
+use custody_agent::sessionfile::SessionFile;
 use custody_identity::{Did, KeyPair, Revocation};
 use custody_ledger::Entry;
 use custody_tests::broker::Harness;
@@ -353,7 +353,7 @@ async fn a_ledger_without_its_key_does_not_start() {
     h.client()
         .log(
             &s,
-            custody_broker::client::session_event(&s, "tool.call").unwrap(),
+            custody_agent::client::session_event(&s, "tool.call").unwrap(),
         )
         .await
         .unwrap();

@@ -11,13 +11,13 @@
 
 use std::time::{Duration, Instant};
 
-use custody_broker::api::{self, AppendBatch, AppendEvent, MintRequest, RevokeRequest};
-use custody_broker::client::session_event;
-use custody_broker::sessionfile::SessionFile;
-use custody_broker::signing::{self, SignedHeaders};
+use custody_agent::client::session_event;
+use custody_agent::sessionfile::SessionFile;
 use custody_identity::{Did, KeyPair, Signature};
 use custody_ledger::{actions, ActionType, ActorKind, Entry, Event, SignedEvent};
 use custody_tests::broker::Harness;
+use custody_wire::api::{self, AppendBatch, AppendEvent, MintRequest, RevokeRequest};
+use custody_wire::signing::{self, SignedHeaders};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

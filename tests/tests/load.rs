@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use custody_broker::api::{AppendEvent, PATH_EVENTS};
-use custody_broker::client::session_event;
-use custody_broker::signing;
+use custody_agent::client::session_event;
 use custody_identity::KeyPair;
 use custody_ledger::{ActionType, ActorKind, Event};
 use custody_tests::broker::Harness;
+use custody_wire::api::{AppendEvent, PATH_EVENTS};
+use custody_wire::signing;
 
 /// Growth of the broker's resident memory (high-water mark) the flood may
 /// cause: the replay cache holds at most the strangers' budget × the nonce

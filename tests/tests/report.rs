@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::sync::OnceLock;
 
-use custody_broker::demo::{scenario, By, Step};
+use custody_cli::demo::{scenario, By, Step};
 use custody_tests::{run, DemoRun};
 
 fn demo() -> &'static DemoRun {
@@ -75,7 +75,7 @@ fn report_counts_match_the_scenario() {
     );
     assert_eq!(
         a["broker_attested"],
-        telemetry * (custody_broker::demo::TELEMETRY_HUMAN + custody_broker::demo::TELEMETRY_AGENT)
+        telemetry * (custody_cli::demo::TELEMETRY_HUMAN + custody_cli::demo::TELEMETRY_AGENT)
     );
     // What the agent's telemetry says its user did is a claim, attested by
     // the ledger key, not a person's signed decision.
@@ -86,7 +86,7 @@ fn report_counts_match_the_scenario() {
         .unwrap();
     assert_eq!(
         telemetry_claim["count"],
-        telemetry * custody_broker::demo::TELEMETRY_HUMAN
+        telemetry * custody_cli::demo::TELEMETRY_HUMAN
     );
     // Approvals: the signed `approval` entries only.
     assert_eq!(a["human_decisions"]["approve"], human_approvals);

@@ -3,7 +3,7 @@
 //! before), the broker keeps the cosignatures, and `custody-verify verify
 //! --witness` refuses a ledger rewritten by someone holding the ledger key.
 
-use custody_broker::client::session_event;
+use custody_agent::client::session_event;
 use custody_identity::KeyPair;
 use custody_ledger::checkpoint::{Origin, SignedCheckpoint};
 use custody_ledger::merkle::{leaf_hash, TreeHead};

@@ -1,6 +1,6 @@
 //! The client side of the API: what `custody session start`, `token`, `log`,
 //! `revoke` and `export` do, and what the demo drives. Every request is signed
-//! with the caller's key ([`crate::signing`]).
+//! with the caller's key ([`custody_wire::signing`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,9 +12,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::api::*;
 use crate::sessionfile::SessionFile;
-use crate::signing;
+use custody_wire::api::*;
+use custody_wire::signing;
 
 /// An error answered by the broker, or a failure to reach it.
 #[derive(Debug, thiserror::Error)]

@@ -5,11 +5,12 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
-use custody_broker::client::{session_event, Client};
-use custody_broker::config::{parse_duration, Config};
-use custody_broker::sessionfile::SessionFile;
-use custody_broker::{dev, server};
+use custody_agent::client::{session_event, Client};
+use custody_agent::sessionfile::SessionFile;
+use custody_cli::dev;
 use custody_identity::{Did, KeyPair};
+use custody_server::config::{parse_duration, Config};
+use custody_server::server;
 
 #[derive(Parser)]
 #[command(
@@ -239,7 +240,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
         } => {
             init_tracing();
-            custody_broker::client::install_crypto_provider();
+            custody_agent::client::install_crypto_provider();
             let mut cfg = Config::load(&config)?;
             if let Some(d) = data {
                 cfg.data = d;
@@ -273,7 +274,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(dev::run(dir, &listen))?;
         }
         Command::Demo { out } => {
-            let summary = runtime()?.block_on(custody_broker::demo::run(&out))?;
+            let summary = runtime()?.block_on(custody_cli::demo::run(&out))?;
             print!("{summary}");
             if !summary.valid {
                 return Ok(ExitCode::from(1));
@@ -395,12 +396,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Hook { agent } => {
             let (agent, session) = match agent {
                 HookAgent::ClaudeCode { session } => {
-                    (custody_broker::hook::Agent::ClaudeCode, session)
+                    (custody_agent::hook::Agent::ClaudeCode, session)
                 }
-                HookAgent::Codex { session } => (custody_broker::hook::Agent::Codex, session),
+                HookAgent::Codex { session } => (custody_agent::hook::Agent::Codex, session),
             };
-            let input = custody_broker::hook::read_input()?;
-            let out = runtime()?.block_on(custody_broker::hook::run(agent, &session, &input))?;
+            let input = custody_agent::hook::read_input()?;
+            let out = runtime()?.block_on(custody_agent::hook::run(agent, &session, &input))?;
             if let Some(v) = out.stdout {
                 println!("{v}");
             }
@@ -412,16 +413,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 session,
                 force,
             } => {
-                let done =
-                    custody_broker::git::install(repo.as_deref(), session.as_deref(), force)?;
+                let done = custody_agent::git::install(repo.as_deref(), session.as_deref(), force)?;
                 print!("{done}");
             }
             GitCommand::PrepareCommitMsg { file, source, .. } => {
-                custody_broker::git::prepare_commit_msg(&file, source.as_deref())?
+                custody_agent::git::prepare_commit_msg(&file, source.as_deref())?
             }
-            GitCommand::CommitMsg { file } => custody_broker::git::commit_msg(&file)?,
-            GitCommand::PostCommit => custody_broker::git::post_commit()?,
-            GitCommand::PostMerge { squash } => custody_broker::git::post_merge(squash.as_deref())?,
+            GitCommand::CommitMsg { file } => custody_agent::git::commit_msg(&file)?,
+            GitCommand::PostCommit => custody_agent::git::post_commit()?,
+            GitCommand::PostMerge { squash } => custody_agent::git::post_merge(squash.as_deref())?,
         },
         Command::Export {
             broker,

@@ -1,7 +1,7 @@
 //! `custody serve`: the broker.
 //!
 //! Every request but health, checkpoint and proofs is signed by its caller's
-//! did:key ([`crate::signing`]); the handler then checks what that DID may do.
+//! did:key ([`custody_wire::signing`]); the handler then checks what that DID may do.
 //! The ledger's [`Authority`] runs as the store's admission gate, so the rules an
 //! offline verifier applies are the rules the broker enforced, decided in
 //! sequence order. An authenticated request that is refused is itself recorded
@@ -37,10 +37,10 @@ use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::api::*;
 use crate::config::Config;
-use crate::signing::{self, RequestAuthError, RequestParts};
 use crate::vault::{accessor_hash, Vault};
+use custody_wire::api::*;
+use custody_wire::signing::{self, RequestAuthError, RequestParts};
 
 /// Token revocations in flight at once during a kill switch.
 const REVOKE_CONCURRENCY: usize = 16;
@@ -1315,7 +1315,7 @@ async fn append_event(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> ApiResult<Json<crate::api::Appended>> {
+) -> ApiResult<Json<custody_wire::api::Appended>> {
     let caller = s.authenticate(&method, &uri, &headers, &body)?;
     let req: AppendEvent = parse_body(&body)?;
     if req.event.event.actor != caller {
@@ -1396,7 +1396,7 @@ async fn end_session(
     s: &Arc<AppState>,
     caller: &Did,
     event: SignedEvent,
-) -> ApiResult<Json<crate::api::Appended>> {
+) -> ApiResult<Json<custody_wire::api::Appended>> {
     let _guard = s.mint_lock.write().await;
     let a = s.append_one(event).await?;
     s.kill_tokens(
@@ -1445,8 +1445,8 @@ async fn redact(
     Ok(Json(json!({"redacted": had, "seq": a.seq.0})))
 }
 
-fn appended_body(a: &custody_ledger::store::Appended) -> crate::api::Appended {
-    crate::api::Appended {
+fn appended_body(a: &custody_ledger::store::Appended) -> custody_wire::api::Appended {
+    custody_wire::api::Appended {
         seq: a.seq.0,
         hash: a.hash.to_hex(),
         received_at: a.entry.received_at.to_string(),
@@ -1954,7 +1954,7 @@ pub async fn serve(
     // client sending its headers a byte at a time (slow-loris) would hold its
     // connection forever. The body has its own deadline (`read_body_in_time`).
     if state.cfg.tls.enabled {
-        crate::client::install_crypto_provider();
+        crate::install_crypto_provider();
         let addr = listener.local_addr()?;
         let config = tls_config(&state, addr).await?;
         let mut server = axum_server::from_tcp_rustls(listener.into_std()?, config)

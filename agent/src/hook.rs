@@ -26,9 +26,9 @@ use anyhow::Context as _;
 use custody_ledger::{actions, Approval, SignedEvent};
 use serde_json::{json, Value};
 
-use crate::api::{PayloadBody, PolicyCheck};
 use crate::client::{salted_payload, session_event, Client, ClientError};
 use crate::sessionfile::SessionFile;
+use custody_wire::api::{PayloadBody, PolicyCheck};
 
 /// Hook input larger than this is refused (Claude Code's payloads are small;
 /// large tool outputs are digested, not stored whole).
@@ -254,7 +254,7 @@ fn deny(agent: Agent, reason: &str) -> HookOutput {
 /// The checked-out branch, only for commands that push (a bare `git push`
 /// pushes it); empty otherwise or when git cannot say.
 fn branch_for(tool_input: &Value, cwd: &str) -> String {
-    let cmd = crate::policy::Resource::of("Bash", tool_input).text;
+    let cmd = custody_wire::tool::Resource::of("Bash", tool_input).text;
     if !cmd.contains("git push") || cwd.is_empty() {
         return String::new();
     }

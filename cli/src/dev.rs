@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-use crate::client::install_crypto_provider;
+use custody_agent::client::install_crypto_provider;
 
 /// Example policies the dev server gets: each scope reads its own KV path.
 pub const EXAMPLE_POLICIES: &[(&str, &str)] = &[
@@ -427,9 +427,9 @@ pub async fn run(dir: Option<PathBuf>, listen: &str) -> anyhow::Result<()> {
             developer.did().as_str(),
         ),
     )?;
-    let cfg = crate::config::Config::load(&cfg_path)?;
-    let vault = crate::server::vault_from_config(&cfg)?;
-    let state = crate::server::AppState::open(cfg, vault)?;
+    let cfg = custody_server::config::Config::load(&cfg_path)?;
+    let vault = custody_server::server::vault_from_config(&cfg)?;
+    let state = custody_server::server::AppState::open(cfg, vault)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -456,7 +456,8 @@ pub async fn run(dir: Option<PathBuf>, listen: &str) -> anyhow::Result<()> {
         admin.did(),
         developer.did(),
     );
-    crate::server::serve(state, listener, crate::server::shutdown_signal()).await?;
+    custody_server::server::serve(state, listener, custody_server::server::shutdown_signal())
+        .await?;
     drop(bao);
     Ok(())
 }

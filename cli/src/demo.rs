@@ -16,11 +16,11 @@ use custody_identity::{Did, KeyPair};
 use custody_ledger::{actions, ActionType, ActorKind, Approval, Event};
 use custody_verifier::{verify_bundle, VerifyOptions};
 
-use crate::client::{salted_payload, session_event, Client};
-use crate::config::Config;
 use crate::dev::{example_config, write_secret_file, OpenBao};
-use crate::server::{serve, AppState};
-use crate::sessionfile::SessionFile;
+use custody_agent::client::{salted_payload, session_event, Client};
+use custody_agent::sessionfile::SessionFile;
+use custody_server::config::Config;
+use custody_server::server::{serve, AppState};
 
 /// The two agent sessions of the scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -503,7 +503,7 @@ impl Demo {
                     .client
                     .policy_check(
                         self.session(*sess)?,
-                        &crate::api::PolicyCheck {
+                        &custody_wire::api::PolicyCheck {
                             tool: tool.to_string(),
                             input,
                             cwd: "/home/dev/custody".into(),
@@ -601,7 +601,7 @@ pub async fn run(out: &Path) -> anyhow::Result<Summary> {
         ),
     )?;
     let cfg = Config::load(&cfg_path)?;
-    let vault = crate::server::vault_from_config(&cfg)?;
+    let vault = custody_server::server::vault_from_config(&cfg)?;
     let state = AppState::open(cfg, vault)?;
     let ledger_did = state.ledger_key.did();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

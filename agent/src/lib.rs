@@ -1,0 +1,17 @@
+//! # custody-agent
+//!
+//! What runs next to an agent, on a developer's machine or in CI: the
+//! session file an agent runs with ([`sessionfile`]), the client that signs
+//! every request with the session's or a person's did:key and speaks the
+//! broker's API ([`client`]), the Claude Code and Codex hook adapters with
+//! their spool for when the broker is unreachable ([`hook`]), and the git
+//! integration that binds commits to sessions ([`git`]).
+//!
+//! `custody hook` runs on every tool call of every agent, so this crate links
+//! no HTTP server, no storage engine, no Vault client and no policy engine
+//! (scripts/test checks its dependency tree).
+
+pub mod client;
+pub mod git;
+pub mod hook;
+pub mod sessionfile;

@@ -1,0 +1,10 @@
+//! # custody-cli
+//!
+//! The `custody` command (`src/main.rs`): argument parsing and dispatch to
+//! the agent side (`custody-agent`: sessions, tokens, log, hooks, git) and to
+//! the broker (`custody-server`: `custody serve`). Beside them, two ways to
+//! try custody without setting anything up: [`dev`] spawns a real OpenBao dev
+//! server and a broker, and [`demo`] runs the whole scenario end to end.
+
+pub mod demo;
+pub mod dev;
