@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use custody_identity::Did;
 use custody_verifier::proof::{check_proof, proof_file_bytes, prove, read_proof, ProofError};
-use custody_verifier::{verify_bundle, VerifyError, VerifyOptions};
+use custody_verifier::{verify_bundle, VerifyOptions};
 
 /// Exit codes (part of the public contract).
 const EXIT_VALID: u8 = 0;
@@ -168,10 +168,7 @@ fn run(cli: Cli) -> u8 {
                     v.exit_code() as u8
                 }
                 Err(e) => {
-                    let msg = match &e {
-                        VerifyError::Bundle(b) => b.to_string(),
-                        VerifyError::Unreadable(s) => s.clone(),
-                    };
+                    let msg = e.to_string();
                     if json {
                         println!(
                             "{}",
