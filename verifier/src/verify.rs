@@ -676,7 +676,17 @@ fn check_manifest(b: &Bundle, ledger: &Did, check: &mut Check, unreadable: &mut 
             continue;
         }
         match bundle::digest_file(&b.dir.join(rel)) {
-            Err(e) => check.fail(None, format!("{rel}: {e}")),
+            // Listed but absent is the manifest's fault; a file that is
+            // there but cannot be read is not (exit 2).
+            Err(e) => {
+                let absent = matches!(
+                    &e,
+                    bundle::BundleError::Io { source, .. }
+                        if source.kind() == std::io::ErrorKind::NotFound
+                );
+                *unreadable |= !absent;
+                check.fail(None, format!("{rel}: {e}"));
+            }
             Ok(got) => {
                 if got != *want {
                     check.fail(
