@@ -7,6 +7,11 @@
 //! stream reaches a checkpoint's tree size, the root is compared with the signed
 //! checkpoint. Memory is bounded by the authorization state (sessions,
 //! revocations, nonces) and a logarithmic Merkle range, never by the bundle size.
+//!
+//! What cannot be read (a line that is not a JSON object, an unsupported
+//! version, a truncated file) sets [`Verification::unreadable`], exit 2; a
+//! readable line that breaks a rule fails the check that owns the rule, exit
+//! 1, and the other checks go on (FORMAT.md §9, [`LineError::is_unreadable`]).
 
 use std::path::{Path, PathBuf};
 
