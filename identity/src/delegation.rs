@@ -86,16 +86,27 @@ fn parse_time(v: Option<&Value>, what: &str) -> Result<OffsetDateTime, IdentityE
     let s = v
         .and_then(Value::as_str)
         .ok_or_else(|| bad(format!("{what} is missing")))?;
-    parse_rfc3339_utc(s).ok_or_else(|| bad(format!("{what} is not RFC 3339")))
+    parse_rfc3339_utc(s).ok_or_else(|| {
+        bad(format!(
+            "{what} must be YYYY-MM-DDTHH:MM:SSZ (UTC, whole seconds)"
+        ))
+    })
 }
 
-/// Parses RFC 3339 and converts to UTC; `None` if it does not parse or the
-/// instant has no UTC date in years -9999..=9999 (such a value would make every
-/// later offset conversion panic).
+/// The one form credential times take: what [`format_time`] writes.
+const CREDENTIAL_TIME: &[time::format_description::FormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+
+/// Parses a credential time in the one form [`format_time`] writes,
+/// `YYYY-MM-DDTHH:MM:SSZ` (RFC 3339, UTC, whole seconds, years 0000-9999).
+/// RFC 3339 allows more spellings of one instant (offsets, fractions, `t`
+/// and `z`, leap seconds); accepting them would make a third-party
+/// verifier's verdict depend on how its parser reads each (FORMAT.md §8.1).
 pub(crate) fn parse_rfc3339_utc(s: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(s, &Rfc3339)
+    let t = time::PrimitiveDateTime::parse(s, CREDENTIAL_TIME)
         .ok()?
-        .checked_to_offset(time::UtcOffset::UTC)
+        .assume_utc();
+    (format_time(t) == s).then_some(t)
 }
 
 fn random_urn_uuid() -> String {
@@ -306,6 +317,37 @@ mod tests {
         let forged = sign_compact(&s, DELEGATION_TYP, &d.to_json()).unwrap();
         let e = Delegation::verify(&forged).unwrap_err().to_string();
         assert!(e.contains("claims issuer"), "{e}");
+    }
+
+    /// FORMAT.md §8.1: a credential time has exactly one spelling.
+    #[test]
+    fn credential_times_have_one_form() {
+        for ok in [
+            "2026-11-24T19:00:00Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59Z",
+        ] {
+            let t = parse_rfc3339_utc(ok).unwrap_or_else(|| panic!("{ok}"));
+            assert_eq!(format_time(t), ok);
+        }
+        for other in [
+            "2026-11-24T19:00:00.000Z",
+            "2026-11-24T19:00:00.5Z",
+            "2026-11-24T19:00:00+00:00",
+            "2026-11-24T19:00:00-00:00",
+            "2026-11-24T20:00:00+01:00",
+            "2026-11-24t19:00:00Z",
+            "2026-11-24T19:00:00z",
+            "2026-11-24 19:00:00Z",
+            "2016-12-31T23:59:60Z",
+            "2026-11-24T19:00Z",
+            "2026-1-24T19:00:00Z",
+            "+2026-11-24T19:00:00Z",
+            "2026-02-30T00:00:00Z",
+            " 2026-11-24T19:00:00Z",
+        ] {
+            assert!(parse_rfc3339_utc(other).is_none(), "{other}");
+        }
     }
 
     #[test]

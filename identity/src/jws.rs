@@ -7,9 +7,17 @@
 //! BASE64URL(JCS(header)) "." BASE64URL(JCS(payload)) "." BASE64URL(signature)
 //! header = {"alg":"EdDSA","kid":"did:key:z6Mk…#z6Mk…","typ":"<typ>"}
 //! ```
+//!
+//! The header is closed: exactly those three members (FORMAT.md §8.1). No
+//! object in the header or the payload may name a member twice.
+
+use std::collections::HashSet;
+use std::fmt;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use serde::de::{Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::{Did, IdentityError, KeyPair, Signature};
@@ -43,6 +51,71 @@ pub fn sign_compact(key: &KeyPair, typ: &str, payload: &Value) -> Result<String,
     Ok(format!("{signing_input}.{}", sig.to_base64url()))
 }
 
+/// The protected header. Closed and all required: `crit`, `jwk`, `jku`,
+/// `x5u`, `b64`, … would each change how the JWS is processed, and serde's
+/// derive also refuses a member given twice, which JSON parsers resolve
+/// differently.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    alg: String,
+    kid: String,
+    typ: String,
+}
+
+/// Fails on any JSON object, at any depth, that names a member twice:
+/// serde_json's `Value` would keep the last silently, another verifier
+/// might keep the first, and the credential would say two things.
+struct UniqueMembers;
+
+impl<'de> Deserialize<'de> for UniqueMembers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueMembersVisitor)
+    }
+}
+
+struct UniqueMembersVisitor;
+
+impl<'de> Visitor<'de> for UniqueMembersVisitor {
+    type Value = UniqueMembers;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueMembers, E> {
+        Ok(UniqueMembers)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueMembers, E> {
+        Ok(UniqueMembers)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueMembers, E> {
+        Ok(UniqueMembers)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueMembers, E> {
+        Ok(UniqueMembers)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<UniqueMembers, E> {
+        Ok(UniqueMembers)
+    }
+    fn visit_unit<E>(self) -> Result<UniqueMembers, E> {
+        Ok(UniqueMembers)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueMembers, A::Error> {
+        while seq.next_element::<UniqueMembers>()?.is_some() {}
+        Ok(UniqueMembers)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueMembers, A::Error> {
+        let mut seen = HashSet::new();
+        while let Some(name) = map.next_key::<String>()? {
+            map.next_value::<UniqueMembers>()?;
+            if !seen.insert(name) {
+                return Err(A::Error::custom("an object names a member twice"));
+            }
+        }
+        Ok(UniqueMembers)
+    }
+}
+
 /// Verifies a compact JWS of type `expected_typ`.
 pub fn verify_compact(jws: &str, expected_typ: &str) -> Result<Verified, IdentityError> {
     if jws.len() > MAX_JWS_BYTES {
@@ -59,27 +132,18 @@ pub fn verify_compact(jws: &str, expected_typ: &str) -> Result<Verified, Identit
             .decode(part)
             .map_err(|_| bad(format!("JWS {what} is not unpadded base64url")))
     };
-    let header: Value =
-        serde_json::from_slice(&decode(h, "header")?).map_err(|_| bad("JWS header is not JSON"))?;
-    let hobj = header
-        .as_object()
-        .ok_or_else(|| bad("JWS header is not an object"))?;
-    if hobj.get("alg").and_then(Value::as_str) != Some("EdDSA") {
+    let header: Header = serde_json::from_slice(&decode(h, "header")?).map_err(|e| {
+        bad(format!(
+            "JWS header must be a JSON object of exactly alg, kid and typ, each a string once: {e}"
+        ))
+    })?;
+    if header.alg != "EdDSA" {
         return Err(bad("JWS alg must be EdDSA"));
     }
-    for k in hobj.keys() {
-        if !["alg", "kid", "typ"].contains(&k.as_str()) {
-            // crit, jwk, jku, x5u, … would change how the JWS is processed.
-            return Err(bad(format!("JWS header member {k:?} is not accepted")));
-        }
-    }
-    if hobj.get("typ").and_then(Value::as_str) != Some(expected_typ) {
+    if header.typ != expected_typ {
         return Err(bad(format!("JWS typ must be {expected_typ:?}")));
     }
-    let kid = hobj
-        .get("kid")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("JWS header needs a kid (did:key verification method)"))?;
+    let kid = header.kid.as_str();
     let (did_text, fragment) = kid
         .split_once('#')
         .ok_or_else(|| bad("JWS kid must be <did>#<multibase>"))?;
@@ -92,10 +156,13 @@ pub fn verify_compact(jws: &str, expected_typ: &str) -> Result<Verified, Identit
         .public_key()
         .verify(format!("{h}.{p}").as_bytes(), &sig)
         .map_err(|_| bad("JWS signature does not verify"))?;
-    let payload: Value = serde_json::from_slice(&decode(p, "payload")?)
-        .map_err(|_| bad("JWS payload is not JSON"))?;
+    let payload_bytes = decode(p, "payload")?;
+    serde_json::from_slice::<UniqueMembers>(&payload_bytes)
+        .map_err(|e| bad(format!("JWS payload: {e}")))?;
+    let payload: Value =
+        serde_json::from_slice(&payload_bytes).map_err(|_| bad("JWS payload is not JSON"))?;
     Ok(Verified {
-        header,
+        header: json!({"alg": header.alg, "kid": header.kid, "typ": header.typ}),
         payload,
         signer,
     })
@@ -138,6 +205,56 @@ mod tests {
                 json!({"alg": alg, "kid": k.did().verification_method(), "typ": "t"}).to_string(),
             );
             assert!(verify_compact(&format!("{h}.{rest}"), "t").is_err());
+        }
+    }
+
+    /// A JWS signed over `header` (any JSON text) and `payload` by `k`.
+    fn signed_raw(k: &KeyPair, header: &str, payload: &str) -> String {
+        let h = URL_SAFE_NO_PAD.encode(header);
+        let p = URL_SAFE_NO_PAD.encode(payload);
+        let sig = k.sign(format!("{h}.{p}").as_bytes());
+        format!("{h}.{p}.{}", sig.to_base64url())
+    }
+
+    /// FORMAT.md §8.1: the header is exactly alg, kid and typ.
+    #[test]
+    fn header_is_closed_and_complete() {
+        let k = KeyPair::generate();
+        let kid = k.did().verification_method();
+        let ok = format!(r#"{{"alg":"EdDSA","kid":"{kid}","typ":"t"}}"#);
+        verify_compact(&signed_raw(&k, &ok, "{}"), "t").unwrap();
+        // Member order and spacing are the signer's: the signature covers them.
+        let spaced = format!(r#"{{ "typ": "t", "kid": "{kid}", "alg": "EdDSA" }}"#);
+        verify_compact(&signed_raw(&k, &spaced, "{}"), "t").unwrap();
+        for header in [
+            format!(r#"{{"alg":"EdDSA","kid":"{kid}","typ":"t","crit":["exp"]}}"#),
+            format!(r#"{{"alg":"EdDSA","kid":"{kid}","typ":"t","cty":"json"}}"#),
+            format!(r#"{{"alg":"EdDSA","kid":"{kid}","typ":"t","b64":false}}"#),
+            format!(r#"{{"alg":"EdDSA","kid":"{kid}"}}"#),
+            r#"{"alg":"EdDSA","typ":"t"}"#.to_string(),
+            format!(r#"{{"kid":"{kid}","typ":"t"}}"#),
+            format!(r#"{{"alg":"EdDSA","kid":"{kid}","typ":null}}"#),
+            format!(r#"{{"alg":"none","alg":"EdDSA","kid":"{kid}","typ":"t"}}"#),
+            format!(r#"{{"alg":"EdDSA","kid":"{kid}","typ":"t","typ":"t"}}"#),
+        ] {
+            let e = verify_compact(&signed_raw(&k, &header, "{}"), "t").unwrap_err();
+            assert!(e.to_string().contains("JWS header"), "{header}: {e}");
+        }
+    }
+
+    #[test]
+    fn payload_member_named_twice_is_refused() {
+        let k = KeyPair::generate();
+        let kid = k.did().verification_method();
+        let h = format!(r#"{{"alg":"EdDSA","kid":"{kid}","typ":"t"}}"#);
+        verify_compact(&signed_raw(&k, &h, r#"{"a":{"b":[{"c":1,"d":2}]}}"#), "t").unwrap();
+        for payload in [
+            r#"{"a":1,"a":2}"#,
+            r#"{"a":{"b":1,"b":1}}"#,
+            r#"{"a":[{"c":1,"c":2}]}"#,
+        ] {
+            let e = verify_compact(&signed_raw(&k, &h, payload), "t").unwrap_err();
+            assert!(e.to_string().contains("twice"), "{payload}: {e}");
         }
     }
 

@@ -102,8 +102,9 @@ impl Revocation {
             issuer,
             subject: Did::parse(s("subject")?)?,
             reason: s("reason")?.to_string(),
-            effective_at: crate::delegation::parse_rfc3339_utc(s("effective_at")?)
-                .ok_or_else(|| bad("effective_at is not RFC 3339"))?,
+            effective_at: crate::delegation::parse_rfc3339_utc(s("effective_at")?).ok_or_else(
+                || bad("effective_at must be YYYY-MM-DDTHH:MM:SSZ (UTC, whole seconds)"),
+            )?,
         };
         r.validate()?;
         Ok(r)

@@ -39,6 +39,9 @@ pub const CHECKPOINTS_DIR: &str = "checkpoints";
 pub const CREDENTIALS: &str = "credentials.jsonl";
 pub const DIDS: &str = "dids.jsonl";
 pub const PAYLOADS: &str = "payloads.jsonl";
+/// The files every bundle has besides the manifest and its checkpoints
+/// (FORMAT.md §1); the manifest must list each of them.
+pub const REQUIRED_FILES: [&str; 4] = [ENTRIES, CREDENTIALS, DIDS, PAYLOADS];
 /// The manifest is small; anything bigger is not ours.
 pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 /// A checkpoint note is a few hundred bytes; witnesses add a line each.
@@ -187,6 +190,24 @@ pub fn salted_payload_ref(body: &[u8]) -> (crate::PayloadRef, [u8; 32]) {
 /// File name of the checkpoint for a tree size.
 pub fn checkpoint_file_name(size: u64) -> String {
     format!("{size:020}.checkpoint")
+}
+
+/// The tree size a checkpoint file name stands for: only the exact form
+/// [`checkpoint_file_name`] writes counts.
+pub fn checkpoint_size_of(name: &str) -> Option<u64> {
+    let size: u64 = name.strip_suffix(".checkpoint")?.parse().ok()?;
+    (checkpoint_file_name(size) == name).then_some(size)
+}
+
+/// Whether `rel`, a path relative to the bundle directory, names a file the
+/// layout has (FORMAT.md §1) other than the manifest: one of
+/// [`REQUIRED_FILES`] or a checkpoint. Nothing else belongs in `files`.
+pub fn is_layout_file(rel: &str) -> bool {
+    REQUIRED_FILES.contains(&rel)
+        || rel
+            .strip_prefix(CHECKPOINTS_DIR)
+            .and_then(|r| r.strip_prefix('/'))
+            .is_some_and(|name| checkpoint_size_of(name).is_some())
 }
 
 /// Writes a bundle into an empty (or new) directory.
@@ -386,6 +407,10 @@ pub struct Bundle {
     pub manifest: Manifest,
     /// `(size, note bytes, relative path)` sorted by size.
     pub checkpoints: Vec<(u64, Vec<u8>, String)>,
+    /// Whether `manifest.json` is one JCS object followed by a single `\n`.
+    /// A manifest that parses but is not in that form can still be read;
+    /// the verifier's `manifest` check reports it.
+    pub manifest_canonical: bool,
 }
 
 impl Bundle {
@@ -421,6 +446,9 @@ impl Bundle {
         }
         let manifest: Manifest =
             serde_json::from_slice(&bytes).map_err(|e| invalid(&mp, e.to_string()))?;
+        let manifest_canonical = bytes
+            .strip_suffix(b"\n")
+            .is_some_and(crate::canonical::is_canonical);
         if !dir.join(ENTRIES).is_file() {
             return Err(invalid(&dir.join(ENTRIES), "missing"));
         }
@@ -430,19 +458,11 @@ impl Bundle {
             for item in fs::read_dir(&cdir).map_err(io_err(&cdir))? {
                 let item = item.map_err(io_err(&cdir))?;
                 let name = item.file_name().to_string_lossy().into_owned();
-                let Some(num) = name.strip_suffix(".checkpoint") else {
+                // Any other name is not a checkpoint; the verifier's
+                // `manifest` check reports it as a file outside the layout.
+                let Some(size) = checkpoint_size_of(&name) else {
                     continue;
                 };
-                let size: u64 = num
-                    .parse()
-                    .ok()
-                    .filter(|n| checkpoint_file_name(*n) == name)
-                    .ok_or_else(|| {
-                        invalid(
-                            &item.path(),
-                            "checkpoint file names are <tree size, 20 digits>.checkpoint",
-                        )
-                    })?;
                 if checkpoints.len() >= MAX_CHECKPOINTS {
                     return Err(invalid(&cdir, "too many checkpoints"));
                 }
@@ -455,7 +475,40 @@ impl Bundle {
             dir: dir.to_path_buf(),
             manifest,
             checkpoints,
+            manifest_canonical,
         })
+    }
+
+    /// Every name in the bundle directory and in `checkpoints/`, as paths
+    /// relative to the bundle, except `manifest.json` and the `checkpoints`
+    /// directory itself: what the manifest's `files` must list. Names that
+    /// are not UTF-8 come back lossily converted, so they match nothing the
+    /// manifest can list.
+    pub fn present_files(&self) -> Result<Vec<String>, BundleError> {
+        let list = |dir: &Path| -> Result<Vec<(String, bool)>, BundleError> {
+            let mut out = Vec::new();
+            for item in fs::read_dir(dir).map_err(io_err(dir))? {
+                let item = item.map_err(io_err(dir))?;
+                let is_dir = item.file_type().map_err(io_err(dir))?.is_dir();
+                out.push((item.file_name().to_string_lossy().into_owned(), is_dir));
+            }
+            Ok(out)
+        };
+        let mut out = Vec::new();
+        for (name, is_dir) in list(&self.dir)? {
+            if name == MANIFEST {
+                continue;
+            }
+            if name == CHECKPOINTS_DIR && is_dir {
+                for (inner, _) in list(&self.dir.join(CHECKPOINTS_DIR))? {
+                    out.push(format!("{CHECKPOINTS_DIR}/{inner}"));
+                }
+                continue;
+            }
+            out.push(name);
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// Streams `entries.jsonl` as `(line number, line bytes without '\n')`.
@@ -465,11 +518,22 @@ impl Bundle {
 
     /// Streams `payloads.jsonl` (absent file = no payloads).
     pub fn payload_lines(&self) -> Result<Option<LineReader>, BundleError> {
-        let p = self.dir.join(PAYLOADS);
+        self.lines(PAYLOADS)
+    }
+
+    /// Streams one of the record files (`credentials.jsonl`, `dids.jsonl`,
+    /// `payloads.jsonl`) with its line cap; `None` when it is absent.
+    pub fn lines(&self, name: &str) -> Result<Option<LineReader>, BundleError> {
+        let p = self.dir.join(name);
         if !p.exists() {
             return Ok(None);
         }
-        LineReader::open(&p, MAX_PAYLOAD_LINE_BYTES).map(Some)
+        let max = if name == PAYLOADS {
+            MAX_PAYLOAD_LINE_BYTES
+        } else {
+            MAX_ENTRY_BYTES
+        };
+        LineReader::open(&p, max).map(Some)
     }
 
     /// Reads `credentials.jsonl` (small: one line per session and revocation).
@@ -487,11 +551,11 @@ impl Bundle {
         name: &str,
     ) -> Result<Vec<T>, BundleError> {
         let p = self.dir.join(name);
-        if !p.exists() {
+        let Some(lines) = self.lines(name)? else {
             return Ok(Vec::new());
-        }
+        };
         let mut out = Vec::new();
-        for item in LineReader::open(&p, MAX_ENTRY_BYTES)? {
+        for item in lines {
             let (n, line) = item?;
             out.push(
                 parse_canonical_line(&line).map_err(|e| invalid(&p, format!("line {n}: {e}")))?,
@@ -503,13 +567,14 @@ impl Bundle {
 
 /// Parses one `.jsonl` line that the format requires in JCS form: a line
 /// that parses but is not canonical (spacing, key order, number forms) is
-/// refused, like an entry.
+/// refused, like an entry. [`crate::canonical::decode_line`] tells the
+/// failures apart.
 pub fn parse_canonical_line<T: for<'de> Deserialize<'de>>(line: &[u8]) -> Result<T, String> {
-    let v: serde_json::Value = serde_json::from_slice(line).map_err(|e| e.to_string())?;
-    if to_canonical(&v).map_err(|e| e.to_string())? != line {
-        return Err("not in canonical (RFC 8785) form".into());
+    match crate::canonical::decode_line(line) {
+        Ok(d) if d.canonical => Ok(d.value),
+        Ok(_) => Err("not in canonical (RFC 8785) form".into()),
+        Err(e) => Err(e.to_string()),
     }
-    serde_json::from_value(v).map_err(|e| e.to_string())
 }
 
 fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, BundleError> {

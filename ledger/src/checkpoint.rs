@@ -154,6 +154,23 @@ impl Verifier for StrictVerifier {
     }
 }
 
+/// The signed text of a checkpoint (the note body): origin, size, root and
+/// the `time` extension line.
+fn signed_text(
+    origin: &Origin,
+    head: TreeHead,
+    time: OffsetDateTime,
+) -> Result<Vec<u8>, CheckpointError> {
+    let ext = format!(
+        "time {}\n",
+        time.format(TIME_FORMAT)
+            .map_err(|e| CheckpointError::Malformed(e.to_string()))?
+    );
+    let body = Checkpoint::new(origin.as_str(), head.size, head.root, &ext)
+        .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
+    Ok(body.to_bytes())
+}
+
 /// A parsed checkpoint note.
 #[derive(Debug)]
 pub struct SignedCheckpoint {
@@ -175,14 +192,7 @@ impl SignedCheckpoint {
             .to_offset(time::UtcOffset::UTC)
             .replace_nanosecond(0)
             .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
-        let ext = format!(
-            "time {}\n",
-            time.format(TIME_FORMAT)
-                .map_err(|e| CheckpointError::Malformed(e.to_string()))?
-        );
-        let body = Checkpoint::new(origin.as_str(), head.size, head.root, &ext)
-            .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
-        let mut note = Note::new(&body.to_bytes(), &[])
+        let mut note = Note::new(&signed_text(origin, head, time)?, &[])
             .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
         let signer = LedgerSigner {
             origin,
@@ -223,12 +233,20 @@ impl SignedCheckpoint {
         let time = time::PrimitiveDateTime::parse(time_text, TIME_FORMAT)
             .map_err(|_| CheckpointError::Malformed(format!("bad time {time_text:?}")))?
             .assume_utc();
+        let head = TreeHead {
+            size: cp.size(),
+            root: *cp.hash(),
+        };
+        // One text per checkpoint: the time in its one form (no sign, no
+        // fraction), the root in canonical base64, as `sign` writes them.
+        if signed_text(&origin, head, time)? != note.text() {
+            return Err(CheckpointError::Malformed(
+                "signed text not in canonical form".into(),
+            ));
+        }
         let parsed = Self {
             origin,
-            head: TreeHead {
-                size: cp.size(),
-                root: *cp.hash(),
-            },
+            head,
             time,
             note,
         };
@@ -402,6 +420,37 @@ mod tests {
         assert_eq!(back.to_bytes(), bytes);
         back.verify(&k.public()).unwrap();
         assert!(back.verify(&KeyPair::generate().public()).is_err());
+    }
+
+    /// FORMAT.md §6: the time line has one form, and so has the note.
+    #[test]
+    fn other_spellings_of_the_signed_text_are_refused() {
+        let k = KeyPair::generate();
+        let origin = Origin::for_ledger(&k.did());
+        let head = TreeHead {
+            size: 7,
+            root: leaf_hash(b"x"),
+        };
+        let t = time::macros::datetime!(2026-11-24 19:20:00 UTC);
+        let text = String::from_utf8(
+            SignedCheckpoint::sign(&k, &origin, head, t)
+                .unwrap()
+                .to_bytes(),
+        )
+        .unwrap();
+        assert!(SignedCheckpoint::parse(text.as_bytes()).is_ok());
+        for other in [
+            "time 2026-11-24T19:20:00.000Z",
+            "time +2026-11-24T19:20:00Z",
+            "time 2026-11-24t19:20:00Z",
+            "time 2026-11-24T19:20:00z",
+            "time 2026-11-24T19:20:00+00:00",
+        ] {
+            let bad = text.replacen("time 2026-11-24T19:20:00Z", other, 1);
+            assert!(SignedCheckpoint::parse(bad.as_bytes()).is_err(), "{other}");
+        }
+        let bad = text.replacen("\n7\n", "\n07\n", 1);
+        assert!(SignedCheckpoint::parse(bad.as_bytes()).is_err());
     }
 
     #[test]

@@ -9,8 +9,8 @@
 use custody_identity::Signature;
 use serde::{Deserialize, Serialize};
 
-use crate::canonical::to_canonical;
-use crate::event::{Event, SignedEvent, MAX_EVENT_BYTES};
+use crate::canonical::{to_canonical, Decoded, LineError};
+use crate::event::{Event, SignedEvent, EVENT_VERSION, MAX_EVENT_BYTES};
 use crate::time::Timestamp;
 use crate::types::{EntryHash, Seq};
 use crate::LedgerError;
@@ -90,59 +90,71 @@ impl Entry {
     /// Parses one line and insists it is the canonical encoding of what it says:
     /// no extra fields, no nulls, no alternative number or string forms.
     pub fn parse_line(line: &[u8]) -> Result<Self, LedgerError> {
-        if line.len() > MAX_ENTRY_BYTES {
-            return Err(LedgerError::TooLarge {
+        match Self::read_line(line) {
+            Ok(Decoded {
+                value,
+                canonical: true,
+            }) => Ok(value),
+            Ok(Decoded {
+                canonical: false, ..
+            }) => Err(LedgerError::NotCanonical(
+                "entry bytes differ from JCS of its content",
+            )),
+            Err(LineError::TooLarge { size, limit }) => Err(LedgerError::TooLarge {
                 what: "entry",
+                size,
+                limit,
+            }),
+            Err(LineError::UnsupportedVersion {
+                what,
+                found,
+                supported,
+            }) => Err(LedgerError::UnsupportedVersion {
+                what,
+                found,
+                supported,
+            }),
+            Err(LineError::NotJson(reason) | LineError::Malformed(reason)) => {
+                Err(LedgerError::Malformed {
+                    what: "entry",
+                    reason,
+                })
+            }
+        }
+    }
+
+    /// Reads one line of `entries.jsonl` the way the verifier needs it
+    /// (FORMAT.md §4, §9): a line that cannot be read at all (not a JSON
+    /// object, an entry or event `v` other than 1) apart from one that is an
+    /// object but not an entry (unknown, missing or mistyped members, a
+    /// timestamp in another form), and an entry whose bytes are not its JCS
+    /// form is returned with `canonical: false` so that the other checks
+    /// can still judge what it says.
+    pub fn read_line(line: &[u8]) -> Result<Decoded<Self>, LineError> {
+        if line.len() > MAX_ENTRY_BYTES {
+            return Err(LineError::TooLarge {
                 size: line.len(),
                 limit: MAX_ENTRY_BYTES,
             });
         }
         let entry: Entry = match serde_json::from_slice(line) {
             Ok(e) => e,
-            // Only now look at the version, so that an entry from a newer
-            // writer gets a clear "unsupported version" rather than a
-            // field-by-field parse error (the common case parses once).
-            Err(e) => {
-                #[derive(Deserialize)]
-                struct Version {
-                    v: Option<u64>,
-                }
-                return Err(match serde_json::from_slice::<Version>(line) {
-                    Ok(Version { v: Some(found) }) if found != ENTRY_VERSION => {
-                        LedgerError::UnsupportedVersion {
-                            what: "entry",
-                            found,
-                            supported: ENTRY_VERSION,
-                        }
-                    }
-                    Ok(Version { v: None }) => LedgerError::Malformed {
-                        what: "entry",
-                        reason: "missing field `v`".into(),
-                    },
-                    _ => LedgerError::Malformed {
-                        what: "entry",
-                        reason: e.to_string(),
-                    },
-                });
-            }
+            // Classify only on failure, so that the common case parses once.
+            Err(e) => return Err(classify_unparsed(line, e)),
         };
-        if entry.v != ENTRY_VERSION {
-            return Err(LedgerError::UnsupportedVersion {
-                what: "entry",
-                found: entry.v,
-                supported: ENTRY_VERSION,
-            });
-        }
+        check_versions(Some(entry.v), Some(entry.event.v))?;
         // The same bytes as `to_line`, without running the outer object
         // through the canonicalizer again (a fifth of the verifier's
         // non-signature time per entry).
-        let event_json = to_canonical(&entry.event)?;
-        if entry.to_line_with_event(&event_json)? != line {
-            return Err(LedgerError::NotCanonical(
-                "entry bytes differ from JCS of its content",
-            ));
-        }
-        Ok(entry)
+        let event_json = to_canonical(&entry.event)
+            .map_err(|e| LineError::Malformed(format!("the event has no JCS form: {e}")))?;
+        let jcs = entry
+            .to_line_with_event(&event_json)
+            .map_err(|e| LineError::Malformed(format!("the entry has no JCS form: {e}")))?;
+        Ok(Decoded {
+            canonical: jcs == line,
+            value: entry,
+        })
     }
 
     /// Checks the actor's signature on the event.
@@ -152,14 +164,55 @@ impl Entry {
 
     /// Checks the actor's signature like [`Entry::verify_signature`], taking
     /// the event's canonical bytes from `line`, the line this entry was parsed
-    /// from by [`Entry::parse_line`] (which proved it canonical), instead of
-    /// serializing the event again: the verifier's hot path.
+    /// from by [`Entry::parse_line`] (or [`Entry::read_line`] with
+    /// `canonical: true`), instead of serializing the event again: the
+    /// verifier's hot path. For a line that is not canonical the event's
+    /// bytes in it are not the signed bytes: use [`Entry::verify_signature`].
     pub fn verify_signature_in(&self, line: &[u8]) -> Result<(), LedgerError> {
         match event_json(line) {
             Some(event) => self.event.verify_signature_canonical(&self.sig, event),
             None => self.verify_signature(),
         }
     }
+}
+
+/// An unsupported version is named before anything else about the line: a
+/// newer writer's members may differ, and "unsupported version" is the
+/// useful answer, not the first member this build does not know. Only a
+/// non-negative integer is a version; any other `v` is a malformed member.
+fn check_versions(entry_v: Option<u64>, event_v: Option<u64>) -> Result<(), LineError> {
+    for (what, found, supported) in [
+        ("entry", entry_v, ENTRY_VERSION),
+        ("event", event_v, EVENT_VERSION),
+    ] {
+        if let Some(found) = found.filter(|f| *f != supported) {
+            return Err(LineError::UnsupportedVersion {
+                what,
+                found,
+                supported,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Why a line that did not deserialize as an entry is not one: not a JSON
+/// object at all, a version this build does not read, or an object that
+/// breaks the entry's member rules (`err` says which).
+fn classify_unparsed(line: &[u8], err: serde_json::Error) -> LineError {
+    let value: serde_json::Value = match serde_json::from_slice(line) {
+        Ok(v) => v,
+        Err(e) => return LineError::NotJson(e.to_string()),
+    };
+    let Some(obj) = value.as_object() else {
+        return LineError::NotJson("a JSON value that is not an object".into());
+    };
+    let version =
+        |o: Option<&serde_json::Value>| o.and_then(|v| v.get("v")).and_then(|v| v.as_u64());
+    if let Err(e) = check_versions(version(Some(&value)), version(obj.get("event"))) {
+        return e;
+    }
+    LineError::Malformed(format!("malformed entry: {err}"))
 }
 
 /// The value of `event` in a canonical entry line. JCS sorts `event` first;
@@ -233,6 +286,78 @@ mod tests {
             Err(LedgerError::Malformed { .. })
         ));
         assert!(Entry::parse_line(b"").is_err());
+    }
+
+    /// The classification the verifier's exit codes rest on (FORMAT.md §9).
+    #[test]
+    fn read_line_tells_unreadable_from_malformed() {
+        let e = entry();
+        let line = String::from_utf8(e.to_line().unwrap()).unwrap();
+        let read = |s: &str| Entry::read_line(s.as_bytes());
+
+        let ok = read(&line).unwrap();
+        assert!(ok.canonical);
+        assert_eq!(ok.value, e);
+
+        // Re-encoded: the same entry, not in JCS form.
+        for re in [
+            line.replacen(':', ": ", 1),
+            line.replacen("\"prompt\"", "\"\\u0070rompt\"", 1),
+            format!("{line} "),
+        ] {
+            let d = read(&re).unwrap();
+            assert!(!d.canonical, "{re}");
+            assert_eq!(d.value, e);
+        }
+        // Key order: the entry's `v` moved to the front.
+        let reordered = format!("{{\"v\":1,{}}}", &line[1..line.len() - 7]);
+        let d = read(&reordered).unwrap();
+        assert!(!d.canonical && d.value == e, "{reordered}");
+
+        // The entry's own `v` ends the line; the event's ends the event.
+        assert!(line.ends_with(",\"v\":1}") && line.contains(",\"v\":1},\"prev\""));
+        let entry_v = |with: &str| format!("{},{with}}}", &line[..line.len() - 7]);
+        let event_v =
+            |with: &str| line.replacen(",\"v\":1},\"prev\"", &format!(",{with}}},\"prev\""), 1);
+
+        // Unreadable: not a JSON object, or a version this build does not read.
+        for (bad, what) in [
+            ("{not json", "not json"),
+            ("[1,2]", "not json"),
+            ("\"x\"", "not json"),
+            (&*entry_v("\"v\":2"), "entry"),
+            (&*entry_v("\"v\":2,\"x\":1"), "entry"),
+            (&*event_v("\"v\":2"), "event"),
+            (&*event_v("\"v\":2,\"x\":{}"), "event"),
+        ] {
+            let err = read(bad).unwrap_err();
+            assert!(err.is_unreadable(), "{bad}: {err}");
+            match (what, &err) {
+                ("not json", LineError::NotJson(_)) => {}
+                (w, LineError::UnsupportedVersion { what, found: 2, .. }) if w == *what => {}
+                _ => panic!("{bad}: {err:?}"),
+            }
+        }
+
+        // Readable JSON objects that are not entries.
+        let ts = e.received_at.to_string();
+        for bad in [
+            line.replacen(&ts, &format!("{}Z", &ts[..19]), 1),
+            line.replacen(&ts, &format!("{}+00:00", &ts[..23]), 1),
+            entry_v("\"v\":1,\"x\":1"),
+            event_v("\"v\":1,\"x\":1"),
+            entry_v("\"v\":\"1\""),
+            event_v("\"v\":-1"),
+            line.replacen("\"seq\":0", "\"seq\":\"0\"", 1),
+            line.replacen("did:key:z6Mk", "did:key:z7Mk", 1),
+            "{}".to_string(),
+        ] {
+            let err = read(&bad).unwrap_err();
+            assert!(
+                matches!(err, LineError::Malformed(_)) && !err.is_unreadable(),
+                "{bad}: {err:?}"
+            );
+        }
     }
 
     #[test]

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use custody_identity::Did;
-use custody_verifier::proof::{check_proof, prove, read_proof, ProofError};
-use custody_verifier::{verify_bundle, VerifyError, VerifyOptions};
+use custody_verifier::proof::{check_proof, proof_file_bytes, prove, read_proof, ProofError};
+use custody_verifier::{verify_bundle, VerifyOptions};
 
 /// Exit codes (part of the public contract).
 const EXIT_VALID: u8 = 0;
@@ -168,10 +168,7 @@ fn run(cli: Cli) -> u8 {
                     v.exit_code() as u8
                 }
                 Err(e) => {
-                    let msg = match &e {
-                        VerifyError::Bundle(b) => b.to_string(),
-                        VerifyError::Unreadable(s) => s.clone(),
-                    };
+                    let msg = e.to_string();
                     if json {
                         println!(
                             "{}",
@@ -213,14 +210,11 @@ fn run(cli: Cli) -> u8 {
         ),
         Command::Prove { dir, seq, out } => match prove(&dir, seq) {
             Ok(p) => {
-                let text = match serde_json::to_string_pretty(&p) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        eprintln!("custody-verify: {e}");
-                        return EXIT_UNREADABLE;
-                    }
+                let bytes = match proof_file_bytes(&p) {
+                    Ok(b) => b,
+                    Err(e) => return proof_error(e),
                 };
-                if let Err(e) = std::fs::write(&out, text + "\n") {
+                if let Err(e) = std::fs::write(&out, bytes) {
                     eprintln!("custody-verify: {}: {e}", out.display());
                     return EXIT_UNREADABLE;
                 }

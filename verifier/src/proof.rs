@@ -3,15 +3,16 @@
 //! `custody-verify prove` writes a JSON file holding the entry line, its RFC 9162
 //! inclusion path and the signed checkpoint it leads to; `check-proof` checks it
 //! with nothing else: the actor's signature (the DID is the key), the leaf hash,
-//! the path to the checkpoint's root and the checkpoint's signature by the ledger
-//! key. An incident responder can hand one entry to a third party without the
-//! rest of the ledger.
+//! the path to the checkpoint's root, the checkpoint's signature by the ledger
+//! key and its origin. An incident responder can hand one entry to a third
+//! party without the rest of the ledger. FORMAT.md §11 specifies the file.
 
 use std::path::Path;
 
 use custody_identity::Did;
 use custody_ledger::bundle::Bundle;
-use custody_ledger::checkpoint::SignedCheckpoint;
+use custody_ledger::canonical::{to_canonical, Decoded};
+use custody_ledger::checkpoint::{Origin, SignedCheckpoint};
 use custody_ledger::merkle::{self, hash_from_hex, hash_to_hex, MemoryHashStore};
 use custody_ledger::{entry_hash, Entry};
 use serde::{Deserialize, Serialize};
@@ -106,6 +107,14 @@ pub fn prove(dir: &Path, seq: u64) -> Result<InclusionProof, ProofError> {
     })
 }
 
+/// The bytes `prove` writes: the proof's JCS form and a newline
+/// (FORMAT.md §11).
+pub fn proof_file_bytes(p: &InclusionProof) -> Result<Vec<u8>, ProofError> {
+    let mut bytes = to_canonical(p).map_err(|e| ProofError::Unreadable(e.to_string()))?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
 /// What a checked proof establishes.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProofCheck {
@@ -148,7 +157,25 @@ pub fn read_proof(path: &Path) -> Result<InclusionProof, ProofError> {
 
 /// Checks a proof on its own. `pinned` is the ledger DID the caller trusts; when
 /// absent, the proof's own `ledger` field is used (and the caller should say so).
+/// What cannot be read (the entry line not a JSON object, or of a version this
+/// build does not read) is told apart before anything is checked, as in
+/// `verify`; the checks then run in the order of FORMAT.md §11.
 pub fn check_proof(p: &InclusionProof, pinned: Option<&Did>) -> Result<ProofCheck, ProofError> {
+    let entry = match Entry::read_line(p.entry.as_bytes()) {
+        Ok(Decoded {
+            value,
+            canonical: true,
+        }) => value,
+        Ok(Decoded {
+            canonical: false, ..
+        }) => {
+            return Err(ProofError::Invalid(
+                "entry: not in canonical form (RFC 8785)".into(),
+            ))
+        }
+        Err(e) if e.is_unreadable() => return Err(ProofError::Unreadable(format!("entry: {e}"))),
+        Err(e) => return Err(ProofError::Invalid(format!("entry: {e}"))),
+    };
     let ledger = pinned.unwrap_or(&p.ledger);
     if pinned.is_some() && pinned != Some(&p.ledger) {
         return Err(ProofError::Invalid(format!(
@@ -158,6 +185,17 @@ pub fn check_proof(p: &InclusionProof, pinned: Option<&Did>) -> Result<ProofChec
     }
     let cp = SignedCheckpoint::parse(p.checkpoint.as_bytes())
         .map_err(|e| ProofError::Invalid(format!("checkpoint: {e}")))?;
+    // The key id binds the signature to the note's origin, but not the
+    // origin to this ledger: a note the ledger key signed under another
+    // name is not this ledger's checkpoint.
+    let origin = Origin::for_ledger(ledger);
+    if cp.origin() != &origin {
+        return Err(ProofError::Invalid(format!(
+            "checkpoint origin {:?} is not the ledger's {:?}",
+            cp.origin().as_str(),
+            origin.as_str()
+        )));
+    }
     cp.verify(&ledger.public_key())
         .map_err(|e| ProofError::Invalid(format!("checkpoint signature: {e}")))?;
     if cp.head().size != p.tree_size {
@@ -167,8 +205,6 @@ pub fn check_proof(p: &InclusionProof, pinned: Option<&Did>) -> Result<ProofChec
             p.tree_size
         )));
     }
-    let entry = Entry::parse_line(p.entry.as_bytes())
-        .map_err(|e| ProofError::Invalid(format!("entry: {e}")))?;
     if entry.seq.0 != p.seq {
         return Err(ProofError::Invalid(format!(
             "the entry is seq {}, the proof claims {}",
@@ -176,7 +212,7 @@ pub fn check_proof(p: &InclusionProof, pinned: Option<&Did>) -> Result<ProofChec
         )));
     }
     entry
-        .verify_signature()
+        .verify_signature_in(p.entry.as_bytes())
         .map_err(|e| ProofError::Invalid(format!("entry signature: {e}")))?;
     let path = p
         .path

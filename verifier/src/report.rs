@@ -75,7 +75,9 @@ pub struct Stats {
 pub struct Verification {
     /// True only if every check passed.
     pub valid: bool,
-    /// True if some part of the bundle could not be read or parsed (exit 2).
+    /// True if some part of the bundle could not be read (exit 2): a line
+    /// that is not a JSON object, an unsupported version, a truncated file
+    /// (FORMAT.md §9). What reads but breaks a rule is a failed check.
     pub unreadable: bool,
     pub bundle: String,
     pub ledger: Option<String>,

@@ -7,14 +7,20 @@
 //! stream reaches a checkpoint's tree size, the root is compared with the signed
 //! checkpoint. Memory is bounded by the authorization state (sessions,
 //! revocations, nonces) and a logarithmic Merkle range, never by the bundle size.
+//!
+//! What cannot be read (a line that is not a JSON object, an unsupported
+//! version, a truncated file) sets [`Verification::unreadable`], exit 2; a
+//! readable line that breaks a rule fails the check that owns the rule, exit
+//! 1, and the other checks go on (FORMAT.md §9, [`LineError::is_unreadable`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use custody_identity::Did;
 use custody_ledger::actions::Role;
 use custody_ledger::authority::{Authority, Denial, DenialCode};
-use custody_ledger::bundle::{self, Bundle, PayloadRecord};
-use custody_ledger::checkpoint::SignedCheckpoint;
+use custody_ledger::bundle::{self, Bundle, CredentialRecord, DidRecord, PayloadRecord};
+use custody_ledger::canonical::{decode_line, Decoded, LineError};
+use custody_ledger::checkpoint::{Origin, SignedCheckpoint};
 use custody_ledger::merkle::{hash_to_hex, CompactRange};
 use custody_ledger::{actions, entry_hash, Entry, EntryHash, Seq, Timestamp};
 
@@ -112,8 +118,8 @@ impl Checks {
 pub enum VerifyError {
     #[error(transparent)]
     Bundle(#[from] bundle::BundleError),
-    #[error("{0}")]
-    Unreadable(String),
+    #[error("{}: entries.jsonl has no entries", .0.display())]
+    NoEntries(PathBuf),
 }
 
 /// Verifies the bundle at `dir`.
@@ -133,6 +139,8 @@ pub fn verify_bundle_with(
     let b = Bundle::open(dir)?;
     let mut c = Checks::new();
     let mut stats = Stats::default();
+    // Set by anything that cannot be read (FORMAT.md §9): the verdict is
+    // then exit 2 whatever the checks found.
     let mut unreadable = false;
 
     // Which ledger key do we hold the checkpoints to?
@@ -141,19 +149,10 @@ pub fn verify_bundle_with(
         .ledger_key
         .clone()
         .unwrap_or_else(|| b.manifest.ledger.clone());
-    if b.manifest.ledger != ledger {
-        c.manifest.fail(
-            None,
-            format!(
-                "manifest names ledger {}, but the pinned ledger key is {}",
-                b.manifest.ledger, ledger
-            ),
-        );
-    }
+    check_manifest(&b, &ledger, &mut c.manifest, &mut unreadable);
 
-    check_file_digests(&b, &mut c.manifest);
-
-    // Checkpoints: parse and check signatures up front (there are few).
+    // Checkpoints: parse and check signatures up front (there are few). A
+    // failure of the note itself names no entry (FORMAT.md §9).
     let mut cps: Vec<(u64, SignedCheckpoint, String)> = Vec::new();
     for (size, note, rel) in &b.checkpoints {
         match SignedCheckpoint::parse(note) {
@@ -172,14 +171,16 @@ pub fn verify_bundle_with(
                     c.checkpoints.fail(
                         None,
                         format!(
-                            "{rel}: origin {:?} is not the ledger's {:?}",
+                            "{rel}: origin {:?} is not the manifest's {:?}",
                             cp.origin().as_str(),
                             b.manifest.origin
                         ),
                     );
                 }
                 match cp.verify(&ledger.public_key()) {
-                    Ok(()) => cps.push((*size, cp, rel.clone())),
+                    // The root is held to the size the ledger key signed,
+                    // whatever the file is called.
+                    Ok(()) => cps.push((cp.head().size, cp, rel.clone())),
                     Err(e) => c.checkpoints.fail(
                         None,
                         format!("{rel}: signature by ledger key {ledger}: {e}"),
@@ -188,6 +189,7 @@ pub fn verify_bundle_with(
             }
         }
     }
+    cps.sort_by_key(|cp| cp.0);
     stats.checkpoints = b.checkpoints.len() as u64;
     // Each pinned witness must have cosigned some checkpoint; the streaming
     // pass below then holds the entries to that checkpoint's root.
@@ -212,71 +214,60 @@ pub fn verify_bundle_with(
     }
 
     let mut authority = Authority::new(Some(ledger.clone()));
-    let credentials = match b.credentials() {
-        Ok(v) => v,
-        Err(e) => {
-            c.credentials.fail(None, e.to_string());
-            unreadable = true;
-            Vec::new()
-        }
-    };
+    let credentials: Vec<CredentialRecord> =
+        read_records(&b, bundle::CREDENTIALS, &mut c.credentials, &mut unreadable);
     let mut cred_iter = credentials.iter().peekable();
-
-    // Payloads stream in seq order beside the entries.
-    let mut payloads = match b.payload_lines() {
-        Ok(p) => p,
-        Err(e) => {
-            c.payloads.fail(None, e.to_string());
-            unreadable = true;
-            None
-        }
-    };
-    let mut pending_payload: Option<PayloadRecord> = None;
+    let mut payloads = PayloadStream::open(&b, &mut c.payloads, &mut unreadable);
     // Every DID the entries name, for the dids.jsonl check (few: one per identity).
     let mut seen_dids: std::collections::BTreeSet<Did> = std::collections::BTreeSet::new();
-    let mut next_payload = |c: &mut Checks, unreadable: &mut bool| -> Option<PayloadRecord> {
-        let reader = payloads.as_mut()?;
-        match reader.next()? {
-            Ok((n, line)) => match bundle::parse_canonical_line::<PayloadRecord>(&line) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    c.payloads
-                        .fail(None, format!("payloads.jsonl line {n}: {e}"));
-                    *unreadable = true;
-                    None
-                }
-            },
-            Err(e) => {
-                c.payloads.fail(None, e.to_string());
-                *unreadable = true;
-                None
-            }
-        }
-    };
-    pending_payload = pending_payload.or_else(|| next_payload(&mut c, &mut unreadable));
+    // Lines that hold no entry: whatever they named is unknown.
+    let mut unread_lines = 0u64;
 
     let mut range = CompactRange::new();
     let mut prev_hash = EntryHash::ZERO;
     let mut prev_time: Option<Timestamp> = None;
     let mut cp_idx = 0usize;
+    check_checkpoint_roots(&cps, &mut cp_idx, &range, &mut c.checkpoints);
     let lines = Prepared::new(b.entry_lines()?);
     for item in lines {
-        let (n, hash, parsed, sig) = match item {
+        let line = match item {
             Ok(x) => x,
+            // The reader stops here (a truncated or over-long line, an I/O
+            // error): nothing after it can be located.
             Err(e) => {
                 c.encoding.fail(Some(range.size()), e.to_string());
                 unreadable = true;
                 break;
             }
         };
-        range.push(tlog_hash(&hash));
+        let n = line.n;
+        // The raw line is the leaf and the next entry's `prev`, whatever it
+        // holds: a line that is not an entry still takes its place in the
+        // chain and the tree.
+        range.push(tlog_hash(&line.hash));
 
-        match parsed {
+        match line.read {
             Err(e) => {
+                unreadable |= e.is_unreadable();
                 c.encoding.fail(Some(n), e.to_string());
-                unreadable = true;
+                unread_lines += 1;
+                // No seq, prev, signature or event to judge; it changes no
+                // state, and records that name it cannot be held to it.
+                authority.skip();
+                pass_credential_records(n, &mut cred_iter, &mut c.credentials);
+                payloads.match_entry(n, None, &mut c.payloads, &mut unreadable, &mut stats);
             }
-            Ok(entry) => {
+            Ok(ReadEntry {
+                entry,
+                canonical,
+                sig,
+            }) => {
+                if !canonical {
+                    c.encoding.fail(
+                        Some(n),
+                        "not in canonical form (RFC 8785): the line differs from the JCS form of the entry it holds",
+                    );
+                }
                 if entry.seq != Seq(n) {
                     c.sequence.fail(
                         Some(n),
@@ -345,81 +336,29 @@ pub fn verify_bundle_with(
                         seen_dids.insert(b.clone());
                     }
                 }
-                check_credential_records(&entry, &mut cred_iter, &mut c.credentials);
-
-                // Payload records for this entry (at most one).
-                let mut seen_payload = false;
-                while let Some(p) = pending_payload.take() {
-                    if p.seq.0 < n {
-                        c.payloads.fail(
-                            Some(p.seq.0),
-                            "payload record out of seq order or for an entry without a payload",
-                        );
-                    } else if p.seq.0 > n {
-                        pending_payload = Some(p);
-                        break;
-                    } else if std::mem::replace(&mut seen_payload, true) {
-                        c.payloads
-                            .fail(Some(n), "more than one payload record for this entry");
-                    } else {
-                        match (&entry.event.payload, p.open()) {
-                            (None, _) => c
-                                .payloads
-                                .fail(Some(n), "payload record for an entry without a payload"),
-                            (_, Err(e)) => c.payloads.fail(Some(n), e.to_string()),
-                            (Some(r), Ok(body)) => {
-                                if r.digest != p.digest {
-                                    c.payloads
-                                        .fail(Some(n), "payload digest differs from the entry's");
-                                } else if r.size != body.len() as u64 {
-                                    c.payloads
-                                        .fail(Some(n), "payload size differs from the entry's");
-                                } else {
-                                    stats.payloads_present += 1;
-                                }
-                            }
-                        }
-                    }
-                    pending_payload = next_payload(&mut c, &mut unreadable);
-                }
+                check_credential_records(n, &entry, &mut cred_iter, &mut c.credentials);
+                payloads.match_entry(
+                    n,
+                    Some(&entry),
+                    &mut c.payloads,
+                    &mut unreadable,
+                    &mut stats,
+                );
                 if entry.event.payload.is_some() {
                     stats.payloads_redacted += 1;
                 }
             }
         }
-        prev_hash = hash;
-
-        // Checkpoints at this size.
-        while cp_idx < cps.len() && cps[cp_idx].0 <= range.size() {
-            let (size, cp, rel) = &cps[cp_idx];
-            if *size == range.size() && cp.head().root != range.root() {
-                c.checkpoints.fail(
-                    Some(size.saturating_sub(1)),
-                    format!(
-                        "{rel}: signed root {} differs from the root of the first {size} entries {}",
-                        hash_to_hex(&cp.head().root),
-                        hash_to_hex(&range.root())
-                    ),
-                );
-            }
-            cp_idx += 1;
-        }
+        prev_hash = line.hash;
+        check_checkpoint_roots(&cps, &mut cp_idx, &range, &mut c.checkpoints);
     }
     stats.payloads_redacted -= stats.payloads_present.min(stats.payloads_redacted);
-    if let Some(p) = pending_payload {
-        c.payloads.fail(
-            Some(p.seq.0),
-            "payload record for an entry not in the bundle",
-        );
-    }
+    payloads.finish(&mut c.payloads, &mut unreadable);
 
     let size = range.size();
     stats.entries = size;
     if size == 0 {
-        return Err(VerifyError::Unreadable(format!(
-            "{}: entries.jsonl has no entries",
-            dir.display()
-        )));
+        return Err(VerifyError::NoEntries(dir.to_path_buf()));
     }
     for (csize, _, rel) in &cps[cp_idx..] {
         c.checkpoints.fail(
@@ -466,45 +405,42 @@ pub fn verify_bundle_with(
             format!("{} credential has no matching entry", rec.kind),
         );
     }
-    match b.dids() {
-        Ok(dids) => {
-            // Sorted, no duplicates, exactly the DIDs the entries name and the
-            // ledger's (FORMAT.md §8.2).
-            let mut listed = std::collections::BTreeSet::new();
-            let mut last: Option<&Did> = None;
-            for d in &dids {
-                if last.is_some_and(|l| l >= &d.did) {
-                    c.credentials.fail(
-                        None,
-                        format!("dids.jsonl is not sorted without duplicates at {}", d.did),
-                    );
-                }
-                last = Some(&d.did);
-                listed.insert(d.did.clone());
-                if d.document != d.did.document() {
-                    c.credentials.fail(
-                        None,
-                        format!("DID document for {} is not its did:key resolution", d.did),
-                    );
-                }
-            }
-            seen_dids.insert(ledger.clone());
-            for missing in seen_dids.difference(&listed) {
-                c.credentials.fail(
-                    None,
-                    format!("dids.jsonl lacks {missing}, which the ledger names"),
-                );
-            }
-            for extra in listed.difference(&seen_dids) {
-                c.credentials.fail(
-                    None,
-                    format!("dids.jsonl lists {extra}, which no entry names"),
-                );
-            }
+    let dids: Vec<DidRecord> = read_records(&b, bundle::DIDS, &mut c.credentials, &mut unreadable);
+    // Sorted, no duplicates, exactly the DIDs the entries name and the
+    // ledger's (FORMAT.md §8.2).
+    let mut listed = std::collections::BTreeSet::new();
+    let mut last: Option<&Did> = None;
+    for d in &dids {
+        if last.is_some_and(|l| l >= &d.did) {
+            c.credentials.fail(
+                None,
+                format!("dids.jsonl is not sorted without duplicates at {}", d.did),
+            );
         }
-        Err(e) => {
-            c.credentials.fail(None, e.to_string());
-            unreadable = true;
+        last = Some(&d.did);
+        listed.insert(d.did.clone());
+        if d.document != d.did.document() {
+            c.credentials.fail(
+                None,
+                format!("DID document for {} is not its did:key resolution", d.did),
+            );
+        }
+    }
+    seen_dids.insert(ledger.clone());
+    for missing in seen_dids.difference(&listed) {
+        c.credentials.fail(
+            None,
+            format!("dids.jsonl lacks {missing}, which the ledger names"),
+        );
+    }
+    // A line that holds no entry may name any DID, so an extra one is only
+    // an extra when every line was read (the encoding failure stands anyway).
+    if unread_lines == 0 {
+        for extra in listed.difference(&seen_dids) {
+            c.credentials.fail(
+                None,
+                format!("dids.jsonl lists {extra}, which no entry names"),
+            );
         }
     }
     stats.sessions = authority.sessions().count() as u64;
@@ -517,7 +453,7 @@ pub fn verify_bundle_with(
         bundle: dir.display().to_string(),
         ledger: Some(ledger.to_string()),
         ledger_key_pinned: pinned,
-        ledger_key_fingerprint: custody_ledger::checkpoint::Origin::new(&b.manifest.origin)
+        ledger_key_fingerprint: Origin::new(&b.manifest.origin)
             .ok()
             .map(|o| custody_ledger::checkpoint::verifier_key_string(&o, &ledger.public_key())),
         origin: Some(b.manifest.origin.clone()),
@@ -526,6 +462,71 @@ pub fn verify_bundle_with(
         checks,
         stats,
     })
+}
+
+/// Compares every checkpoint of the tree size `range` has reached with its
+/// root. A mismatch names entry size − 1, the last one the root covers (none
+/// for a checkpoint of size 0, which covers no entry).
+fn check_checkpoint_roots(
+    cps: &[(u64, SignedCheckpoint, String)],
+    next: &mut usize,
+    range: &CompactRange,
+    check: &mut Check,
+) {
+    while let Some((size, cp, rel)) = cps.get(*next) {
+        if *size > range.size() {
+            break;
+        }
+        if cp.head().root != range.root() {
+            check.fail(
+                size.checked_sub(1),
+                format!(
+                    "{rel}: signed root {} differs from the root of the first {size} entries {}",
+                    hash_to_hex(&cp.head().root),
+                    hash_to_hex(&range.root())
+                ),
+            );
+        }
+        *next += 1;
+    }
+}
+
+/// One line of `entries.jsonl` that holds an entry, prepared off the ordered
+/// path: the entry, whether the line is its JCS form, and its signature.
+struct ReadEntry {
+    entry: Entry,
+    canonical: bool,
+    sig: Result<(), custody_ledger::LedgerError>,
+}
+
+/// A line as the ordered checks receive it: position, entry hash of the raw
+/// bytes, and what it holds.
+struct PreparedLine {
+    n: u64,
+    hash: EntryHash,
+    read: Result<ReadEntry, LineError>,
+}
+
+fn prepare_line(n: u64, line: &[u8]) -> PreparedLine {
+    let read = Entry::read_line(line).map(|Decoded { value, canonical }| {
+        let sig = if canonical {
+            value.verify_signature_in(line)
+        } else {
+            // The event's bytes in a re-encoded line are not the bytes its
+            // actor signed; the signature is over their JCS form.
+            value.verify_signature()
+        };
+        ReadEntry {
+            entry: value,
+            canonical,
+            sig,
+        }
+    });
+    PreparedLine {
+        n,
+        hash: entry_hash(line),
+        read,
+    }
 }
 
 /// Lines read ahead and prepared on every core: the per-line work that does
@@ -538,13 +539,6 @@ struct Prepared {
     error: Option<bundle::BundleError>,
     done: bool,
 }
-
-type PreparedLine = (
-    u64,
-    EntryHash,
-    Result<Entry, custody_ledger::LedgerError>,
-    Result<(), custody_ledger::LedgerError>,
-);
 
 /// What the preparing thread sends: chunks in order, then how reading ended.
 enum Prep {
@@ -604,15 +598,7 @@ fn prepare_chunk(raw: &[(u64, Vec<u8>)]) -> Vec<PreparedLine> {
         .unwrap_or(1)
         .min(16);
     let per = raw.len().div_ceil(workers).max(1);
-    let prepare = |(n, line): &(u64, Vec<u8>)| -> PreparedLine {
-        let hash = entry_hash(line);
-        let parsed = Entry::parse_line(line);
-        let sig = match &parsed {
-            Ok(e) => e.verify_signature_in(line),
-            Err(_) => Ok(()),
-        };
-        (*n, hash, parsed, sig)
-    };
+    let prepare = |(n, line): &(u64, Vec<u8>)| prepare_line(*n, line);
     std::thread::scope(|s| {
         let handles: Vec<_> = raw
             .chunks(per)
@@ -653,17 +639,59 @@ fn tlog_hash(h: &EntryHash) -> custody_ledger::merkle::Hash {
     custody_ledger::merkle::Hash(h.0)
 }
 
-fn check_file_digests(b: &Bundle, check: &mut Check) {
-    for (rel, want) in &b.manifest.files {
-        if rel.contains("..") || rel.starts_with('/') {
+/// The manifest's own rules (FORMAT.md §1, §7, §9 `manifest`): its
+/// encoding, its origin, and that `files` lists exactly the files of the
+/// bundle with their sizes and digests.
+fn check_manifest(b: &Bundle, ledger: &Did, check: &mut Check, unreadable: &mut bool) {
+    let m = &b.manifest;
+    if m.ledger != *ledger {
+        check.fail(
+            None,
+            format!(
+                "manifest names ledger {}, but the pinned ledger key is {}",
+                m.ledger, ledger
+            ),
+        );
+    }
+    if !b.manifest_canonical {
+        check.fail(
+            None,
+            "manifest.json is not one JCS (RFC 8785) object followed by a single \\n",
+        );
+    }
+    let origin = Origin::for_ledger(&m.ledger);
+    if m.origin != origin.as_str() {
+        check.fail(
+            None,
+            format!(
+                "origin {:?} is not custody/<multibase of the ledger DID>, {:?}",
+                m.origin,
+                origin.as_str()
+            ),
+        );
+    }
+    for (rel, want) in &m.files {
+        // Only the layout's own names: this also keeps every path inside
+        // the bundle directory.
+        if !bundle::is_layout_file(rel) {
             check.fail(
                 None,
-                format!("manifest lists a path outside the bundle: {rel:?}"),
+                format!("manifest lists {rel:?}, which is not a file of the bundle layout"),
             );
             continue;
         }
         match bundle::digest_file(&b.dir.join(rel)) {
-            Err(e) => check.fail(None, format!("{rel}: {e}")),
+            // Listed but absent is the manifest's fault; a file that is
+            // there but cannot be read is not (exit 2).
+            Err(e) => {
+                let absent = matches!(
+                    &e,
+                    bundle::BundleError::Io { source, .. }
+                        if source.kind() == std::io::ErrorKind::NotFound
+                );
+                *unreadable |= !absent;
+                check.fail(None, format!("{rel}: {e}"));
+            }
             Ok(got) => {
                 if got != *want {
                     check.fail(
@@ -677,9 +705,199 @@ fn check_file_digests(b: &Bundle, check: &mut Check) {
             }
         }
     }
-    for (_, _, rel) in &b.checkpoints {
-        if !b.manifest.files.contains_key(rel) {
-            check.fail(None, format!("{rel} is not listed in the manifest"));
+    for required in bundle::REQUIRED_FILES {
+        if !m.files.contains_key(required) {
+            check.fail(None, format!("the manifest does not list {required}"));
+        }
+    }
+    match b.present_files() {
+        Ok(present) => {
+            for rel in present {
+                if !m.files.contains_key(&rel) {
+                    check.fail(
+                        None,
+                        format!("{rel} is in the bundle but not listed in the manifest"),
+                    );
+                }
+            }
+        }
+        Err(e) => {
+            check.fail(None, e.to_string());
+            *unreadable = true;
+        }
+    }
+}
+
+/// Reads a small `.jsonl` file of records (credentials, DIDs) line by line.
+/// A line that cannot be read makes the bundle unreadable; a JSON object that
+/// is not a record, or a record not in JCS form, fails `check`. A record in
+/// the wrong form is still used, so one bad line is not also reported as a
+/// missing record. An absent file reads as empty (the manifest check reports
+/// it missing).
+fn read_records<T: serde::de::DeserializeOwned>(
+    b: &Bundle,
+    name: &str,
+    check: &mut Check,
+    unreadable: &mut bool,
+) -> Vec<T> {
+    let reader = match b.lines(name) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Vec::new(),
+        Err(e) => {
+            check.fail(None, e.to_string());
+            *unreadable = true;
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for item in reader {
+        match item {
+            Err(e) => {
+                check.fail(None, e.to_string());
+                *unreadable = true;
+            }
+            Ok((n, line)) => match decode_line::<T>(&line) {
+                Ok(d) => {
+                    if !d.canonical {
+                        check.fail(
+                            None,
+                            format!("{name} line {n}: not in canonical (RFC 8785) form"),
+                        );
+                    }
+                    out.push(d.value);
+                }
+                Err(e) => {
+                    *unreadable |= e.is_unreadable();
+                    check.fail(None, format!("{name} line {n}: {e}"));
+                }
+            },
+        }
+    }
+    out
+}
+
+/// `payloads.jsonl`, read in step with the entries (records in seq order).
+struct PayloadStream {
+    reader: Option<bundle::LineReader>,
+    /// The next record, read but not yet matched to its entry.
+    pending: Option<PayloadRecord>,
+}
+
+impl PayloadStream {
+    fn open(b: &Bundle, check: &mut Check, unreadable: &mut bool) -> Self {
+        let reader = match b.lines(bundle::PAYLOADS) {
+            Ok(r) => r,
+            Err(e) => {
+                check.fail(None, e.to_string());
+                *unreadable = true;
+                None
+            }
+        };
+        Self {
+            reader,
+            pending: None,
+        }
+    }
+
+    /// The next record that decodes; lines that do not are reported and
+    /// passed over.
+    fn read_next(&mut self, check: &mut Check, unreadable: &mut bool) -> Option<PayloadRecord> {
+        let reader = self.reader.as_mut()?;
+        loop {
+            match reader.next()? {
+                // The reader ends after an error.
+                Err(e) => {
+                    check.fail(None, e.to_string());
+                    *unreadable = true;
+                }
+                Ok((n, line)) => match decode_line::<PayloadRecord>(&line) {
+                    Ok(d) => {
+                        if !d.canonical {
+                            check.fail(
+                                None,
+                                format!(
+                                    "payloads.jsonl line {n}: not in canonical (RFC 8785) form"
+                                ),
+                            );
+                        }
+                        return Some(d.value);
+                    }
+                    Err(e) => {
+                        *unreadable |= e.is_unreadable();
+                        check.fail(None, format!("payloads.jsonl line {n}: {e}"));
+                    }
+                },
+            }
+        }
+    }
+
+    /// Holds the records for line `n` to its entry (at most one, matching
+    /// the entry's digest and size). `entry` is `None` when the line holds
+    /// no entry: its records are passed over, there being nothing to hold
+    /// them to.
+    fn match_entry(
+        &mut self,
+        n: u64,
+        entry: Option<&Entry>,
+        check: &mut Check,
+        unreadable: &mut bool,
+        stats: &mut Stats,
+    ) {
+        let mut seen = false;
+        loop {
+            if self.pending.is_none() {
+                self.pending = self.read_next(check, unreadable);
+            }
+            let Some(p) = self.pending.take() else {
+                return;
+            };
+            if p.seq.0 > n {
+                self.pending = Some(p);
+                return;
+            }
+            if p.seq.0 < n {
+                check.fail(
+                    Some(p.seq.0),
+                    "payload record out of seq order or for an entry without a payload",
+                );
+                continue;
+            }
+            let Some(entry) = entry else {
+                continue;
+            };
+            if std::mem::replace(&mut seen, true) {
+                check.fail(Some(n), "more than one payload record for this entry");
+                continue;
+            }
+            match (&entry.event.payload, p.open()) {
+                (None, _) => check.fail(Some(n), "payload record for an entry without a payload"),
+                (_, Err(e)) => check.fail(Some(n), e.to_string()),
+                (Some(r), Ok(body)) => {
+                    if r.digest != p.digest {
+                        check.fail(Some(n), "payload digest differs from the entry's");
+                    } else if r.size != body.len() as u64 {
+                        check.fail(Some(n), "payload size differs from the entry's");
+                    } else {
+                        stats.payloads_present += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records left after the last entry name entries the bundle lacks.
+    fn finish(mut self, check: &mut Check, unreadable: &mut bool) {
+        let report = |check: &mut Check, p: PayloadRecord| {
+            check.fail(
+                Some(p.seq.0),
+                "payload record for an entry not in the bundle",
+            )
+        };
+        if let Some(p) = self.pending.take() {
+            report(check, p);
+        }
+        while let Some(p) = self.read_next(check, unreadable) {
+            report(check, p);
         }
     }
 }
@@ -706,10 +924,11 @@ fn count_stats(stats: &mut Stats, entry: &Entry) {
 }
 
 /// credentials.jsonl lists, in seq order, the credential each session.start and
-/// identity.revoke entry carries; check this entry's against the next record.
+/// identity.revoke entry carries; check entry `n`'s against the next record.
 fn check_credential_records<'a>(
+    n: u64,
     entry: &Entry,
-    records: &mut std::iter::Peekable<impl Iterator<Item = &'a bundle::CredentialRecord>>,
+    records: &mut std::iter::Peekable<impl Iterator<Item = &'a CredentialRecord>>,
     check: &mut Check,
 ) {
     let ev = &entry.event;
@@ -718,26 +937,41 @@ fn check_credential_records<'a>(
         actions::IDENTITY_REVOKE => ev.detail_str("revocation").map(|j| ("revocation", j)),
         _ => None,
     };
-    while let Some(rec) = records.peek() {
-        if rec.seq.0 < entry.seq.0 {
-            check.fail(
-                Some(rec.seq.0),
-                format!("{} credential does not match its entry", rec.kind),
-            );
-            records.next();
-        } else {
-            break;
-        }
-    }
+    report_records_before(n, records, check);
     if let Some((kind, jws)) = expected {
         match records.peek() {
-            Some(rec) if rec.seq == entry.seq && rec.kind == kind && rec.jws == jws => {
+            Some(rec) if rec.seq.0 == n && rec.kind == kind && rec.jws == jws => {
                 records.next();
             }
             _ => check.fail(
-                Some(entry.seq.0),
+                Some(n),
                 format!("the entry's {kind} credential is missing from credentials.jsonl"),
             ),
         }
+    }
+}
+
+/// Line `n` holds no entry: records before it are still reported, records
+/// for it are passed over, there being nothing to hold them to.
+fn pass_credential_records<'a>(
+    n: u64,
+    records: &mut std::iter::Peekable<impl Iterator<Item = &'a CredentialRecord>>,
+    check: &mut Check,
+) {
+    report_records_before(n, records, check);
+    while records.next_if(|rec| rec.seq.0 == n).is_some() {}
+}
+
+/// Records for entries before `n` that were not matched when their entry was read.
+fn report_records_before<'a>(
+    n: u64,
+    records: &mut std::iter::Peekable<impl Iterator<Item = &'a CredentialRecord>>,
+    check: &mut Check,
+) {
+    while let Some(rec) = records.next_if(|rec| rec.seq.0 < n) {
+        check.fail(
+            Some(rec.seq.0),
+            format!("{} credential does not match its entry", rec.kind),
+        );
     }
 }

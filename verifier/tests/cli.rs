@@ -1,5 +1,6 @@
-//! `custody-verify` as a user meets it: bad input of every kind gets a clear
+//! `custody-verify` as a user meets it: input it cannot read gets a clear
 //! message and exit 2, never a panic; proofs round-trip through files.
+//! (`verdicts.rs` holds the readable bundles that fail one check, exit 1.)
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -104,7 +105,7 @@ fn unreadable_inputs_exit_2_with_a_message() {
                 t[2] = "{not json";
                 std::fs::write(d.join("entries.jsonl"), t.join("\n") + "\n").unwrap();
             }),
-            "entry",
+            "not a JSON object",
         ),
         (
             "unknown-entry-version",
@@ -115,15 +116,6 @@ fn unreadable_inputs_exit_2_with_a_message() {
                 std::fs::write(d.join("entries.jsonl"), t.join("\n") + "\n").unwrap();
             }),
             "unsupported entry version 9",
-        ),
-        (
-            "invalid-did",
-            Box::new(|d: &Path| {
-                let mut t: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
-                t[1] = t[1].replacen("did:key:z6Mk", "did:key:z7Mk", 1);
-                std::fs::write(d.join("entries.jsonl"), t.join("\n") + "\n").unwrap();
-            }),
-            "invalid DID",
         ),
         (
             "truncated-last-line",
@@ -164,6 +156,19 @@ fn unreadable_inputs_exit_2_with_a_message() {
                 .unwrap();
             }),
             "unsupported bundle version",
+        ),
+        (
+            // The manifest is read before any check (FORMAT.md §9): its
+            // members must have their types and forms.
+            "manifest-created-at-without-milliseconds",
+            Box::new(|d: &Path| {
+                let m = std::fs::read_to_string(d.join("manifest.json")).unwrap();
+                // "created_at":"YYYY-MM-DDTHH:MM:SS.mmmZ" loses ".mmm".
+                let at = m.find("\"created_at\":\"").unwrap() + "\"created_at\":\"".len();
+                let bad = format!("{}{}", &m[..at + 19], &m[at + 23..]);
+                std::fs::write(d.join("manifest.json"), bad).unwrap();
+            }),
+            "invalid timestamp",
         ),
     ];
     for (name, damage, expect) in cases {
