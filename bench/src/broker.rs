@@ -64,12 +64,12 @@ impl Broker {
             ) + BENCH_LIMITS,
         )?;
         let cfg = custody_server::config::Config::load(&cfgp)?;
-        let vault = custody_server::server::vault_from_config(&cfg)?;
-        let state = custody_server::server::AppState::open(cfg, vault)?;
+        let vault = custody_server::vault_from_config(&cfg)?;
+        let state = custody_server::AppState::open(cfg, vault).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(custody_server::server::serve(state, listener, async move {
+        let server = tokio::spawn(custody_server::serve(state, listener, async move {
             let _ = rx.await;
         }));
         Ok(Self {

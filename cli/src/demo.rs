@@ -20,7 +20,7 @@ use crate::dev::{example_config, write_secret_file, OpenBao};
 use custody_agent::client::{salted_payload, session_event, Client};
 use custody_agent::sessionfile::SessionFile;
 use custody_server::config::Config;
-use custody_server::server::{serve, AppState};
+use custody_server::{serve, AppState};
 
 /// The two agent sessions of the scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -601,8 +601,8 @@ pub async fn run(out: &Path) -> anyhow::Result<Summary> {
         ),
     )?;
     let cfg = Config::load(&cfg_path)?;
-    let vault = custody_server::server::vault_from_config(&cfg)?;
-    let state = AppState::open(cfg, vault)?;
+    let vault = custody_server::vault_from_config(&cfg)?;
+    let state = AppState::open(cfg, vault).await?;
     let ledger_did = state.ledger_key.did();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);

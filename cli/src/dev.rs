@@ -428,8 +428,8 @@ pub async fn run(dir: Option<PathBuf>, listen: &str) -> anyhow::Result<()> {
         ),
     )?;
     let cfg = custody_server::config::Config::load(&cfg_path)?;
-    let vault = custody_server::server::vault_from_config(&cfg)?;
-    let state = custody_server::server::AppState::open(cfg, vault)?;
+    let vault = custody_server::vault_from_config(&cfg)?;
+    let state = custody_server::AppState::open(cfg, vault).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -456,8 +456,7 @@ pub async fn run(dir: Option<PathBuf>, listen: &str) -> anyhow::Result<()> {
         admin.did(),
         developer.did(),
     );
-    custody_server::server::serve(state, listener, custody_server::server::shutdown_signal())
-        .await?;
+    custody_server::serve(state, listener, custody_server::shutdown_signal()).await?;
     drop(bao);
     Ok(())
 }

@@ -9,8 +9,8 @@ use custody_agent::client::{session_event, Client};
 use custody_agent::sessionfile::SessionFile;
 use custody_cli::dev;
 use custody_identity::{Did, KeyPair};
+use custody_server as server;
 use custody_server::config::{parse_duration, Config};
-use custody_server::server;
 
 #[derive(Parser)]
 #[command(
@@ -251,7 +251,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(async move {
                 let vault = server::vault_from_config(&cfg)?;
                 let listen = cfg.listen;
-                let state = server::AppState::open(cfg, vault)?;
+                let state = server::AppState::open(cfg, vault).await?;
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .with_context(|| format!("binding {listen}"))?;

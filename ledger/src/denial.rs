@@ -1,6 +1,7 @@
 //! Why the ledger refuses an event: one typed code per reason, from the
-//! rules ([`crate::authority`]) and the store's writer through the broker's
-//! HTTP answers and into `request.denied` entries.
+//! rules ([`crate::authority`]), the store's writer and the broker's own
+//! checks, through the broker's HTTP answers and into `request.denied`
+//! entries — the vocabulary of refusals a ledger records.
 
 use crate::actions::Refusal;
 
@@ -62,6 +63,18 @@ pub enum DenialCode {
     TrustInvalid,
     TooLarge,
     Malformed,
+    // Refusals by the broker before an event reaches the rules (recorded as
+    // `request.denied` all the same).
+    /// The request is signed by one DID and its event names another actor.
+    DidMismatch,
+    /// A session start signed by someone not in the trust state's delegators.
+    NotDelegator,
+    /// A scope the broker's configuration does not define.
+    UnknownScope,
+    /// A session longer than its scopes' `max_ttl`.
+    TtlTooLong,
+    /// A session that may not act now (revoked, expired, ended, unknown).
+    SessionInactive,
 }
 
 impl DenialCode {
@@ -92,6 +105,11 @@ impl DenialCode {
         DenialCode::TrustInvalid,
         DenialCode::TooLarge,
         DenialCode::Malformed,
+        DenialCode::DidMismatch,
+        DenialCode::NotDelegator,
+        DenialCode::UnknownScope,
+        DenialCode::TtlTooLong,
+        DenialCode::SessionInactive,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -122,6 +140,11 @@ impl DenialCode {
             DenialCode::TrustInvalid => "trust_invalid",
             DenialCode::TooLarge => "too_large",
             DenialCode::Malformed => "malformed",
+            DenialCode::DidMismatch => "did_mismatch",
+            DenialCode::NotDelegator => "not_delegator",
+            DenialCode::UnknownScope => "unknown_scope",
+            DenialCode::TtlTooLong => "ttl_too_long",
+            DenialCode::SessionInactive => "session_inactive",
         }
     }
 

@@ -1,21 +1,44 @@
 //! # custody-server
 //!
-//! `custody serve`: the broker agents and admins talk to (tokio + axum). It
-//! authenticates signed requests, holds the replay and rate-limit state that
-//! bounds what a flood can cost ([`replay`], [`ratelimit`]), runs the ledger's
-//! rules as the store's admission gate, mints and revokes OpenBao/Vault tokens
-//! ([`vault`]) whose accessors it keeps ([`brokerdb`]), decides tool calls with
-//! the Cedar pre-tool policy ([`policy`]), records agents' OpenTelemetry logs
-//! ([`otlp`]), and reads its configuration from `custody.toml` ([`config`]).
+//! `custody serve`: the broker agents and admins talk to (tokio + axum).
+//! A request's path through it, top to bottom:
+//!
+//! - [`listener`] accepts connections (HTTPS with the broker's own CA beyond
+//!   loopback) and bounds how long a client may take to send a request;
+//! - [`routes`] holds the HTTP API, one module per resource; every route is
+//!   registered with how it is authenticated, and the public ones live
+//!   together in [`routes::public`];
+//! - [`auth`] builds the only values an authenticated route can take:
+//!   [`auth::Signed`] (a request signed by its caller's did:key, within its
+//!   budget ([`ratelimit`]) and never replayed ([`replay`])) and
+//!   [`auth::Ingest`] (a session's OTLP bearer token);
+//! - [`state`] is what routes share: configuration ([`config`]), the ledger
+//!   key, the session CA, OpenBao ([`vault`]), the Cedar pre-tool policy
+//!   ([`policy`]); refusals are typed ([`error`]) and recorded;
+//! - [`credentials`] mints tokens as explicit steps and revokes them;
+//!   [`attest`] builds every event the ledger key signs; [`otlp`] reads
+//!   agents' telemetry;
+//! - [`storage`] is the one interface to everything kept: the ledger (whose
+//!   rules decide every append) and the broker's records ([`brokerdb`]).
 
+pub mod attest;
+pub mod auth;
 pub mod brokerdb;
 pub mod config;
+pub mod credentials;
+pub mod error;
+pub mod listener;
 pub mod otlp;
 pub mod policy;
 pub mod ratelimit;
 pub mod replay;
-pub mod server;
+pub mod routes;
+pub mod state;
+pub mod storage;
 pub mod vault;
+
+pub use listener::{serve, shutdown_signal};
+pub use state::{vault_from_config, AppState};
 
 /// Makes sure a rustls crypto provider is installed (reqwest, vaultrs and
 /// axum-server are built without one, so custody picks ring everywhere).

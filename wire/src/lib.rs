@@ -10,5 +10,6 @@
 //! No async runtime and no HTTP stack: both sides bring their own.
 
 pub mod api;
+pub mod error;
 pub mod signing;
 pub mod tool;

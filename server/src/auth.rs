@@ -1,0 +1,179 @@
+//! Authentication by type. A route that needs a caller takes a [`Signed<T>`]
+//! (a request signed by its caller's did:key) or an [`Ingest`] (an OTLP
+//! export with a session's bearer token); only this module can build either,
+//! after the checks below. A route that takes neither is public, and the
+//! public routes live together in [`crate::routes::public`]; a test walks
+//! every route of the router to hold that.
+//!
+//! A signed request is checked in this order: headers and signature
+//! (`custody_wire::signing`), timestamp within `limits.clock_skew`, the
+//! caller's request budget ([`crate::ratelimit`]), then its nonce
+//! ([`crate::replay`]) — the budget first, so a flood is refused before it
+//! can fill the replay cache.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, Uri};
+use custody_identity::{Delegation, Did};
+use custody_ledger::actions::Role;
+use custody_wire::error::ErrorCode;
+use custody_wire::signing::{self, RequestAuthError, RequestParts};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::ratelimit::RateError;
+use crate::replay::ReplayError;
+use crate::state::AppState;
+
+/// A request signed by its caller, with its JSON body. Only
+/// [`FromRequest`] below builds one, after authenticating the request.
+pub struct Signed<T> {
+    caller: Did,
+    roles: Vec<Role>,
+    body: T,
+}
+
+impl<T> Signed<T> {
+    /// The DID whose key signed the request.
+    pub fn caller(&self) -> &Did {
+        &self.caller
+    }
+
+    /// The roles the ledger's state gave the caller when it was
+    /// authenticated ([`Role::NewSession`] alone: none).
+    pub fn roles(&self) -> &[Role] {
+        &self.roles
+    }
+
+    pub fn body(&self) -> &T {
+        &self.body
+    }
+
+    pub fn into_parts(self) -> (Did, T) {
+        (self.caller, self.body)
+    }
+}
+
+fn auth_code(e: &RequestAuthError) -> ErrorCode {
+    match e {
+        RequestAuthError::Missing(_) => ErrorCode::Unsigned,
+        RequestAuthError::Malformed(_) => ErrorCode::MalformedSignature,
+        RequestAuthError::BadDid(_) => ErrorCode::BadDid,
+        RequestAuthError::Stale(..) => ErrorCode::StaleRequest,
+        RequestAuthError::Replayed => ErrorCode::ReplayedRequest,
+        RequestAuthError::BadSignature(_) => ErrorCode::BadSignature,
+    }
+}
+
+/// Checks a signed request: headers, signature, freshness, budget, replay.
+fn authenticate(
+    s: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Did, ApiError> {
+    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let parts = RequestParts {
+        method: method.as_str(),
+        path: uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+        did: h(signing::HEADER_DID),
+        timestamp: h(signing::HEADER_TIMESTAMP),
+        nonce: h(signing::HEADER_NONCE),
+        signature: h(signing::HEADER_SIGNATURE),
+        body,
+    };
+    let skew = s.cfg.limits.clock_skew.as_millis() as i64;
+    let now = signing::now_ms();
+    let (did, ts, nonce) = signing::verify_request(&parts, now, skew)
+        .map_err(|e| ApiError::new(auth_code(&e), e.to_string()))?;
+    s.rate
+        .check(&did, || s.rules(|a| a.knows(&did)))
+        .map_err(|e: RateError| ApiError::new(ErrorCode::RateLimited, e.to_string()))?;
+    // A nonce only needs remembering while its timestamp is acceptable.
+    s.nonces
+        .insert(nonce, ts + skew + 1, now)
+        .map_err(|e| match e {
+            ReplayError::Replayed => ApiError::new(ErrorCode::ReplayedRequest, e.to_string()),
+            ReplayError::Full => ApiError::new(ErrorCode::Busy, e.to_string()),
+        })?;
+    Ok(did)
+}
+
+/// Parses a JSON body with a message that names the problem.
+pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(ErrorCode::MalformedJson, format!("request body: {e}")))
+}
+
+impl<T> FromRequest<Arc<AppState>> for Signed<T>
+where
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, s: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        // The whole body was read, within its limits, by the listener
+        // (`crate::listener::read_body_in_time`).
+        let bytes = axum::body::to_bytes(body, s.cfg.limits.max_body)
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::MalformedBody, e.to_string()))?;
+        let caller = authenticate(s, &parts.method, &parts.uri, &parts.headers, &bytes)?;
+        let body = parse_body(&bytes)?;
+        let roles = s.rules(|a| a.roles_of(&caller));
+        Ok(Signed {
+            caller,
+            roles,
+            body,
+        })
+    }
+}
+
+/// An OTLP export authenticated by a session's ingest token
+/// (`Authorization: Bearer …`), whose session may act now. Only
+/// [`FromRequestParts`] below builds one.
+pub struct Ingest {
+    session: Delegation,
+}
+
+impl Ingest {
+    /// The delegation of the session the token belongs to.
+    pub fn session(&self) -> &Delegation {
+        &self.session
+    }
+}
+
+pub(crate) fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+impl FromRequestParts<Arc<AppState>> for Ingest {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Arc<AppState>) -> Result<Self, ApiError> {
+        let unauth = |m: String| ApiError::new(ErrorCode::BadIngestToken, m);
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                unauth("send the session's ingest token as `Authorization: Bearer <token>`".into())
+            })?;
+        let did = s
+            .storage
+            .ingest_session(&sha256_hex(token.trim()))
+            .await?
+            .ok_or_else(|| unauth("unknown or revoked ingest token".into()))?;
+        // The same state the rules hold appends to: revoked, expired or
+        // ended sessions are refused whatever the side table still holds.
+        let session = s
+            .active_session(&did)
+            .map_err(|why| unauth(format!("the ingest token's session may not act: {why}")))?;
+        Ok(Ingest { session })
+    }
+}

@@ -1,0 +1,346 @@
+//! Credentials in OpenBao/Vault: the mint as explicit steps, and the kill
+//! switch's revocation of every live token of an identity.
+//!
+//! A mint is [`authorize`] → [`mint`] → [`record`] → [`hand_out`], each step
+//! taking the previous one's value, so a token can only be handed out once
+//! it is recorded. What each failure leaves:
+//!
+//! | step | failure | answer | left behind |
+//! |---|---|---|---|
+//! | authorize | the rules or the config refuse | 403, recorded `request.denied` | nothing else |
+//! | mint | OpenBao refuses or is down | 502 `vault` | nothing |
+//! | record | the accessor cannot be kept | 500 | the token revoked in OpenBao, a `credential.revoke` recorded |
+//! | record | the ledger refuses or cannot append | 403 / 503 | the token revoked, its accessor forgotten |
+//!
+//! The token may only leave after the entry recording it and the accessor
+//! the kill switch needs are durable; the two are written side by side. A
+//! mint holds the mint lock shared from [`authorize`] until [`record`] ends,
+//! and a revocation takes it exclusively, so every token is either recorded
+//! before a revocation (and revoked by it) or refused after it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use custody_identity::{Delegation, Did};
+use custody_ledger::actions;
+use custody_ledger::denial::DenialCode;
+use custody_ledger::{SignedEvent, Timestamp};
+use custody_wire::api::{self, MintRequest};
+use custody_wire::error::ErrorCode;
+use time::OffsetDateTime;
+use tokio::sync::OwnedRwLockReadGuard;
+
+use crate::attest::{MintRecord, RevokeRecord};
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use crate::storage::AppendFailure;
+use crate::vault::{accessor_hash, MintedToken};
+
+/// Token revocations in flight at once during a kill switch.
+const REVOKE_CONCURRENCY: usize = 16;
+
+/// A mint the rules and the configuration allow: this session, this scope,
+/// this TTL. Holds the mint lock shared.
+pub struct Authorized {
+    session: Delegation,
+    scope: String,
+    policies: Vec<String>,
+    ttl: Duration,
+    request: SignedEvent,
+    _lock: OwnedRwLockReadGuard<()>,
+}
+
+/// A token OpenBao created and nobody has received: it must be recorded or
+/// revoked.
+pub struct Minted {
+    authorized: Authorized,
+    token: MintedToken,
+}
+
+/// A token whose ledger entries and accessor are durable.
+pub struct Recorded {
+    minted: Minted,
+    accessor_sha256: String,
+    request_seq: u64,
+    mint_seq: u64,
+}
+
+/// Step 1: may this caller have a token for this scope now?
+pub async fn authorize(s: &Arc<AppState>, caller: &Did, req: MintRequest) -> ApiResult<Authorized> {
+    let ev = &req.request.event;
+    let what = actions::CREDENTIAL_MINT;
+    if &ev.actor != caller {
+        let why = format!(
+            "the request is signed by {caller} but the event's actor is {}",
+            ev.actor
+        );
+        return Err(s.refuse(caller, what, DenialCode::DidMismatch, why).await);
+    }
+    if ev.action.as_str() != actions::CREDENTIAL_REQUEST {
+        return Err(ApiError::new(
+            ErrorCode::Malformed,
+            "the request event's action must be credential.request",
+        ));
+    }
+    let Some(scope_name) = ev.detail_str("scope").map(str::to_string) else {
+        return Err(ApiError::new(
+            ErrorCode::Malformed,
+            "credential.request needs details.scope",
+        ));
+    };
+    let Some(scope) = s.cfg.scope(&scope_name).cloned() else {
+        let why = format!("scope {scope_name:?} is not defined");
+        return Err(s.refuse(caller, what, DenialCode::UnknownScope, why).await);
+    };
+    if s.vault.is_none() {
+        return Err(ApiError::new(
+            ErrorCode::NoVault,
+            "this broker has no [vault] configured",
+        ));
+    }
+    // Held until the token is recorded, so a revocation waits for us.
+    let lock = s.mint_lock.clone().read_owned().await;
+    let now = Timestamp::now();
+    let grant = s.rules(|a| {
+        a.check(&req.request, now)
+            .map(|_| a.session(caller).map(|g| g.delegation.clone()))
+    });
+    let session = match grant {
+        Err(d) => return Err(s.refuse(caller, what, d.code, d.message).await),
+        Ok(None) => {
+            let why = format!("{caller} is not a started session");
+            return Err(s.refuse(caller, what, DenialCode::NoSession, why).await);
+        }
+        Ok(Some(d)) => d,
+    };
+    if !scope.contexts.iter().any(|c| c.as_str() == session.context) {
+        let why = format!(
+            "scope {scope_name:?} is not allowed in context {:?}",
+            session.context
+        );
+        return Err(s
+            .refuse(caller, what, DenialCode::ContextMismatch, why)
+            .await);
+    }
+    let remaining = session.not_after - OffsetDateTime::now_utc();
+    let remaining = Duration::from_secs(remaining.whole_seconds().max(0) as u64);
+    let ttl = scope.max_ttl.min(remaining);
+    if ttl.as_secs() < 1 {
+        let why = "the session has expired".to_string();
+        return Err(s.refuse(caller, what, DenialCode::Expired, why).await);
+    }
+    Ok(Authorized {
+        session,
+        scope: scope_name,
+        policies: scope.policies,
+        ttl,
+        request: req.request,
+        _lock: lock,
+    })
+}
+
+/// Step 2: OpenBao creates the token (exactly the scope's policies, no
+/// default policy, TTL as authorized).
+pub async fn mint(s: &Arc<AppState>, a: Authorized) -> ApiResult<Minted> {
+    let vault = s.vault.as_ref().ok_or_else(|| {
+        ApiError::new(ErrorCode::NoVault, "this broker has no [vault] configured")
+    })?;
+    let meta = HashMap::from([
+        (
+            "custody_session_did".to_string(),
+            a.session.session.to_string(),
+        ),
+        ("custody_session_id".to_string(), a.session.id.clone()),
+        ("custody_scope".to_string(), a.scope.clone()),
+    ]);
+    let token = vault
+        .mint(&a.policies, a.ttl, meta, &format!("custody-{}", a.scope))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Vault, e.to_string()))?;
+    Ok(Minted {
+        authorized: a,
+        token,
+    })
+}
+
+/// Step 3: the session's request, the ledger's `credential.mint` and the
+/// accessor, durable side by side; on any failure the token is revoked.
+pub async fn record(s: &Arc<AppState>, m: Minted) -> ApiResult<Recorded> {
+    let a = &m.authorized;
+    let session_did = a.session.session.clone();
+    let acc_hash = accessor_hash(&m.token.accessor);
+    let rec = s.attest.credential_mint(&MintRecord {
+        session: &a.session,
+        scope: &a.scope,
+        policies: &m.token.policies,
+        ttl_seconds: m.token.ttl.as_secs(),
+        accessor_sha256: &acc_hash,
+        request_nonce: a.request.event.nonce.to_hex(),
+    });
+    let expires = OffsetDateTime::now_utc().unix_timestamp() + m.token.ttl.as_secs() as i64;
+    let keep_accessor = s
+        .storage
+        .record_accessor(&session_did, &m.token.accessor, expires);
+    let s2 = s.clone();
+    let request = a.request.clone();
+    let append = async move {
+        let rec = tokio::task::spawn_blocking({
+            let s2 = s2.clone();
+            move || rec.sign(&s2.ledger_key)
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok::<_, ApiError>(s2.append(vec![request, rec]).await)
+    };
+    let (kept, appended) = tokio::join!(keep_accessor, append);
+    if let Err(why) = kept {
+        // Not revocable by the kill switch: the token must not live.
+        revoke_unrecorded(s, &m, &acc_hash).await;
+        let rev = s.attest.credential_revoke(&RevokeRecord {
+            subject: &session_did,
+            because_seq: None,
+            reason: "its accessor could not be recorded",
+            sessions: std::slice::from_ref(&session_did),
+            accessor_sha256: std::slice::from_ref(&acc_hash),
+            tokens_revoked: 1,
+            failures: &[],
+        });
+        let _ = s.append_attested(vec![rev]).await;
+        return Err(ApiError::internal(format!(
+            "recording the token's accessor failed; token revoked: {why}"
+        )));
+    }
+    let mut results = appended?.into_iter();
+    match (results.next(), results.next()) {
+        (Some(Ok(r)), Some(Ok(mint))) => Ok(Recorded {
+            minted: m,
+            accessor_sha256: acc_hash,
+            request_seq: r.seq.0,
+            mint_seq: mint.seq.0,
+        }),
+        (first, _) => {
+            // Not recorded: the token must not live.
+            revoke_unrecorded(s, &m, &acc_hash).await;
+            let _ = s
+                .storage
+                .forget_accessor(&session_did, &m.token.accessor)
+                .await;
+            Err(match first {
+                Some(Err(AppendFailure::Refused(d))) => {
+                    s.refuse(&session_did, actions::CREDENTIAL_MINT, d.code, d.message)
+                        .await
+                }
+                Some(Err(AppendFailure::Storage(e))) => e.into(),
+                _ => ApiError::internal("the mint could not be recorded; token revoked"),
+            })
+        }
+    }
+}
+
+/// Revokes a token nobody received.
+async fn revoke_unrecorded(s: &Arc<AppState>, m: &Minted, acc_hash: &str) {
+    if let Some(v) = &s.vault {
+        if let Err(e) = v.revoke_accessor(&m.token.accessor).await {
+            tracing::error!(
+                accessor_sha256 = acc_hash,
+                "revoking an unrecorded token failed: {e}"
+            );
+        }
+    }
+}
+
+/// Step 4: the token leaves, in this answer only.
+pub fn hand_out(r: Recorded) -> api::Minted {
+    let Recorded {
+        minted,
+        accessor_sha256,
+        request_seq,
+        mint_seq,
+    } = r;
+    api::Minted {
+        token: minted.token.token,
+        ttl_seconds: minted.token.ttl.as_secs(),
+        policies: minted.token.policies,
+        accessor_sha256,
+        request_seq,
+        mint_seq,
+    }
+}
+
+/// What [`kill`] did.
+pub struct Killed {
+    pub revoked: u64,
+    pub failures: Vec<String>,
+}
+
+/// Revokes in OpenBao every recorded token of `targets`, tidies their ingest
+/// credentials, and records a `credential.revoke` for `subject` citing the
+/// entry at `because_seq` (a revocation, or a session's end). Callers hold
+/// the mint lock exclusively.
+pub async fn kill(
+    s: &Arc<AppState>,
+    subject: &Did,
+    targets: &[Did],
+    because_seq: u64,
+    reason: &str,
+) -> Killed {
+    let mut failures = Vec::new();
+    let pending = s.storage.accessors_of(targets).await.unwrap_or_else(|e| {
+        failures.push(format!("reading recorded accessors: {e}"));
+        Vec::new()
+    });
+    let mut revoked = 0u64;
+    let mut hashes = Vec::new();
+    match &s.vault {
+        None if !pending.is_empty() => failures.push("no vault configured".to_string()),
+        None => {}
+        // REVOKE_CONCURRENCY at a time: each is one OpenBao round trip, and
+        // the kill switch's latency is their sum otherwise.
+        Some(_) => {
+            for chunk in pending.chunks(REVOKE_CONCURRENCY) {
+                let mut set = tokio::task::JoinSet::new();
+                for (did, accessor) in chunk.iter().cloned() {
+                    let s2 = s.clone();
+                    set.spawn(async move {
+                        let r = match &s2.vault {
+                            Some(v) => v
+                                .revoke_accessor(&accessor)
+                                .await
+                                .map_err(|e| e.to_string()),
+                            None => Err("no vault configured".to_string()),
+                        };
+                        (did, accessor, r)
+                    });
+                }
+                while let Some(done) = set.join_next().await {
+                    match done {
+                        Ok((did, accessor, Ok(()))) => {
+                            revoked += 1;
+                            hashes.push(accessor_hash(&accessor));
+                            let _ = s.storage.forget_accessor(&did, &accessor).await;
+                        }
+                        Ok((_, _, Err(e))) => failures.push(e),
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+            }
+        }
+    }
+    hashes.sort();
+    // The targets' ingest credentials are refused from now on by the
+    // ledger's state; dropping them here only tidies the table.
+    let _ = s.storage.forget_ingest_of(targets).await;
+    let rec = s.attest.credential_revoke(&RevokeRecord {
+        subject,
+        because_seq: Some(because_seq),
+        reason,
+        sessions: targets,
+        accessor_sha256: &hashes,
+        tokens_revoked: revoked,
+        failures: &failures,
+    });
+    let _ = s.append_attested(vec![rec]).await;
+    Killed { revoked, failures }
+}

@@ -1,0 +1,368 @@
+//! What every route shares: the configuration, the storage seam, the ledger
+//! key, the session CA, OpenBao, the pre-tool policy, and the bounded state
+//! that authentication keeps (replay cache, rate limits). Also the few
+//! things every route does the same way: read the rules' state, append, sign
+//! and append as the ledger key, refuse and record the refusal, checkpoint.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use custody_identity::cert::SessionCa;
+use custody_identity::{Delegation, Did, KeyPair};
+use custody_ledger::authority::{Authority, TrustRoots};
+use custody_ledger::checkpoint::{Origin, SignedCheckpoint};
+use custody_ledger::denial::DenialCode;
+use custody_ledger::store::Appended;
+use custody_ledger::{Event, SignedEvent, Timestamp};
+use time::OffsetDateTime;
+
+use crate::attest::Attest;
+use crate::config::Config;
+use crate::error::{ApiError, ApiResult};
+use crate::policy::Policy;
+use crate::ratelimit::RateLimiter;
+use crate::replay::ReplayCache;
+use crate::storage::{self, embedded::Embedded, AppendFailure, AppendResults, Storage};
+use crate::vault::Vault;
+
+/// Refusals of identities the ledger does not know, recorded per minute.
+const STRANGER_DENIALS_PER_MINUTE: u32 = 60;
+
+/// Broker state shared by the routes.
+pub struct AppState {
+    pub cfg: Config,
+    pub storage: Arc<dyn Storage>,
+    pub ledger_key: KeyPair,
+    pub origin: Origin,
+    pub vault: Option<Vault>,
+    pub ca: SessionCa,
+    pub attest: Attest,
+    /// The pre-tool policy; `None` when `[policy] enabled = false`.
+    pub policy: Option<Policy>,
+    /// Signed-request nonces while their timestamps are acceptable.
+    pub(crate) nonces: ReplayCache,
+    pub(crate) rate: RateLimiter,
+    stranger_denials: Mutex<(Instant, u32)>,
+    /// A mint holds it shared from its authorization until its token is
+    /// recorded; a revocation or a session's end takes it exclusively, so no
+    /// token minted before or during either survives it.
+    pub(crate) mint_lock: Arc<tokio::sync::RwLock<()>>,
+    /// Size and time of the last checkpoint signed.
+    checkpointed: Mutex<(u64, Instant)>,
+}
+
+fn io_ctx(p: &Path, e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("{}: {e}", p.display())
+}
+
+/// Loads the key at `path`, creating it on first start.
+pub(crate) fn load_or_create_key(path: &Path) -> anyhow::Result<KeyPair> {
+    if path.exists() {
+        Ok(KeyPair::load(path)?)
+    } else {
+        let k = KeyPair::generate();
+        k.save(path)?;
+        Ok(k)
+    }
+}
+
+/// Whether the store at `dir` holds any entry (a non-empty segment file).
+fn holds_entries(dir: &Path) -> anyhow::Result<bool> {
+    let segments = dir.join("segments");
+    let items = match std::fs::read_dir(&segments) {
+        Ok(items) => items,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_ctx(&segments, e)),
+    };
+    for item in items {
+        let item = item.map_err(|e| io_ctx(&segments, e))?;
+        if item.file_name().to_string_lossy().ends_with(".jsonl")
+            && item.metadata().map(|m| m.len() > 0).unwrap_or(true)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Where the broker's own Vault token comes from.
+pub fn vault_from_config(cfg: &Config) -> anyhow::Result<Option<Vault>> {
+    let Some(v) = &cfg.vault else { return Ok(None) };
+    let token = match &v.token_file {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| io_ctx(p, e))?
+            .trim()
+            .to_string(),
+        None => std::env::var("VAULT_TOKEN")
+            .map_err(|_| anyhow::anyhow!("[vault] needs token_file or VAULT_TOKEN"))?,
+    };
+    Ok(Some(Vault::new(&v.addr, &token, v.role.clone())?))
+}
+
+impl AppState {
+    /// Opens the data directory with the embedded storage (segment log +
+    /// sled).
+    pub async fn open(cfg: Config, vault: Option<Vault>) -> anyhow::Result<Arc<Self>> {
+        let ledger_key = Self::ledger_key(&cfg)?;
+        // Opening replays the ledger through the rules: blocking work.
+        let (data, did) = (cfg.data.clone(), ledger_key.did());
+        let storage = tokio::task::spawn_blocking(move || Embedded::open(&data, did)).await??;
+        Self::with_storage(cfg, vault, ledger_key, Arc::new(storage)).await
+    }
+
+    /// The ledger key in the data directory, created on the first start. A
+    /// new key would start a second ledger on top of the first — neither key
+    /// would verify what is there — so a ledger without its key is refused.
+    pub fn ledger_key(cfg: &Config) -> anyhow::Result<KeyPair> {
+        std::fs::create_dir_all(&cfg.data).map_err(|e| io_ctx(&cfg.data, e))?;
+        let key_path = cfg.data.join("ledger.key");
+        if !key_path.exists() && holds_entries(&cfg.data.join("ledger"))? {
+            anyhow::bail!(
+                "{} holds a ledger but {} is missing: restore the ledger key from its backup (custody will not create a new key for an existing ledger)",
+                cfg.data.join("ledger").display(),
+                key_path.display()
+            );
+        }
+        load_or_create_key(&key_path)
+    }
+
+    /// Opens the broker on `storage`: keys, CA, the policy; writes the
+    /// genesis entry, or a trust update when the config's trust roots differ
+    /// from the ledger's.
+    pub async fn with_storage(
+        cfg: Config,
+        vault: Option<Vault>,
+        ledger_key: KeyPair,
+        storage: Arc<dyn Storage>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let ca_key = load_or_create_key(&cfg.data.join("ca.key"))?;
+        let ca_pem_path = cfg.data.join("ca.pem");
+        let ca = if ca_pem_path.exists() {
+            let pem = std::fs::read_to_string(&ca_pem_path).map_err(|e| io_ctx(&ca_pem_path, e))?;
+            SessionCa::from_key(ca_key, "custody session CA", pem)?
+        } else {
+            let ca = SessionCa::generate(ca_key, "custody session CA")?;
+            std::fs::write(&ca_pem_path, ca.ca_cert_pem()).map_err(|e| io_ctx(&ca_pem_path, e))?;
+            ca
+        };
+        let attest = Attest::new(ledger_key.did());
+        let want = TrustRoots {
+            admins: cfg.admins.iter().cloned().collect(),
+            delegators: cfg.delegators.iter().cloned().collect(),
+        };
+        let empty = storage.size() == 0;
+        if empty || storage::rules(&*storage, |a| a.trust() != &want) {
+            let event = attest.trust(empty, &want).sign(&ledger_key)?;
+            let appended = storage.append(vec![event]).await;
+            match appended.into_iter().next() {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => anyhow::bail!("writing the trust roots: {e}"),
+                None => anyhow::bail!("writing the trust roots: no result"),
+            }
+        }
+        let policy = match (&cfg.policy.enabled, &cfg.policy.file) {
+            (false, _) => None,
+            (true, None) => Some(Policy::default_set()),
+            (true, Some(f)) => {
+                let text = std::fs::read_to_string(f).map_err(|e| io_ctx(f, e))?;
+                Some(Policy::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?)
+            }
+        };
+        let size = storage.size();
+        let rate = RateLimiter::new(cfg.limits.requests_per_second);
+        Ok(Arc::new(Self {
+            origin: Origin::for_ledger(&ledger_key.did()),
+            policy,
+            cfg,
+            storage,
+            ledger_key,
+            vault,
+            ca,
+            attest,
+            nonces: ReplayCache::default(),
+            rate,
+            stranger_denials: Mutex::new((Instant::now(), 0)),
+            mint_lock: Arc::new(tokio::sync::RwLock::new(())),
+            checkpointed: Mutex::new((size, Instant::now())),
+        }))
+    }
+
+    /// Reads the rules' state.
+    pub fn rules<R>(&self, f: impl FnOnce(&Authority) -> R) -> R {
+        storage::rules(&*self.storage, f)
+    }
+
+    /// An unrevoked admin of the ledger's trust state may revoke, export,
+    /// redact and sign checkpoints. The ledger's state decides, not the
+    /// config file: it is what the rules and the offline verifier hold it to.
+    pub fn check_admin(&self, caller: &Did) -> Result<(), String> {
+        let now = Timestamp::now();
+        self.rules(|a| {
+            if !a.trust().admins.contains(caller) {
+                return Err(format!(
+                    "{caller} is not an admin of this ledger ([trust] admins)"
+                ));
+            }
+            match a.revoked_at(caller, now) {
+                Some(r) => Err(format!(
+                    "{caller} has been revoked (entry {}: {})",
+                    r.seq, r.revocation.reason
+                )),
+                None => Ok(()),
+            }
+        })
+    }
+
+    /// The delegation of a session that may still act now, or why not:
+    /// started, not revoked (nor its delegator), inside its validity window
+    /// and not ended. The same state the rules hold appends to, so a cached
+    /// credential (the OTLP ingest token) dies exactly when appends do.
+    pub fn active_session(&self, did: &Did) -> Result<Delegation, String> {
+        let now = Timestamp::now();
+        self.rules(|a| {
+            if let Some(r) = a.revoked_at(did, now) {
+                return Err(format!("revoked: {}", r.revocation.reason));
+            }
+            let g = a
+                .session(did)
+                .ok_or_else(|| "no such session".to_string())?;
+            if let Some(end) = g.ended_at {
+                return Err(format!("the session ended (entry {end})"));
+            }
+            g.delegation
+                .is_valid_at(now.datetime())
+                .map_err(|e| e.to_string())?;
+            Ok(g.delegation.clone())
+        })
+    }
+
+    /// Appends events signed by their actors.
+    pub async fn append(&self, events: Vec<SignedEvent>) -> AppendResults {
+        self.storage.append(events).await
+    }
+
+    /// Signs events with the ledger key (on a blocking thread) and appends
+    /// them.
+    pub async fn append_attested(self: &Arc<Self>, events: Vec<Event>) -> ApiResult<AppendResults> {
+        let s = self.clone();
+        let signed = tokio::task::spawn_blocking(move || {
+            events
+                .into_iter()
+                .map(|e| e.sign(&s.ledger_key))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(self.append(signed).await)
+    }
+
+    /// Appends one event; a refusal is recorded and answered 403.
+    pub async fn append_one(self: &Arc<Self>, event: SignedEvent) -> ApiResult<Appended> {
+        let (actor, action) = (event.event.actor.clone(), event.event.action.to_string());
+        let r = self.append(vec![event]).await;
+        self.one_result(&actor, &action, r).await
+    }
+
+    /// [`append_attested`](Self::append_attested) for one event, with the
+    /// refusal handling of [`append_one`](Self::append_one).
+    pub async fn append_attested_one(self: &Arc<Self>, event: Event) -> ApiResult<Appended> {
+        let (actor, action) = (event.actor.clone(), event.action.to_string());
+        let r = self.append_attested(vec![event]).await?;
+        self.one_result(&actor, &action, r).await
+    }
+
+    async fn one_result(
+        self: &Arc<Self>,
+        actor: &Did,
+        action: &str,
+        mut results: AppendResults,
+    ) -> ApiResult<Appended> {
+        match results.pop() {
+            Some(Ok(a)) => Ok(a),
+            Some(Err(AppendFailure::Refused(d))) => {
+                Err(self.refuse(actor, action, d.code, d.message).await)
+            }
+            Some(Err(AppendFailure::Storage(e))) => Err(e.into()),
+            None => Err(ApiError::internal("no append result")),
+        }
+    }
+
+    /// Refuses an authenticated request: records it (`request.denied`, by
+    /// the ledger key) and answers 403 with the code.
+    pub async fn refuse(
+        self: &Arc<Self>,
+        caller: &Did,
+        attempted: &str,
+        code: DenialCode,
+        message: String,
+    ) -> ApiError {
+        self.record_denial(caller, attempted, code, &message).await;
+        ApiError::new(code.into(), message)
+    }
+
+    /// Records a refused request by an authenticated caller. Keys cost
+    /// nothing, so refusals of identities the ledger does not know are
+    /// recorded only up to a global budget: probing is evidence, but a
+    /// stranger must not be able to grow the ledger without bound.
+    async fn record_denial(
+        self: &Arc<Self>,
+        actor: &Did,
+        attempted: &str,
+        code: DenialCode,
+        reason: &str,
+    ) {
+        if !self.rules(|a| a.knows(actor)) {
+            let mut b = self
+                .stranger_denials
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if b.0.elapsed() >= Duration::from_secs(60) {
+                *b = (Instant::now(), 0);
+            }
+            b.1 += 1;
+            if b.1 > STRANGER_DENIALS_PER_MINUTE {
+                tracing::warn!(%actor, attempted, code = code.as_str(), "refusal not recorded: over the budget for unknown identities");
+                return;
+            }
+        }
+        let e = self.attest.request_denied(actor, attempted, code, reason);
+        match self.append_attested(vec![e]).await {
+            Ok(mut rs) => {
+                if let Some(Err(err)) = rs.pop() {
+                    tracing::error!("recording a denial failed: {err}");
+                }
+            }
+            Err(err) => tracing::error!("recording a denial failed: {}", err.message),
+        }
+    }
+
+    /// Signs a checkpoint if the period says one is due (or `force`), and
+    /// entries were appended since the last.
+    pub async fn maybe_checkpoint(self: &Arc<Self>, force: bool) -> anyhow::Result<()> {
+        let head = self.storage.head().await?;
+        let due = {
+            let last = self.checkpointed.lock().unwrap_or_else(|p| p.into_inner());
+            head.size > last.0
+                && (force
+                    || head.size - last.0 >= self.cfg.checkpoint.every_entries
+                    || last.1.elapsed() >= self.cfg.checkpoint.every)
+        };
+        if !due {
+            return Ok(());
+        }
+        let s = self.clone();
+        let note = tokio::task::spawn_blocking(move || {
+            SignedCheckpoint::sign(&s.ledger_key, &s.origin, head, OffsetDateTime::now_utc())
+                .map(|cp| cp.to_bytes())
+        })
+        .await??;
+        self.storage.save_checkpoint(head.size, note).await?;
+        let mut last = self.checkpointed.lock().unwrap_or_else(|p| p.into_inner());
+        if head.size > last.0 {
+            *last = (head.size, Instant::now());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,129 @@
+//! The storage seam: everything a route keeps or reads — the ledger (appends
+//! through the rules, entries, proofs, checkpoints and their cosignatures,
+//! payload bodies, exports) and the broker's own records (token accessors,
+//! ingest credentials) — goes through [`Storage`]. Routes never touch a file,
+//! a sled tree or a database: a second backend plugs in here without
+//! touching them.
+//!
+//! [`embedded::Embedded`] is the single-node backend: the segment-log store
+//! of `custody-ledger` (fdatasync group commit) and a sled database for the
+//! broker's records, each call run on the blocking pool.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use custody_identity::{Did, KeyPair};
+use custody_ledger::authority::{Authority, Denial};
+use custody_ledger::checkpoint::Origin;
+use custody_ledger::merkle::{Hash, TreeHead};
+use custody_ledger::store::Appended;
+use custody_ledger::{PayloadDigest, SignedEvent};
+
+pub mod embedded;
+
+/// Why storage could not do what it was asked. Nothing of the request was
+/// stored in either case.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// Retry later: a full disk, a read-only directory, a database that is
+    /// down. The broker answers 503.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else (the broker answers 500).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Why one event of an append was not appended.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendFailure {
+    /// The ledger's rules refused it.
+    #[error("refused: {0}")]
+    Refused(Denial),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// One result per event, in order.
+pub type AppendResults = Vec<Result<Appended, AppendFailure>>;
+
+/// A payload body kept beside the chain: its digest, salt and bytes.
+pub type PayloadItem = (PayloadDigest, [u8; 32], Vec<u8>);
+
+#[async_trait]
+pub trait Storage: Send + Sync {
+    // ---- the ledger ----------------------------------------------------------------
+
+    /// Appends events in order, each checked by the rules in sequence order;
+    /// returns once every admitted one is durable.
+    async fn append(&self, events: Vec<SignedEvent>) -> AppendResults;
+    /// Entries in the ledger (acknowledged).
+    fn size(&self) -> u64;
+    /// Reads the rules' state consistently (no append is admitted meanwhile).
+    fn with_rules(&self, f: &mut dyn FnMut(&Authority));
+    async fn head(&self) -> Result<TreeHead, StorageError>;
+    /// The canonical line of entry `seq`.
+    async fn line(&self, seq: u64) -> Result<Vec<u8>, StorageError>;
+    async fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Vec<Hash>, StorageError>;
+    async fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, StorageError>;
+    /// Writes the export bundle of the whole ledger into `out` (signing a
+    /// checkpoint at its size first if there is none).
+    async fn export(
+        &self,
+        ledger_key: &KeyPair,
+        origin: &Origin,
+        out: &Path,
+    ) -> Result<(), StorageError>;
+
+    // ---- checkpoints ---------------------------------------------------------------
+
+    async fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError>;
+    async fn checkpoint(&self, size: u64) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Keeps a signed note (a new checkpoint, or one with cosignatures added).
+    async fn save_checkpoint(&self, size: u64, note: Vec<u8>) -> Result<(), StorageError>;
+
+    // ---- payload bodies ------------------------------------------------------------
+
+    async fn put_payloads(&self, items: Vec<PayloadItem>) -> Result<(), StorageError>;
+    async fn payload(
+        &self,
+        digest: PayloadDigest,
+    ) -> Result<Option<([u8; 32], Vec<u8>)>, StorageError>;
+    /// Deletes a body and its salt; whether there was one.
+    async fn redact(&self, digest: PayloadDigest) -> Result<bool, StorageError>;
+
+    // ---- the broker's records ------------------------------------------------------
+
+    /// Keeps a minted token's accessor (needed to revoke it) durably before
+    /// the token is handed out.
+    async fn record_accessor(
+        &self,
+        session: &Did,
+        accessor: &str,
+        expires_unix: i64,
+    ) -> Result<(), StorageError>;
+    /// Every recorded accessor of these sessions.
+    async fn accessors_of(&self, sessions: &[Did]) -> Result<Vec<(Did, String)>, StorageError>;
+    async fn forget_accessor(&self, session: &Did, accessor: &str) -> Result<(), StorageError>;
+    /// A session's OTLP ingest credential, by the SHA-256 of its token.
+    async fn record_ingest(&self, token_sha256: &str, session: &Did) -> Result<(), StorageError>;
+    async fn ingest_session(&self, token_sha256: &str) -> Result<Option<Did>, StorageError>;
+    /// Tidies the ingest credentials of sessions that may no longer act (the
+    /// rules' state refuses them anyway).
+    async fn forget_ingest_of(&self, sessions: &[Did]) -> Result<(), StorageError>;
+
+    /// Drains what is queued and makes everything durable (shutdown).
+    async fn close(&self) -> Result<(), StorageError>;
+}
+
+/// Reads the rules' state of `storage` through a closure with a result.
+pub fn rules<R>(storage: &dyn Storage, f: impl FnOnce(&Authority) -> R) -> R {
+    let mut f = Some(f);
+    let mut out = None;
+    storage.with_rules(&mut |a| {
+        if let Some(f) = f.take() {
+            out = Some(f(a));
+        }
+    });
+    out.expect("with_rules calls its closure once")
+}
