@@ -1,0 +1,270 @@
+//! Each failure path of the mint (server/src/credentials.rs), against a real
+//! OpenBao: when OpenBao is down, nothing is recorded and no token exists;
+//! when the accessor cannot be kept, the token is revoked and the revocation
+//! recorded; when the ledger cannot record the mint, the token is revoked and
+//! its accessor forgotten. In no case does a live token remain that the
+//! ledger does not record. Storage failures are injected by wrapping the
+//! broker's real storage (the only stand-in here: OpenBao, HTTP and the
+//! ledger are real).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use custody_identity::{Did, KeyPair};
+use custody_ledger::authority::Authority;
+use custody_ledger::checkpoint::Origin;
+use custody_ledger::merkle::{Hash, TreeHead};
+use custody_ledger::{PayloadDigest, SignedEvent};
+use custody_server::config::Config;
+use custody_server::storage::embedded::Embedded;
+use custody_server::storage::{AppendFailure, AppendResults, PayloadItem, Storage, StorageError};
+use custody_server::AppState;
+use custody_tests::broker::Harness;
+
+/// The broker's real storage, with failures switched on by the test.
+struct Faulty {
+    inner: Embedded,
+    accessor_fails: AtomicBool,
+    mint_entry_fails: AtomicBool,
+}
+
+#[async_trait]
+impl Storage for Faulty {
+    async fn append(&self, events: Vec<SignedEvent>) -> AppendResults {
+        let mint = events
+            .iter()
+            .any(|e| e.event.action.as_str() == "credential.mint");
+        if mint && self.mint_entry_fails.load(Ordering::SeqCst) {
+            return events
+                .iter()
+                .map(|_| {
+                    Err(AppendFailure::Storage(StorageError::Unavailable(
+                        "injected: the disk is full".into(),
+                    )))
+                })
+                .collect();
+        }
+        self.inner.append(events).await
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn with_rules(&self, f: &mut dyn FnMut(&Authority)) {
+        self.inner.with_rules(f)
+    }
+    async fn head(&self) -> Result<TreeHead, StorageError> {
+        self.inner.head().await
+    }
+    async fn line(&self, seq: u64) -> Result<Vec<u8>, StorageError> {
+        self.inner.line(seq).await
+    }
+    async fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Vec<Hash>, StorageError> {
+        self.inner.inclusion_proof(seq, size).await
+    }
+    async fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, StorageError> {
+        self.inner.consistency_proof(old, new).await
+    }
+    async fn export(&self, k: &KeyPair, o: &Origin, out: &Path) -> Result<(), StorageError> {
+        self.inner.export(k, o, out).await
+    }
+    async fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        self.inner.latest_checkpoint().await
+    }
+    async fn checkpoint(&self, size: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.checkpoint(size).await
+    }
+    async fn save_checkpoint(&self, size: u64, note: Vec<u8>) -> Result<(), StorageError> {
+        self.inner.save_checkpoint(size, note).await
+    }
+    async fn put_payloads(&self, items: Vec<PayloadItem>) -> Result<(), StorageError> {
+        self.inner.put_payloads(items).await
+    }
+    async fn payload(&self, d: PayloadDigest) -> Result<Option<([u8; 32], Vec<u8>)>, StorageError> {
+        self.inner.payload(d).await
+    }
+    async fn redact(&self, d: PayloadDigest) -> Result<bool, StorageError> {
+        self.inner.redact(d).await
+    }
+    async fn record_accessor(&self, s: &Did, a: &str, exp: i64) -> Result<(), StorageError> {
+        if self.accessor_fails.load(Ordering::SeqCst) {
+            return Err(StorageError::Failed(
+                "injected: sled refused the write".into(),
+            ));
+        }
+        self.inner.record_accessor(s, a, exp).await
+    }
+    async fn accessors_of(&self, s: &[Did]) -> Result<Vec<(Did, String)>, StorageError> {
+        self.inner.accessors_of(s).await
+    }
+    async fn forget_accessor(&self, s: &Did, a: &str) -> Result<(), StorageError> {
+        self.inner.forget_accessor(s, a).await
+    }
+    async fn record_ingest(&self, t: &str, s: &Did) -> Result<(), StorageError> {
+        self.inner.record_ingest(t, s).await
+    }
+    async fn ingest_session(&self, t: &str) -> Result<Option<Did>, StorageError> {
+        self.inner.ingest_session(t).await
+    }
+    async fn forget_ingest_of(&self, s: &[Did]) -> Result<(), StorageError> {
+        self.inner.forget_ingest_of(s).await
+    }
+    async fn close(&self) -> Result<(), StorageError> {
+        self.inner.close().await
+    }
+}
+
+struct Broker {
+    h: Harness,
+    faulty: Arc<Faulty>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+async fn broker() -> Broker {
+    let h = Harness::prepare("").await;
+    let cfg = Config::load(&h.config()).unwrap();
+    let key = AppState::ledger_key(&cfg).unwrap();
+    let faulty = Arc::new(Faulty {
+        inner: Embedded::open(&cfg.data, key.did()).unwrap(),
+        accessor_fails: AtomicBool::new(false),
+        mint_entry_fails: AtomicBool::new(false),
+    });
+    let vault = custody_server::vault_from_config(&cfg).unwrap();
+    let listen = cfg.listen;
+    let state = AppState::with_storage(cfg, vault, key, faulty.clone())
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+    let server = tokio::spawn(async move {
+        let _ = custody_server::serve(state, listener, std::future::pending()).await;
+    });
+    Broker {
+        h,
+        faulty,
+        _server: server,
+    }
+}
+
+/// Every live OpenBao token minted for `session` (looked up as root).
+async fn live_tokens_of(h: &Harness, session: &Did) -> Vec<String> {
+    let http = reqwest::Client::new();
+    let root = h.bao.root_token();
+    let list: serde_json::Value = http
+        .get(format!("{}/v1/auth/token/accessors?list=true", h.bao.addr))
+        .header("X-Vault-Token", root)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for a in list["data"]["keys"].as_array().cloned().unwrap_or_default() {
+        let r: serde_json::Value = http
+            .post(format!("{}/v1/auth/token/lookup-accessor", h.bao.addr))
+            .header("X-Vault-Token", root)
+            .json(&serde_json::json!({"accessor": a}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if r["data"]["meta"]["custody_session_did"].as_str() == Some(session.as_str()) {
+            out.push(a.as_str().unwrap_or_default().to_string());
+        }
+    }
+    out
+}
+
+fn actions_in(h: &Harness, bundle: &str) -> Vec<(String, serde_json::Value)> {
+    custody_tests::read_entries(&h.path().join(bundle))
+        .into_iter()
+        .map(|e| {
+            (
+                e.event.action.to_string(),
+                serde_json::Value::Object(e.event.details),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_whose_accessor_cannot_be_kept_is_revoked_and_the_revocation_recorded() {
+    let b = broker().await;
+    let (s, _) = b.h.session("claude-code", "chat", "s").await;
+    b.faulty.accessor_fails.store(true, Ordering::SeqCst);
+    let err = b.h.client().mint(&s, "repo-read").await.unwrap_err();
+    assert!(format!("{err:#}").contains("500 internal"), "{err:#}");
+    assert!(live_tokens_of(&b.h, &s.did).await.is_empty());
+    b.faulty.accessor_fails.store(false, Ordering::SeqCst);
+    // The next mint works and its token is live.
+    let m = b.h.client().mint(&s, "repo-read").await.unwrap();
+    assert_eq!(live_tokens_of(&b.h, &s.did).await.len(), 1);
+    let (code, v) = b.h.export_and_verify("bundle").await;
+    assert_eq!(code, 0, "{v:#}");
+    let entries = actions_in(&b.h, "bundle");
+    let revokes: Vec<_> = entries
+        .iter()
+        .filter(|(a, _)| a == "credential.revoke")
+        .collect();
+    assert_eq!(revokes.len(), 1);
+    assert_eq!(revokes[0].1["reason"], "its accessor could not be recorded");
+    assert_eq!(revokes[0].1["tokens_revoked"], 1);
+    let mints = entries
+        .iter()
+        .filter(|(a, _)| a == "credential.mint")
+        .count();
+    assert_eq!(mints, 2, "both mints are on the record");
+    assert_ne!(
+        revokes[0].1["accessor_sha256"][0],
+        m.accessor_sha256.as_str()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_the_ledger_cannot_record_is_revoked_and_its_accessor_forgotten() {
+    let b = broker().await;
+    let (s, _) = b.h.session("claude-code", "chat", "s").await;
+    b.faulty.mint_entry_fails.store(true, Ordering::SeqCst);
+    let err = b.h.client().mint(&s, "repo-read").await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("503 ledger_unavailable"),
+        "{err:#}"
+    );
+    assert!(live_tokens_of(&b.h, &s.did).await.is_empty());
+    assert!(b
+        .faulty
+        .accessors_of(std::slice::from_ref(&s.did))
+        .await
+        .unwrap()
+        .is_empty());
+    b.faulty.mint_entry_fails.store(false, Ordering::SeqCst);
+    let (code, v) = b.h.export_and_verify("bundle").await;
+    assert_eq!(code, 0, "{v:#}");
+    assert!(!actions_in(&b.h, "bundle")
+        .iter()
+        .any(|(a, _)| a == "credential.mint" || a == "credential.request"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_openbao_is_down_nothing_is_minted_or_recorded() {
+    let b = broker().await;
+    let (s, _) = b.h.session("claude-code", "chat", "s").await;
+    let before = b.h.client().health().await.unwrap().entries;
+    // Kill OpenBao by its PID.
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &b.h.bao.pid().to_string()])
+        .status();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let err = b.h.client().mint(&s, "repo-read").await.unwrap_err();
+    assert!(format!("{err:#}").contains("502 vault"), "{err:#}");
+    assert_eq!(b.h.client().health().await.unwrap().entries, before);
+    assert!(b
+        .faulty
+        .accessors_of(std::slice::from_ref(&s.did))
+        .await
+        .unwrap()
+        .is_empty());
+}
