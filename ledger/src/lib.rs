@@ -26,6 +26,7 @@ mod error;
 pub mod event;
 #[cfg(feature = "store")]
 pub mod export;
+pub mod fsutil;
 pub mod merkle;
 #[cfg(feature = "store")]
 pub mod store;

@@ -44,6 +44,10 @@
 //! damage is a hard error naming the seq: acknowledged entries are never
 //! silently dropped. The index is brought up to date, and rebuilt from
 //! scratch if its root disagrees with the segments.
+//!
+//! Every directory the store creates is synced with its parent
+//! ([`crate::fsutil::create_dir_durable`]), so a file's name survives power
+//! loss along with its bytes.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -62,6 +66,7 @@ use crate::authority::{Denial, DenialCode};
 use crate::canonical::to_canonical;
 use crate::entry::{entry_hash, Entry, MAX_ENTRY_BYTES};
 use crate::event::SignedEvent;
+use crate::fsutil::{create_dir_durable, sync_dir};
 use crate::merkle::{self, CompactRange, Hash, HashReader, TreeHead};
 use crate::table::Table;
 use crate::time::Timestamp;
@@ -396,7 +401,9 @@ fn open_table<const W: usize>(dir: &Path, name: &str) -> Result<Table<W>, StoreE
 
 impl Index {
     fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = open_index(&dir.join(INDEX))?;
+        let path = dir.join(INDEX);
+        create_dir_durable(&path).map_err(io(&path))?;
+        let db = open_index(&path)?;
         // Before the tables, sled held these; nothing reads them now.
         for old in ["offsets", "hashes"] {
             db.drop_tree(old).map_err(idx)?;
@@ -878,9 +885,7 @@ impl<G: Gate> Writer<G> {
             .open(&path)
             .map_err(io(&path))?;
         let dir = self.shared.dir.join(SEGMENTS);
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&dir))?;
+        sync_dir(&dir).map_err(io(&dir))?;
         self.segment = f;
         self.segment_first = self.next;
         self.segment_len = 0;
@@ -996,8 +1001,9 @@ impl<G: Gate> Store<G> {
     /// Opens (or creates) the store in `dir`, recovers it, and replays every
     /// entry through `gate`.
     pub fn open(dir: &Path, mut gate: G) -> Result<Self, StoreError> {
-        fs::create_dir_all(dir.join(SEGMENTS)).map_err(io(dir))?;
-        fs::create_dir_all(dir.join(CHECKPOINTS)).map_err(io(dir))?;
+        for d in [dir.to_path_buf(), dir.join(SEGMENTS), dir.join(CHECKPOINTS)] {
+            create_dir_durable(&d).map_err(io(&d))?;
+        }
         let lock_path = dir.join(LOCK);
         let lock = OpenOptions::new()
             .create(true)
@@ -1041,9 +1047,7 @@ impl<G: Gate> Store<G> {
         // The first segment may have just been created: its name must be
         // durable before any entry in it is acknowledged.
         let seg_dir = dir.join(SEGMENTS);
-        File::open(&seg_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&seg_dir))?;
+        sync_dir(&seg_dir).map_err(io(&seg_dir))?;
 
         let (index_tx, index_rx) = mpsc::sync_channel(INDEX_QUEUE);
         let indexer = {
@@ -1310,9 +1314,7 @@ impl<G: Gate> Store<G> {
             .and_then(|_| f.sync_all())
             .map_err(io(&tmp))?;
         fs::rename(&tmp, &path).map_err(io(&path))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&dir))
+        sync_dir(&dir).map_err(io(&dir))
     }
 
     /// All stored checkpoints, by size.
