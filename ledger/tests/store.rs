@@ -137,6 +137,10 @@ fn torn_final_line_is_truncated() {
     let s = Store::open(t.path(), AcceptAll).unwrap();
     assert_eq!(s.len(), 5);
     assert_eq!(std::fs::read(&seg).unwrap(), good);
+    // Cut, but kept aside (ledger/tests/recovery.rs covers the rest).
+    let r = s.recovered();
+    assert_eq!((r.len(), r[0].seq, r[0].bytes), (1, 5, 14));
+    assert_eq!(std::fs::read(&r[0].saved_to).unwrap(), b"{\"event\":{\"act");
     assert_eq!(s.append(event(&k, 5)).unwrap().seq, Seq(5));
     drop(s);
     check_chain(&all_lines(t.path()));
