@@ -21,6 +21,8 @@ pub mod authority;
 pub mod bundle;
 pub mod canonical;
 pub mod checkpoint;
+#[cfg(feature = "store")]
+mod checkpoint_store;
 pub mod entry;
 mod error;
 pub mod event;

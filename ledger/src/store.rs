@@ -82,6 +82,9 @@
 //! Every directory the store creates is synced with its parent
 //! ([`crate::fsutil::create_dir_durable`]), so a file's name survives power
 //! loss along with its bytes.
+//!
+//! Checkpoints are thinned over the ledger's life ([`RetentionPolicy`]; the
+//! rule is in `checkpoint_store.rs`).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -98,6 +101,8 @@ use custody_identity::Did;
 
 use crate::authority::{Denial, DenialCode};
 use crate::canonical::to_canonical;
+use crate::checkpoint_store::Checkpoints;
+pub use crate::checkpoint_store::{RetentionPolicy, DEFAULT_KEEP_RECENT, MAX_KEEP_RECENT};
 use crate::entry::{entry_hash, Entry, MAX_ENTRY_BYTES};
 use crate::event::SignedEvent;
 use crate::fsutil::{create_dir_durable, sync_dir};
@@ -230,6 +235,8 @@ pub enum StoreError {
     },
     #[error("index: {0}")]
     Index(String),
+    #[error("checkpoint at size {size}: {reason}")]
+    Checkpoint { size: u64, reason: String },
     #[error(
         "the store hit a failure it could not undo and refuses appends until it is reopened: {0}"
     )]
@@ -247,7 +254,7 @@ pub enum StoreError {
     Closed,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |error| StoreError::Io {
         path: path.to_path_buf(),
         error,
@@ -296,12 +303,15 @@ pub struct StoreOptions {
     /// A new segment starts once the current one has reached this many
     /// bytes (a batch is never split across segments).
     pub max_segment_bytes: u64,
+    /// Which checkpoints are kept.
+    pub retention: RetentionPolicy,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             max_segment_bytes: MAX_SEGMENT_BYTES,
+            retention: RetentionPolicy::default(),
         }
     }
 }
@@ -395,6 +405,7 @@ pub struct Store<G: Gate> {
     gate: Arc<Mutex<G>>,
     tx: Mutex<Option<mpsc::Sender<Request>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    checkpoints: Mutex<Checkpoints>,
     _lock: File,
 }
 
@@ -1123,7 +1134,7 @@ impl<G: Gate> Store<G> {
 
     /// [`Store::open`] with `options`.
     pub fn open_with(dir: &Path, mut gate: G, options: StoreOptions) -> Result<Self, StoreError> {
-        for d in [dir.to_path_buf(), dir.join(SEGMENTS), dir.join(CHECKPOINTS)] {
+        for d in [dir.to_path_buf(), dir.join(SEGMENTS)] {
             create_dir_durable(&d).map_err(io(&d))?;
         }
         let lock_path = dir.join(LOCK);
@@ -1138,6 +1149,7 @@ impl<G: Gate> Store<G> {
             Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(dir.to_path_buf())),
             Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
         }
+        let checkpoints = Checkpoints::open(&dir.join(CHECKPOINTS), options.retention)?;
 
         let index = Index::open(dir)?;
         let claimed = index.claimed()?;
@@ -1210,6 +1222,7 @@ impl<G: Gate> Store<G> {
             gate,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
+            checkpoints: Mutex::new(checkpoints),
             _lock: lock,
         })
     }
@@ -1440,70 +1453,30 @@ impl<G: Gate> Store<G> {
         Ok(had)
     }
 
-    /// Stores a signed checkpoint note (temp file, fsync, rename, fsync dir).
+    /// Stores a signed checkpoint note of tree size `size` (temp file, fsync,
+    /// rename, fsync of the directory), replacing one of the same size (to
+    /// merge cosignatures), then deletes the checkpoints the
+    /// [`RetentionPolicy`] no longer keeps. Refuses a note that is not a
+    /// checkpoint of size `size` ([`StoreError::Checkpoint`]); its signatures
+    /// are the caller's to check.
     pub fn save_checkpoint(&self, size: u64, note: &[u8]) -> Result<(), StoreError> {
-        let dir = self.shared.dir.join(CHECKPOINTS);
-        let path = dir.join(crate::bundle::checkpoint_file_name(size));
-        let tmp = dir.join(format!(".{size:020}.tmp"));
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(note)
-            .and_then(|_| f.sync_all())
-            .map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        sync_dir(&dir).map_err(io(&dir))
+        self.checkpoints.lock().expect("lock").save(size, note)
     }
 
-    /// All stored checkpoints, by size.
+    /// All kept checkpoints, ascending by size.
     pub fn checkpoints(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.checkpoint_sizes()?
-            .into_iter()
-            .map(|size| Ok((size, self.read_checkpoint(size)?)))
-            .collect()
+        self.checkpoints.lock().expect("lock").all()
     }
 
     /// The stored checkpoint at `size`, if there is one.
     pub fn checkpoint(&self, size: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.read_checkpoint(size) {
-            Ok(note) => Ok(Some(note)),
-            Err(StoreError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        self.checkpoints.lock().expect("lock").get(size)
     }
 
-    /// Sizes of the stored checkpoints, ascending (names only, no reads).
-    fn checkpoint_sizes(&self) -> Result<Vec<u64>, StoreError> {
-        let dir = self.shared.dir.join(CHECKPOINTS);
-        let mut out = Vec::new();
-        for item in fs::read_dir(&dir).map_err(io(&dir))? {
-            let item = item.map_err(io(&dir))?;
-            let name = item.file_name().to_string_lossy().into_owned();
-            if let Some(size) = name
-                .strip_suffix(".checkpoint")
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                out.push(size);
-            }
-        }
-        out.sort_unstable();
-        Ok(out)
-    }
-
-    fn read_checkpoint(&self, size: u64) -> Result<Vec<u8>, StoreError> {
-        let path = self
-            .shared
-            .dir
-            .join(CHECKPOINTS)
-            .join(crate::bundle::checkpoint_file_name(size));
-        fs::read(&path).map_err(io(&path))
-    }
-
+    /// The checkpoint with the largest size: one file read, no directory
+    /// listing (HTTP handlers call it).
     pub fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        match self.checkpoint_sizes()?.pop() {
-            Some(size) => Ok(Some((size, self.read_checkpoint(size)?))),
-            None => Ok(None),
-        }
+        self.checkpoints.lock().expect("lock").latest()
     }
 
     pub fn stats(&self) -> StoreStats {

@@ -335,6 +335,7 @@ fn damage_in_an_earlier_segment_is_refused() {
     let k = KeyPair::generate();
     let small = StoreOptions {
         max_segment_bytes: 2000,
+        ..StoreOptions::default()
     };
     {
         let s = Store::open_with(t.path(), AcceptAll, small).unwrap();
