@@ -31,7 +31,7 @@ use custody_ledger::authority::{Authority, TrustRoots};
 use custody_ledger::checkpoint::{Origin, SignedCheckpoint};
 use custody_ledger::export::export_bundle;
 use custody_ledger::merkle::hash_to_hex;
-use custody_ledger::store::{AppendError, Store};
+use custody_ledger::store::{AppendError, RetentionPolicy, Store, StoreOptions};
 use custody_ledger::{actions, ActionType, ActorKind, Event, SignedEvent, Timestamp};
 use serde::Deserialize;
 use serde_json::json;
@@ -150,10 +150,26 @@ impl AppState {
             std::fs::write(&ca_pem_path, ca.ca_cert_pem()).map_err(|e| io_ctx(&ca_pem_path, e))?;
             ca
         };
-        let store = Store::open(
+        let store = Store::open_with(
             &cfg.data.join("ledger"),
             Authority::new(Some(ledger_key.did())),
+            StoreOptions {
+                retention: RetentionPolicy {
+                    keep_recent: cfg.checkpoint.keep_recent,
+                },
+                ..StoreOptions::default()
+            },
         )?;
+        for r in store.recovered() {
+            tracing::warn!(
+                seq = r.seq,
+                bytes = r.bytes,
+                segment = %r.segment.display(),
+                saved_to = %r.saved_to.display(),
+                reason = %r.reason,
+                "ledger: cut a torn tail that was never acknowledged (power loss during a write); its bytes are kept"
+            );
+        }
         let db = crate::brokerdb::BrokerDb::open(&cfg.data.join("broker"))?;
         let origin = Origin::for_ledger(&ledger_key.did());
 
