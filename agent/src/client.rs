@@ -38,6 +38,11 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// The broker's typed code, when it answered with one this build knows.
+    pub fn error_code(&self) -> Option<custody_wire::error::ErrorCode> {
+        self.code().and_then(custody_wire::error::ErrorCode::parse)
+    }
 }
 
 /// Makes sure a rustls crypto provider is installed (reqwest and vaultrs are

@@ -23,7 +23,9 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use custody_ledger::denial::DenialCode;
 use custody_ledger::{actions, Approval, SignedEvent};
+use custody_wire::error::ErrorCode;
 use serde_json::{json, Value};
 
 use crate::client::{salted_payload, session_event, Client, ClientError};
@@ -324,7 +326,9 @@ pub async fn run(agent: Agent, session_path: &Path, input: &[u8]) -> anyhow::Res
             Ok(d) => decided = Some(d),
             Err(e) if is_unreachable(&e) => {}
             Err(e) => match e.downcast_ref::<ClientError>() {
-                Some(ClientError::Api { code, message, .. }) if code == "session_inactive" => {
+                Some(c @ ClientError::Api { message, .. })
+                    if c.error_code() == Some(ErrorCode::Denied(DenialCode::SessionInactive)) =>
+                {
                     return Ok(deny(agent, &format!("custody: this agent session may no longer act ({message}); ask a human to start a new session")));
                 }
                 _ => return Err(e),

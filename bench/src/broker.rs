@@ -476,3 +476,100 @@ pub fn bench_http(a: &Args, r: &mut Results) -> anyhow::Result<()> {
         anyhow::Ok(())
     })
 }
+
+/// `custody hook claude-code` on a PreToolUse payload, end to end: a new
+/// process that loads the session, asks the broker's policy (recorded) and
+/// appends the durable `tool.call`, answering the agent after both. The
+/// baseline is the same binary answering a hook event custody does not
+/// record (same start-up and session load, no broker). Interleaved.
+pub fn bench_hook(a: &Args, r: &mut Results) -> anyhow::Result<()> {
+    let custody = std::env::current_exe()?
+        .parent()
+        .context("the bench binary's directory")?
+        .join("custody");
+    if !custody.exists() {
+        bail!(
+            "{} is missing: build it with `cargo build --release -p custody-cli`",
+            custody.display()
+        );
+    }
+    runtime()?.block_on(async {
+        let b = Broker::start().await?;
+        let c = b.client()?;
+        let (session, _) = c
+            .start_session(
+                &b.dev,
+                "claude-code",
+                &["repo-read".to_string()],
+                "chat",
+                Duration::from_secs(900),
+            )
+            .await?;
+        let file = b.tmp.path().join("hook-session.json");
+        session.save(&file)?;
+        let pre_tool_use = json!({
+            "hook_event_name": "PreToolUse",
+            "session_id": "bench",
+            "cwd": "/tmp",
+            "tool_name": "Bash",
+            "tool_input": {"command": "cargo test --workspace"},
+            "tool_use_id": "toolu_bench",
+        })
+        .to_string();
+        let unrecorded = json!({"hook_event_name": "BenchNoop", "session_id": "bench"}).to_string();
+        let run = |input: String| {
+            let (custody, file) = (custody.clone(), file.clone());
+            tokio::task::spawn_blocking(move || -> anyhow::Result<Duration> {
+                use std::io::Write;
+                let t = Instant::now();
+                let mut child = std::process::Command::new(&custody)
+                    .args(["hook", "claude-code", "--session"])
+                    .arg(&file)
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()?;
+                child
+                    .stdin
+                    .take()
+                    .context("hook stdin")?
+                    .write_all(input.as_bytes())?;
+                let out = child.wait_with_output()?;
+                let took = t.elapsed();
+                if !out.status.success() || !out.stdout.is_empty() {
+                    bail!(
+                        "the hook did not allow the call: {} {}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                Ok(took)
+            })
+        };
+        let before = c.health().await?.entries;
+        let (mut hook, mut base) = (Vec::new(), Vec::new());
+        for _ in 0..a.hook_calls {
+            hook.push(run(pre_tool_use.clone()).await??);
+            base.push(run(unrecorded.clone()).await??);
+        }
+        // Each call recorded its policy decision and its tool.call.
+        let recorded = c.health().await?.entries - before;
+        if recorded < 2 * a.hook_calls as u64 {
+            bail!("{recorded} entries for {} hook calls", a.hook_calls);
+        }
+        hook.sort();
+        base.sort();
+        r.insert("hook_p50_ms".into(), json!(percentile(&hook, 0.5)));
+        r.insert("hook_p99_ms".into(), json!(percentile(&hook, 0.99)));
+        r.insert("hook_baseline_p50_ms".into(), json!(percentile(&base, 0.5)));
+        r.insert(
+            "hook_baseline_p99_ms".into(),
+            json!(percentile(&base, 0.99)),
+        );
+        r.insert(
+            "hook_overhead_ratio".into(),
+            json!(ratio(percentile(&hook, 0.5), percentile(&base, 0.5))),
+        );
+        b.stop().await
+    })
+}

@@ -10,6 +10,7 @@
 //! | mint, killswitch, http | [`broker`] | through a real broker and OpenBao vs vaultrs direct; batched appends over HTTP vs in process |
 //! | policy | [`policy`] | Cedar `Policy::decide` vs a string check on the same inputs |
 //! | agt | [`agt`] | custody's ledger vs the Agent Governance Toolkit's audit chain on 10k events |
+//! | hook | [`broker`] | `custody hook claude-code` on PreToolUse (policy + durable entry) vs the same process answering without the broker |
 
 mod agt;
 mod append;
@@ -36,9 +37,10 @@ pub enum Bench {
     Http,
     Policy,
     Agt,
+    Hook,
 }
 
-const ALL: [Bench; 8] = [
+const ALL: [Bench; 9] = [
     Bench::Append,
     Bench::Verify,
     Bench::Proof,
@@ -47,6 +49,7 @@ const ALL: [Bench; 8] = [
     Bench::Http,
     Bench::Policy,
     Bench::Agt,
+    Bench::Hook,
 ];
 
 #[derive(Parser)]
@@ -85,6 +88,9 @@ pub struct Args {
     /// Policy decisions measured.
     #[arg(long, default_value_t = 100_000)]
     pub policy_decisions: usize,
+    /// `custody hook claude-code` processes timed (PreToolUse, and as many baseline runs).
+    #[arg(long, default_value_t = 200)]
+    pub hook_calls: usize,
     /// Events in the comparison with the Agent Governance Toolkit.
     #[arg(long, default_value_t = 10_000)]
     pub agt_events: usize,
@@ -135,6 +141,19 @@ const ROWS: &[(&str, &str, &str)] = &[
         "",
         "reopening the store of that bundle (a broker restart), s",
     ),
+    (
+        "hook_p50_ms",
+        "",
+        "custody hook claude-code, PreToolUse: process, policy, durable entry, p50 (ms)",
+    ),
+    ("hook_p99_ms", "≤ 15", "the same, p99 (ms)"),
+    (
+        "hook_baseline_p50_ms",
+        "(baseline)",
+        "the same process answering without the broker, p50 (ms)",
+    ),
+    ("hook_baseline_p99_ms", "(baseline)", "the same, p99 (ms)"),
+    ("hook_overhead_ratio", "", "hook / baseline, p50"),
     ("mint_p50_ms", "≤ 5", "custody token via broker, p50 (ms)"),
     ("mint_p99_ms", "≤ 20", "custody token via broker, p99 (ms)"),
     (
@@ -301,6 +320,9 @@ fn main() -> anyhow::Result<()> {
     }
     if on(Bench::Policy) {
         time("policy", &mut r, &|r| policy::bench(&a, r));
+    }
+    if on(Bench::Hook) {
+        time("hook", &mut r, &|r| broker::bench_hook(&a, r));
     }
     if on(Bench::Agt) {
         time("agt", &mut r, &|r| agt::bench(&a, r));

@@ -361,6 +361,19 @@ impl SignedCheckpoint {
         }
     }
 
+    /// How many signature lines the note carries: the ledger's own and one
+    /// per cosignature (none of them checked here).
+    pub fn signature_count(&self) -> usize {
+        let bytes = self.note.to_bytes();
+        // A note is its text, a blank line, then one signature per line.
+        bytes
+            .get(self.note.text().len() + 1..)
+            .unwrap_or_default()
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count()
+    }
+
     /// Adds the signature lines of `other` (the same checkpoint, e.g. back
     /// from a witness) that this note does not have yet.
     pub fn merge_signatures(&mut self, other: &SignedCheckpoint) -> Result<(), CheckpointError> {
@@ -501,6 +514,7 @@ mod tests {
         merged.merge_signatures(&a).unwrap();
         let merged = SignedCheckpoint::parse(&merged.to_bytes()).unwrap();
         merged.verify(&k.public()).unwrap();
+        assert_eq!((plain.signature_count(), merged.signature_count()), (1, 3));
         assert!(merged.verify_cosignature(&p1).is_ok());
         assert!(merged.verify_cosignature(&p2).is_ok());
         assert_eq!(

@@ -21,12 +21,15 @@ pub mod authority;
 pub mod bundle;
 pub mod canonical;
 pub mod checkpoint;
+#[cfg(feature = "store")]
+mod checkpoint_store;
 pub mod denial;
 pub mod entry;
 mod error;
 pub mod event;
 #[cfg(feature = "store")]
 pub mod export;
+pub mod fsutil;
 pub mod merkle;
 #[cfg(feature = "store")]
 pub mod store;

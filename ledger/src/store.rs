@@ -9,14 +9,16 @@
 //!   index/hashes.table                    RFC 6962 stored hashes, 32 bytes each, tlog order
 //!   index/offsets.table                   seq → (segment, offset, length), 20 bytes each
 //!   checkpoints/<size, 20 digits>.checkpoint
+//!   torn/<seq, 20 digits>-<unix ms>.bin   tails cut by recovery, kept as evidence
 //! ```
 //!
 //! **Durability.** The segment lines are the truth. One writer thread drains
 //! every queued append (up to [`MAX_BATCH`]), asks the [`Gate`] whether each
 //! event may be appended — in sequence order, atomically with sequencing, so an
 //! append checked before a concurrent revocation cannot land after it — writes
-//! the admitted lines with one `write`, calls `fdatasync` once, and only then
-//! answers every caller of the batch. An indexer thread then updates the
+//! the admitted lines with one `write`, calls `fdatasync` once (once per
+//! [`MAX_BATCH`] lines if the gathered requests hold more), and only then answers
+//! every caller of the batch. An indexer thread then updates the
 //! index while the writer is already on the next batch; readers wait for it to
 //! reach the acknowledged size, so a read after an acknowledgement finds the
 //! entry. sled's own `flush` uses
@@ -39,11 +41,50 @@
 //!
 //! **Recovery on open.** Every segment line is parsed and checked (seq
 //! contiguity, `prev` chain) and replayed through the gate, so its state is
-//! rebuilt from the ledger. An incomplete final line (a torn write that was never
-//! acknowledged, since acknowledgement follows the sync) is truncated. Any other
-//! damage is a hard error naming the seq: acknowledged entries are never
-//! silently dropped. The index is brought up to date, and rebuilt from
-//! scratch if its root disagrees with the segments.
+//! rebuilt from the ledger. The index is brought up to date, and rebuilt
+//! from scratch if its root disagrees with the segments.
+//!
+//! Where the lines stop being complete, canonical, correctly chained
+//! entries before the end of the files, what follows is either the torn
+//! tail of a write that was never acknowledged or damage to acknowledged
+//! entries, and the two are told apart by what can be in flight.
+//! Acknowledgement follows the `fdatasync`, and the writer syncs at least
+//! every [`MAX_BATCH`] lines, so at any moment at most [`MAX_TORN_BYTES`]
+//! bytes of the last segment are written but not yet synced. After a power
+//! loss those bytes can be missing, zero-filled (ext4 and XFS can make the
+//! file's new size durable before its data) or a mix of written and
+//! unwritten pages. The index's durable claim (`Index::claimed`: entries the
+//! indexer had synced, which it only ever does for entries already synced
+//! in the segments) is a floor below which everything was acknowledged. So
+//! the damaged region, from the start of the first bad line to the end of
+//! the file, is **repaired** exactly when
+//!
+//! - it is in the last segment,
+//! - it starts at or after the claimed floor (the first bad line's seq is
+//!   at least the claim), and
+//! - it is at most [`MAX_TORN_BYTES`] long.
+//!
+//! Repairing copies the region to `torn/<seq, 20 digits>-<unix ms>.bin`
+//! (synced, with its directory) before cutting the segment back to the last
+//! good line (synced): nothing is destroyed, and [`Store::recovered`] says
+//! what was cut for the caller to log. Complete lines after the damage (a
+//! zero-filled page in the middle of the batch) go with it: they belong to
+//! the same unacknowledged batch. Anything else is **refused**
+//! ([`StoreError::Corrupt`] naming the seq, the files untouched): damage in
+//! an earlier segment, damage below the claim, a region longer than a batch
+//! could leave, and segments that end cleanly short of the claim.
+//! Acknowledged entries are never silently dropped. What remains: an
+//! acknowledged entry past the claim (the index syncs about once a second)
+//! damaged by the medium itself would be moved aside like a torn tail rather
+//! than refused; its bytes are then in `torn/`, not lost. Without an index
+//! (deleted, or a new one) the claim is 0 and only the length bound remains.
+//!
+//! Every directory the store creates is synced with its parent
+//! ([`crate::fsutil::create_dir_durable`]), so a file's name survives power
+//! loss along with its bytes.
+//!
+//! Checkpoints are thinned over the ledger's life ([`RetentionPolicy`]; the
+//! rule is in `checkpoint_store.rs`).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -59,9 +100,12 @@ use std::time::{Duration, Instant};
 use custody_identity::Did;
 
 use crate::canonical::to_canonical;
+use crate::checkpoint_store::Checkpoints;
+pub use crate::checkpoint_store::{RetentionPolicy, DEFAULT_KEEP_RECENT, MAX_KEEP_RECENT};
 use crate::denial::{Denial, DenialCode};
 use crate::entry::{entry_hash, Entry, MAX_ENTRY_BYTES};
 use crate::event::SignedEvent;
+use crate::fsutil::{create_dir_durable, sync_dir};
 use crate::merkle::{self, CompactRange, Hash, HashReader, TreeHead};
 use crate::table::Table;
 use crate::time::Timestamp;
@@ -73,6 +117,12 @@ pub const MAX_BATCH: usize = 1024;
 /// A new segment file starts once the current one passes this size, so no
 /// single file grows without bound and old segments can be archived.
 pub const MAX_SEGMENT_BYTES: u64 = 256 << 20;
+/// Most bytes the writer ever has written past its last completed
+/// `fdatasync`: it syncs at least every [`MAX_BATCH`] lines, and a line is at
+/// most [`MAX_ENTRY_BYTES`] plus its newline. A damaged region at the end of
+/// the last segment longer than this cannot be a torn write (see the module
+/// documentation).
+pub const MAX_TORN_BYTES: u64 = MAX_BATCH as u64 * (MAX_ENTRY_BYTES as u64 + 1);
 /// How often the writer tries to catch up an index that missed an update
 /// while no append comes.
 const INDEX_RETRY: Duration = Duration::from_millis(100);
@@ -95,6 +145,11 @@ pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 const SEGMENTS: &str = "segments";
 const INDEX: &str = "index";
 const CHECKPOINTS: &str = "checkpoints";
+/// Where recovery puts the bytes it cuts from a torn segment tail.
+pub const TORN: &str = "torn";
+/// Attempts at a free name in `torn/` when one is taken (the same seq cut
+/// twice within a millisecond, or a clock set back).
+const TORN_NAME_TRIES: u64 = 1000;
 const LOCK: &str = "LOCK";
 const META_INDEXED: &[u8] = b"indexed_upto";
 const HASHES_TABLE: &str = "hashes.table";
@@ -180,6 +235,8 @@ pub enum StoreError {
     },
     #[error("index: {0}")]
     Index(String),
+    #[error("checkpoint at size {size}: {reason}")]
+    Checkpoint { size: u64, reason: String },
     #[error(
         "the store hit a failure it could not undo and refuses appends until it is reopened: {0}"
     )]
@@ -197,7 +254,7 @@ pub enum StoreError {
     Closed,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |error| StoreError::Io {
         path: path.to_path_buf(),
         error,
@@ -222,6 +279,41 @@ pub struct Appended {
     pub seq: Seq,
     pub hash: EntryHash,
     pub entry: Entry,
+}
+
+/// A torn tail that opening the store cut from the last segment (see the
+/// module documentation): never acknowledged, kept aside in `saved_to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    /// The first seq the cut bytes would have held.
+    pub seq: u64,
+    /// The segment they were cut from.
+    pub segment: PathBuf,
+    /// How many bytes were cut.
+    pub bytes: u64,
+    /// The file holding exactly those bytes.
+    pub saved_to: PathBuf,
+    /// What was wrong with the first cut line.
+    pub reason: String,
+}
+
+/// How to open a [`Store`]; [`Store::open`] uses the defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// A new segment starts once the current one has reached this many
+    /// bytes (a batch is never split across segments).
+    pub max_segment_bytes: u64,
+    /// Which checkpoints are kept.
+    pub retention: RetentionPolicy,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_segment_bytes: MAX_SEGMENT_BYTES,
+            retention: RetentionPolicy::default(),
+        }
+    }
 }
 
 /// Counters for tests and benchmarks.
@@ -299,6 +391,8 @@ struct Shared {
     /// Signalled whenever `progress` changes.
     progressed: Condvar,
     poisoned: Mutex<Option<String>>,
+    /// Torn tails cut since the store was opened.
+    recovered: Mutex<Vec<Recovered>>,
     closed: AtomicBool,
     appends: AtomicU64,
     syncs: AtomicU64,
@@ -311,6 +405,7 @@ pub struct Store<G: Gate> {
     gate: Arc<Mutex<G>>,
     tx: Mutex<Option<mpsc::Sender<Request>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    checkpoints: Mutex<Checkpoints>,
     _lock: File,
 }
 
@@ -396,7 +491,9 @@ fn open_table<const W: usize>(dir: &Path, name: &str) -> Result<Table<W>, StoreE
 
 impl Index {
     fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = open_index(&dir.join(INDEX))?;
+        let path = dir.join(INDEX);
+        create_dir_durable(&path).map_err(io(&path))?;
+        let db = open_index(&path)?;
         // Before the tables, sled held these; nothing reads them now.
         for old in ["offsets", "hashes"] {
             db.drop_tree(old).map_err(idx)?;
@@ -547,6 +644,13 @@ impl Shared {
         p.indexed
     }
 
+    /// Keeps what a scan cut, for [`Store::recovered`].
+    fn note_recovered(&self, scan: &Scan) {
+        if let Some(r) = &scan.recovered {
+            self.recovered.lock().expect("lock").push(r.clone());
+        }
+    }
+
     fn update_progress(&self, f: impl FnOnce(&mut Progress)) {
         f(&mut self.progress.lock().expect("lock"));
         self.progressed.notify_all();
@@ -586,6 +690,7 @@ struct Writer<G: Gate> {
     segment: File,
     segment_first: u64,
     segment_len: u64,
+    max_segment_bytes: u64,
     /// No new attempt to reopen the index before this.
     index_retry_at: Option<Instant>,
 }
@@ -659,6 +764,9 @@ impl<G: Gate> Writer<G> {
         }
         let mut gate = self.gate.lock().expect("gate lock");
         let mut buf = Vec::new();
+        // Where buf is synced: after every MAX_BATCH lines (see `write_synced`).
+        let mut sync_points = Vec::new();
+        let mut unsynced_lines = 0usize;
         let mut results: Vec<Vec<Option<Result<Appended, AppendError>>>> = Vec::new();
         let mut index_items = Vec::new();
         let start = self.next;
@@ -705,6 +813,11 @@ impl<G: Gate> Writer<G> {
                 let offset = self.segment_len + buf.len() as u64;
                 buf.extend_from_slice(&line);
                 buf.push(b'\n');
+                unsynced_lines += 1;
+                if unsynced_lines == MAX_BATCH {
+                    sync_points.push(buf.len());
+                    unsynced_lines = 0;
+                }
                 index_items.push(IndexItem {
                     segment: self.segment_first,
                     offset,
@@ -728,11 +841,7 @@ impl<G: Gate> Writer<G> {
 
         if !buf.is_empty() {
             let path = self.shared.segment_path(self.segment_first);
-            let written = self
-                .segment
-                .write_all(&buf)
-                .and_then(|_| self.segment.sync_data());
-            self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+            let written = self.write_synced(&buf, &sync_points);
             if let Err(e) = written {
                 let why = format!("{}: {e}", path.display());
                 // Unacknowledged lines may be partly on disk and the gate has
@@ -789,6 +898,25 @@ impl<G: Gate> Writer<G> {
         }
     }
 
+    /// Appends `buf` to the segment and syncs it: at each of `sync_points`
+    /// and at the end. One gathered batch can hold more than [`MAX_BATCH`]
+    /// lines (several requests, or one large one), and recovery relies on no
+    /// more than [`MAX_TORN_BYTES`] ever being written past the last
+    /// completed sync. Nothing is acknowledged before the last sync.
+    fn write_synced(&mut self, buf: &[u8], sync_points: &[usize]) -> std::io::Result<()> {
+        let mut from = 0;
+        for &to in sync_points.iter().chain([buf.len()].iter()) {
+            if to == from {
+                continue;
+            }
+            self.segment.write_all(&buf[from..to])?;
+            self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+            self.segment.sync_data()?;
+            from = to;
+        }
+        Ok(())
+    }
+
     /// After a failed index update: reopens the index and catches it up, then
     /// lets readers see every acknowledged entry. Retried with later appends
     /// and every [`INDEX_RETRY`] meanwhile, backing off in proportion to what
@@ -823,7 +951,9 @@ impl<G: Gate> Writer<G> {
         drop(self.shared.index.write().expect("lock").take());
         let ix = Index::open(&self.shared.dir)?;
         let claimed = ix.claimed()?;
-        let scan = scan_segments(&self.shared.dir, &mut AcceptAll, claimed)?;
+        // Everything up to `next` is acknowledged; past it nothing is.
+        let scan = scan_segments(&self.shared.dir, &mut AcceptAll, claimed, self.next)?;
+        self.shared.note_recovered(&scan);
         if scan.entries != self.next || scan.prev != self.prev {
             return Err(StoreError::Corrupt {
                 path: self.shared.segment_path(self.segment_first),
@@ -852,7 +982,8 @@ impl<G: Gate> Writer<G> {
         let path = self.shared.segment_path(self.segment_first);
         self.segment.set_len(self.segment_len).map_err(io(&path))?;
         let mut fresh = self.gate.lock().expect("gate lock").fresh();
-        let scan = scan_segments(&self.shared.dir, &mut fresh, self.next)?;
+        let scan = scan_segments(&self.shared.dir, &mut fresh, self.next, self.next)?;
+        self.shared.note_recovered(&scan);
         if scan.entries != self.next || scan.prev != self.prev {
             return Err(StoreError::Corrupt {
                 path,
@@ -868,7 +999,9 @@ impl<G: Gate> Writer<G> {
     }
 
     fn maybe_rotate(&mut self) -> Result<(), StoreError> {
-        if self.segment_len < MAX_SEGMENT_BYTES {
+        // An empty segment is never left behind: the next one would have the
+        // same name (its first seq).
+        if self.segment_len == 0 || self.segment_len < self.max_segment_bytes {
             return Ok(());
         }
         let path = self.shared.segment_path(self.next);
@@ -878,9 +1011,7 @@ impl<G: Gate> Writer<G> {
             .open(&path)
             .map_err(io(&path))?;
         let dir = self.shared.dir.join(SEGMENTS);
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&dir))?;
+        sync_dir(&dir).map_err(io(&dir))?;
         self.segment = f;
         self.segment_first = self.next;
         self.segment_len = 0;
@@ -990,14 +1121,22 @@ struct Scan {
     last_segment: (u64, u64),
     /// Root after each prefix that sled claims to have indexed.
     range_at_indexed: Option<Hash>,
+    /// The torn tail cut from the last segment, if there was one.
+    recovered: Option<Recovered>,
 }
 
 impl<G: Gate> Store<G> {
     /// Opens (or creates) the store in `dir`, recovers it, and replays every
-    /// entry through `gate`.
-    pub fn open(dir: &Path, mut gate: G) -> Result<Self, StoreError> {
-        fs::create_dir_all(dir.join(SEGMENTS)).map_err(io(dir))?;
-        fs::create_dir_all(dir.join(CHECKPOINTS)).map_err(io(dir))?;
+    /// entry through `gate`, with the default [`StoreOptions`].
+    pub fn open(dir: &Path, gate: G) -> Result<Self, StoreError> {
+        Self::open_with(dir, gate, StoreOptions::default())
+    }
+
+    /// [`Store::open`] with `options`.
+    pub fn open_with(dir: &Path, mut gate: G, options: StoreOptions) -> Result<Self, StoreError> {
+        for d in [dir.to_path_buf(), dir.join(SEGMENTS)] {
+            create_dir_durable(&d).map_err(io(&d))?;
+        }
         let lock_path = dir.join(LOCK);
         let lock = OpenOptions::new()
             .create(true)
@@ -1010,10 +1149,27 @@ impl<G: Gate> Store<G> {
             Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(dir.to_path_buf())),
             Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
         }
+        let checkpoints = Checkpoints::open(&dir.join(CHECKPOINTS), options.retention)?;
 
         let index = Index::open(dir)?;
         let claimed = index.claimed()?;
-        let scan = scan_segments(dir, &mut gate, claimed)?;
+        let scan = scan_segments(dir, &mut gate, claimed, claimed)?;
+        let (segment_first, segment_len) = scan.last_segment;
+        let seg_path = dir.join(SEGMENTS).join(segment_name(segment_first));
+        let segment = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&seg_path)
+            .map_err(io(&seg_path))?;
+        // The scan accepted every complete line it found, and after a crash
+        // (not a power loss) those may be in the page cache only: they must
+        // be durable before the index may claim them, or the claim would not
+        // be a floor of what is on disk. And the first segment may have just
+        // been created: its name must be durable before any entry in it is
+        // acknowledged.
+        segment.sync_data().map_err(io(&seg_path))?;
+        let seg_dir = dir.join(SEGMENTS);
+        sync_dir(&seg_dir).map_err(io(&seg_dir))?;
         index.catch_up(dir, &scan, claimed)?;
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
@@ -1025,25 +1181,12 @@ impl<G: Gate> Store<G> {
             }),
             progressed: Condvar::new(),
             poisoned: Mutex::new(None),
+            recovered: Mutex::new(scan.recovered.into_iter().collect()),
             closed: AtomicBool::new(false),
             appends: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             batches: AtomicU64::new(0),
         });
-
-        let (segment_first, segment_len) = scan.last_segment;
-        let seg_path = shared.segment_path(segment_first);
-        let segment = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&seg_path)
-            .map_err(io(&seg_path))?;
-        // The first segment may have just been created: its name must be
-        // durable before any entry in it is acknowledged.
-        let seg_dir = dir.join(SEGMENTS);
-        File::open(&seg_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&seg_dir))?;
 
         let (index_tx, index_rx) = mpsc::sync_channel(INDEX_QUEUE);
         let indexer = {
@@ -1067,6 +1210,7 @@ impl<G: Gate> Store<G> {
             segment,
             segment_first,
             segment_len,
+            max_segment_bytes: options.max_segment_bytes,
             index_retry_at: None,
         };
         let handle = std::thread::Builder::new()
@@ -1078,8 +1222,17 @@ impl<G: Gate> Store<G> {
             gate,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
+            checkpoints: Mutex::new(checkpoints),
             _lock: lock,
         })
+    }
+
+    /// The torn tails cut from the last segment since the store was opened
+    /// (on open, or when the writer reread the segments after a failure), in
+    /// the order they were cut. Each was never acknowledged and is kept in
+    /// its `saved_to` file; the caller should log them.
+    pub fn recovered(&self) -> Vec<Recovered> {
+        self.shared.recovered.lock().expect("lock").clone()
     }
 
     /// Appends one event; returns once it is durable.
@@ -1300,72 +1453,30 @@ impl<G: Gate> Store<G> {
         Ok(had)
     }
 
-    /// Stores a signed checkpoint note (temp file, fsync, rename, fsync dir).
+    /// Stores a signed checkpoint note of tree size `size` (temp file, fsync,
+    /// rename, fsync of the directory), replacing one of the same size (to
+    /// merge cosignatures), then deletes the checkpoints the
+    /// [`RetentionPolicy`] no longer keeps. Refuses a note that is not a
+    /// checkpoint of size `size` ([`StoreError::Checkpoint`]); its signatures
+    /// are the caller's to check.
     pub fn save_checkpoint(&self, size: u64, note: &[u8]) -> Result<(), StoreError> {
-        let dir = self.shared.dir.join(CHECKPOINTS);
-        let path = dir.join(crate::bundle::checkpoint_file_name(size));
-        let tmp = dir.join(format!(".{size:020}.tmp"));
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(note)
-            .and_then(|_| f.sync_all())
-            .map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&dir))
+        self.checkpoints.lock().expect("lock").save(size, note)
     }
 
-    /// All stored checkpoints, by size.
+    /// All kept checkpoints, ascending by size.
     pub fn checkpoints(&self) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.checkpoint_sizes()?
-            .into_iter()
-            .map(|size| Ok((size, self.read_checkpoint(size)?)))
-            .collect()
+        self.checkpoints.lock().expect("lock").all()
     }
 
     /// The stored checkpoint at `size`, if there is one.
     pub fn checkpoint(&self, size: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.read_checkpoint(size) {
-            Ok(note) => Ok(Some(note)),
-            Err(StoreError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        self.checkpoints.lock().expect("lock").get(size)
     }
 
-    /// Sizes of the stored checkpoints, ascending (names only, no reads).
-    fn checkpoint_sizes(&self) -> Result<Vec<u64>, StoreError> {
-        let dir = self.shared.dir.join(CHECKPOINTS);
-        let mut out = Vec::new();
-        for item in fs::read_dir(&dir).map_err(io(&dir))? {
-            let item = item.map_err(io(&dir))?;
-            let name = item.file_name().to_string_lossy().into_owned();
-            if let Some(size) = name
-                .strip_suffix(".checkpoint")
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                out.push(size);
-            }
-        }
-        out.sort_unstable();
-        Ok(out)
-    }
-
-    fn read_checkpoint(&self, size: u64) -> Result<Vec<u8>, StoreError> {
-        let path = self
-            .shared
-            .dir
-            .join(CHECKPOINTS)
-            .join(crate::bundle::checkpoint_file_name(size));
-        fs::read(&path).map_err(io(&path))
-    }
-
+    /// The checkpoint with the largest size: one file read, no directory
+    /// listing (HTTP handlers call it).
     pub fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        match self.checkpoint_sizes()?.pop() {
-            Some(size) => Ok(Some((size, self.read_checkpoint(size)?))),
-            None => Ok(None),
-        }
+        self.checkpoints.lock().expect("lock").latest()
     }
 
     pub fn stats(&self) -> StoreStats {
@@ -1438,8 +1549,17 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     Ok(out)
 }
 
-/// Reads every segment, checks it, truncates a torn tail, replays the gate.
-fn scan_segments<G: Gate>(dir: &Path, gate: &mut G, claimed: u64) -> Result<Scan, StoreError> {
+/// Reads every segment, checks it, replays the gate, and cuts a torn tail
+/// of the last segment (see the module documentation for which damage that
+/// is). `acked` is a floor of the acknowledged entries (damage below it is
+/// refused); `claimed` is where the index says it goes (its root is taken
+/// there).
+fn scan_segments<G: Gate>(
+    dir: &Path,
+    gate: &mut G,
+    claimed: u64,
+    acked: u64,
+) -> Result<Scan, StoreError> {
     let segments = list_segments(dir)?;
     let mut n = 0u64;
     let mut prev = EntryHash::ZERO;
@@ -1451,6 +1571,7 @@ fn scan_segments<G: Gate>(dir: &Path, gate: &mut G, claimed: u64) -> Result<Scan
         None
     };
     let mut last_segment = (0u64, 0u64);
+    let mut recovered = None;
     let count = segments.len();
     for (i, (first, path)) in segments.into_iter().enumerate() {
         let is_last = i + 1 == count;
@@ -1462,46 +1583,36 @@ fn scan_segments<G: Gate>(dir: &Path, gate: &mut G, claimed: u64) -> Result<Scan
             });
         }
         let f = File::open(&path).map_err(io(&path))?;
+        let file_len = f.metadata().map_err(io(&path))?.len();
         let mut r = BufReader::with_capacity(1 << 20, f);
         let mut offset = 0u64;
-        loop {
+        // Why the lines stop being chained entries at `offset`, if they do.
+        let damage = loop {
             let mut line = Vec::new();
             let k = (&mut r)
                 .take(MAX_ENTRY_BYTES as u64 + 2)
                 .read_until(b'\n', &mut line)
                 .map_err(io(&path))?;
             if k == 0 {
-                break;
+                break None;
             }
             if line.last() != Some(&b'\n') {
-                if is_last && line.len() <= MAX_ENTRY_BYTES {
-                    // A torn write: never acknowledged (acks follow the sync).
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .map_err(io(&path))?;
-                    f.set_len(offset).map_err(io(&path))?;
-                    f.sync_all().map_err(io(&path))?;
-                    break;
-                }
-                return Err(StoreError::Corrupt {
-                    path,
-                    seq: n,
-                    reason: "line without newline or longer than any entry".into(),
+                break Some(if line.len() > MAX_ENTRY_BYTES {
+                    "no newline within the longest entry".to_string()
+                } else {
+                    "a line without its newline".to_string()
                 });
             }
             line.pop();
-            let corrupt = |reason: String| StoreError::Corrupt {
-                path: path.clone(),
-                seq: n,
-                reason,
+            let entry = match Entry::parse_line(&line) {
+                Ok(e) => e,
+                Err(e) => break Some(e.to_string()),
             };
-            let entry = Entry::parse_line(&line).map_err(|e| corrupt(e.to_string()))?;
             if entry.seq != Seq(n) {
-                return Err(corrupt(format!("holds seq {}", entry.seq)));
+                break Some(format!("holds seq {}", entry.seq));
             }
             if entry.prev != prev {
-                return Err(corrupt("prev does not link to the entry before".into()));
+                break Some("prev does not link to the entry before".into());
             }
             prev = entry_hash(&line);
             range.push(Hash(prev.0));
@@ -1512,9 +1623,44 @@ fn scan_segments<G: Gate>(dir: &Path, gate: &mut G, claimed: u64) -> Result<Scan
             if n == claimed {
                 range_at_indexed = Some(range.root());
             }
+        };
+        drop(r);
+        if let Some(reason) = damage {
+            let corrupt = |reason: String| StoreError::Corrupt {
+                path: path.clone(),
+                seq: n,
+                reason,
+            };
+            let cut = file_len.saturating_sub(offset);
+            if !is_last {
+                return Err(corrupt(format!(
+                    "{reason}, in a segment before the last (only the last can hold a torn write)"
+                )));
+            }
+            if n < acked {
+                return Err(corrupt(format!(
+                    "{reason}; the index had synced {acked} entries, so this one was acknowledged"
+                )));
+            }
+            if cut > MAX_TORN_BYTES {
+                return Err(corrupt(format!(
+                    "{reason}; the {cut} bytes from there to the end are more than one \
+                     unsynced batch can be ({MAX_TORN_BYTES})"
+                )));
+            }
+            recovered = Some(cut_torn_tail(dir, &path, n, offset, cut, reason)?);
         }
         last_segment = (first, offset);
-        let _ = r.seek(SeekFrom::Start(0));
+    }
+    if n < acked {
+        return Err(StoreError::Corrupt {
+            path: dir.join(SEGMENTS).join(segment_name(last_segment.0)),
+            seq: n,
+            reason: format!(
+                "the segments end at seq {n}, but the index had synced {acked} entries, \
+                 all acknowledged"
+            ),
+        });
     }
     Ok(Scan {
         entries: n,
@@ -1522,6 +1668,67 @@ fn scan_segments<G: Gate>(dir: &Path, gate: &mut G, claimed: u64) -> Result<Scan
         last_time,
         last_segment,
         range_at_indexed,
+        recovered,
+    })
+}
+
+/// Moves the last `len` bytes of `segment`, from `offset` (a torn tail
+/// whose first line would have been entry `seq`), to a new file in
+/// `DIR/torn/`, and cuts the segment back to `offset`. The copy is synced,
+/// with its directory, before the segment is cut: a crash in between
+/// leaves the tail in both places, and the next open moves it again.
+fn cut_torn_tail(
+    dir: &Path,
+    segment: &Path,
+    seq: u64,
+    offset: u64,
+    len: u64,
+    reason: String,
+) -> Result<Recovered, StoreError> {
+    let torn = dir.join(TORN);
+    create_dir_durable(&torn).map_err(io(&torn))?;
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut attempt = 0;
+    let (saved_to, mut out) = loop {
+        let path = torn.join(format!("{seq:020}-{}.bin", ms + attempt));
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(f) => break (path, f),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < TORN_NAME_TRIES =>
+            {
+                attempt += 1;
+            }
+            Err(e) => return Err(io(&path)(e)),
+        }
+    };
+    let mut src = File::open(segment).map_err(io(segment))?;
+    src.seek(SeekFrom::Start(offset)).map_err(io(segment))?;
+    let copied = std::io::copy(&mut src.take(len), &mut out).map_err(io(&saved_to))?;
+    if copied != len {
+        return Err(StoreError::Corrupt {
+            path: segment.to_path_buf(),
+            seq,
+            reason: format!(
+                "the segment shrank while its torn tail was copied ({copied} of {len} bytes)"
+            ),
+        });
+    }
+    out.sync_all().map_err(io(&saved_to))?;
+    sync_dir(&torn).map_err(io(&torn))?;
+    let f = OpenOptions::new()
+        .write(true)
+        .open(segment)
+        .map_err(io(segment))?;
+    f.set_len(offset).map_err(io(segment))?;
+    f.sync_all().map_err(io(segment))?;
+    Ok(Recovered {
+        seq,
+        segment: segment.to_path_buf(),
+        bytes: len,
+        saved_to,
+        reason,
     })
 }
 

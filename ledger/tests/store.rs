@@ -7,7 +7,8 @@ use std::sync::Arc;
 use custody_identity::KeyPair;
 use custody_ledger::authority::DenialCode;
 use custody_ledger::bundle::payload_digest;
-use custody_ledger::merkle::{self, MemoryHashStore};
+use custody_ledger::checkpoint::{Origin, SignedCheckpoint};
+use custody_ledger::merkle::{self, MemoryHashStore, TreeHead};
 use custody_ledger::store::{AcceptAll, AppendError, Gate, Rejection, Store, StoreError};
 use custody_ledger::{
     entry_hash, ActionType, ActorKind, Entry, EntryHash, Event, PayloadRef, Seq, SignedEvent,
@@ -137,6 +138,10 @@ fn torn_final_line_is_truncated() {
     let s = Store::open(t.path(), AcceptAll).unwrap();
     assert_eq!(s.len(), 5);
     assert_eq!(std::fs::read(&seg).unwrap(), good);
+    // Cut, but kept aside (ledger/tests/recovery.rs covers the rest).
+    let r = s.recovered();
+    assert_eq!((r.len(), r[0].seq, r[0].bytes), (1, 5, 14));
+    assert_eq!(std::fs::read(&r[0].saved_to).unwrap(), b"{\"event\":{\"act");
     assert_eq!(s.append(event(&k, 5)).unwrap().seq, Seq(5));
     drop(s);
     check_chain(&all_lines(t.path()));
@@ -413,11 +418,38 @@ fn a_second_open_is_refused() {
 fn checkpoints_are_kept_in_order() {
     let t = tempfile::tempdir().unwrap();
     let s = Store::open(t.path(), AcceptAll).unwrap();
-    s.save_checkpoint(10, b"ten").unwrap();
-    s.save_checkpoint(2, b"two").unwrap();
+    let k = KeyPair::generate();
+    let origin = Origin::for_ledger(&k.did());
+    let note = |size: u64| {
+        let head = TreeHead {
+            size,
+            root: merkle::leaf_hash(&size.to_be_bytes()),
+        };
+        SignedCheckpoint::sign(&k, &origin, head, time::OffsetDateTime::now_utc())
+            .unwrap()
+            .to_bytes()
+    };
+    s.save_checkpoint(10, &note(10)).unwrap();
+    s.save_checkpoint(2, &note(2)).unwrap();
     let cps = s.checkpoints().unwrap();
-    assert_eq!(cps, vec![(2, b"two".to_vec()), (10, b"ten".to_vec())]);
+    assert_eq!(cps, vec![(2, note(2)), (10, note(10))]);
     assert_eq!(s.latest_checkpoint().unwrap().unwrap().0, 10);
+    assert_eq!(s.checkpoint(2).unwrap(), Some(note(2)));
+    assert_eq!(s.checkpoint(3).unwrap(), None);
+    // What retention could not classify is refused, and nothing is written.
+    for (size, bytes) in [(11, b"eleven".to_vec()), (12, note(13))] {
+        match s.save_checkpoint(size, &bytes) {
+            Err(StoreError::Checkpoint { size: at, .. }) => assert_eq!(at, size),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(s.checkpoints().unwrap().len(), 2);
+    assert_eq!(
+        std::fs::read_dir(t.path().join("checkpoints"))
+            .unwrap()
+            .count(),
+        2
+    );
 }
 
 /// Signatures are checked at append (in the caller's thread), whatever the

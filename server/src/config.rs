@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use custody_identity::Did;
+use custody_ledger::store::{DEFAULT_KEEP_RECENT, MAX_KEEP_RECENT};
 use custody_ledger::{Context, Scope};
 use serde::Deserialize;
 
@@ -128,6 +129,7 @@ struct RawScope {
 struct RawCheckpoint {
     every_entries: Option<u64>,
     every: Option<String>,
+    keep_recent: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,11 +157,14 @@ pub struct VaultConfig {
     pub role: Option<String>,
 }
 
-/// When the broker signs checkpoints on its own.
+/// When the broker signs checkpoints on its own, and how many it keeps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckpointPolicy {
     pub every_entries: u64,
     pub every: Duration,
+    /// The newest this many are kept; of older days, the last and the last
+    /// cosigned one of each (docs/FORMAT.md §6).
+    pub keep_recent: usize,
 }
 
 /// Limits on what clients may send.
@@ -311,6 +316,7 @@ impl Config {
             None => CheckpointPolicy {
                 every_entries: 1000,
                 every: Duration::from_secs(60),
+                keep_recent: DEFAULT_KEEP_RECENT,
             },
             Some(c) => CheckpointPolicy {
                 every_entries: c.every_entries.unwrap_or(1000).max(1),
@@ -319,6 +325,16 @@ impl Config {
                         parse_duration(&t).map_err(|e| invalid(format!("checkpoint.every: {e}")))?
                     }
                     None => Duration::from_secs(60),
+                },
+                keep_recent: match c.keep_recent {
+                    Some(n) if n > MAX_KEEP_RECENT => {
+                        return Err(invalid(format!(
+                            "checkpoint.keep_recent must be at most {MAX_KEEP_RECENT}: an export \
+                             lists every kept checkpoint in its manifest, which is capped"
+                        )))
+                    }
+                    Some(n) => n,
+                    None => DEFAULT_KEEP_RECENT,
                 },
             },
         };
@@ -445,6 +461,9 @@ contexts = ["ci", "chat"]
         assert_eq!(c.limits.request_timeout, DEFAULT_REQUEST_TIMEOUT);
         let c = parse("[limits]\nrequest_timeout = \"5s\"").unwrap();
         assert_eq!(c.limits.request_timeout, Duration::from_secs(5));
+        assert_eq!(c.checkpoint.keep_recent, DEFAULT_KEEP_RECENT);
+        let c = parse("[checkpoint]\nkeep_recent = 0").unwrap();
+        assert_eq!(c.checkpoint.keep_recent, 0);
     }
 
     #[test]
@@ -460,6 +479,8 @@ contexts = ["ci", "chat"]
             "[scopes.X]\npolicies=[\"a\"]\nmax_ttl=\"1m\"\ncontexts=[\"ci\"]",
             "[limits]\nrequest_timeout = \"0s\"",
             "[limits]\nrequest_timeout = \"soon\"",
+            "[checkpoint]\nkeep_recent = 3001",
+            "[checkpoint]\nkeep_recent = -1",
         ] {
             let e = parse(bad).unwrap_err();
             assert!(e.to_string().contains("custody.toml"), "{e}");

@@ -106,8 +106,13 @@ impl AppState {
     pub async fn open(cfg: Config, vault: Option<Vault>) -> anyhow::Result<Arc<Self>> {
         let ledger_key = Self::ledger_key(&cfg)?;
         // Opening replays the ledger through the rules: blocking work.
-        let (data, did) = (cfg.data.clone(), ledger_key.did());
-        let storage = tokio::task::spawn_blocking(move || Embedded::open(&data, did)).await??;
+        let (data, did, keep) = (
+            cfg.data.clone(),
+            ledger_key.did(),
+            cfg.checkpoint.keep_recent,
+        );
+        let storage =
+            tokio::task::spawn_blocking(move || Embedded::open(&data, did, keep)).await??;
         Self::with_storage(cfg, vault, ledger_key, Arc::new(storage)).await
     }
 

@@ -129,7 +129,7 @@ fn value_for(key: &'static str) -> BoxedStrategy<String> {
             })
             .boxed(),
         "max_ttl" | "every" | "clock_skew" => dur().prop_map(|s| q(&s)).boxed(),
-        "every_entries" | "requests_per_second" => {
+        "every_entries" | "requests_per_second" | "keep_recent" => {
             prop_oneof![8 => 0i64..5000, 1 => Just(-1), 1 => Just(i64::MAX)]
                 .prop_map(|i| i.to_string())
                 .boxed()
@@ -152,7 +152,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
         "[scopes.\"Bad Scope\"]",
         &["policies", "max_ttl", "contexts"],
     ),
-    ("[checkpoint]", &["every_entries", "every"]),
+    ("[checkpoint]", &["every_entries", "every", "keep_recent"]),
     (
         "[limits]",
         &["max_body", "clock_skew", "requests_per_second"],
@@ -221,6 +221,7 @@ proptest! {
             }
             prop_assert!((1024..=64 << 20).contains(&c.limits.max_body));
             prop_assert!(c.checkpoint.every_entries >= 1);
+            prop_assert!(c.checkpoint.keep_recent <= custody_ledger::store::MAX_KEEP_RECENT);
             prop_assert!(c.limits.requests_per_second >= 1);
             prop_assert!(c.data.is_absolute());
         }

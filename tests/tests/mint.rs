@@ -126,7 +126,7 @@ async fn broker() -> Broker {
     let cfg = Config::load(&h.config()).unwrap();
     let key = AppState::ledger_key(&cfg).unwrap();
     let faulty = Arc::new(Faulty {
-        inner: Embedded::open(&cfg.data, key.did()).unwrap(),
+        inner: Embedded::open(&cfg.data, key.did(), cfg.checkpoint.keep_recent).unwrap(),
         accessor_fails: AtomicBool::new(false),
         mint_entry_fails: AtomicBool::new(false),
     });

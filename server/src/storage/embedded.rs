@@ -12,7 +12,7 @@ use custody_identity::{Did, KeyPair};
 use custody_ledger::authority::Authority;
 use custody_ledger::checkpoint::Origin;
 use custody_ledger::merkle::{Hash, TreeHead};
-use custody_ledger::store::{AppendError, Store, StoreError};
+use custody_ledger::store::{AppendError, RetentionPolicy, Store, StoreError, StoreOptions};
 use custody_ledger::{PayloadDigest, SignedEvent};
 
 use super::{AppendFailure, AppendResults, PayloadItem, Storage, StorageError};
@@ -24,11 +24,30 @@ pub struct Embedded {
 }
 
 impl Embedded {
-    /// Opens `DATA/ledger` (replaying every entry through the rules) and
-    /// `DATA/broker`.
-    pub fn open(data: &Path, ledger: Did) -> Result<Self, StorageError> {
-        let store =
-            Store::open(&data.join("ledger"), Authority::new(Some(ledger))).map_err(store_error)?;
+    /// Opens `DATA/ledger` (replaying every entry through the rules; a torn
+    /// tail that was never acknowledged is moved aside and logged) and
+    /// `DATA/broker`. `keep_recent` is the checkpoint retention
+    /// (`[checkpoint] keep_recent`).
+    pub fn open(data: &Path, ledger: Did, keep_recent: usize) -> Result<Self, StorageError> {
+        let store = Store::open_with(
+            &data.join("ledger"),
+            Authority::new(Some(ledger)),
+            StoreOptions {
+                retention: RetentionPolicy { keep_recent },
+                ..StoreOptions::default()
+            },
+        )
+        .map_err(store_error)?;
+        for r in store.recovered() {
+            tracing::warn!(
+                seq = r.seq,
+                bytes = r.bytes,
+                segment = %r.segment.display(),
+                saved_to = %r.saved_to.display(),
+                reason = %r.reason,
+                "ledger: cut a torn tail that was never acknowledged (power loss during a write); its bytes are kept"
+            );
+        }
         let db = BrokerDb::open(&data.join("broker"))
             .map_err(|e| StorageError::Failed(format!("{}: {e}", data.join("broker").display())))?;
         Ok(Self {
