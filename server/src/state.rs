@@ -63,6 +63,11 @@ pub(crate) fn load_or_create_key(path: &Path) -> anyhow::Result<KeyPair> {
     } else {
         let k = KeyPair::generate();
         k.save(path)?;
+        // The key's name must survive a power loss before anything it signs
+        // is acknowledged: a ledger whose key is gone cannot be verified.
+        if let Some(dir) = path.parent() {
+            custody_ledger::fsutil::sync_dir(dir).map_err(|e| io_ctx(dir, e))?;
+        }
         Ok(k)
     }
 }
@@ -120,7 +125,7 @@ impl AppState {
     /// new key would start a second ledger on top of the first — neither key
     /// would verify what is there — so a ledger without its key is refused.
     pub fn ledger_key(cfg: &Config) -> anyhow::Result<KeyPair> {
-        std::fs::create_dir_all(&cfg.data).map_err(|e| io_ctx(&cfg.data, e))?;
+        custody_ledger::fsutil::create_dir_durable(&cfg.data).map_err(|e| io_ctx(&cfg.data, e))?;
         let key_path = cfg.data.join("ledger.key");
         if !key_path.exists() && holds_entries(&cfg.data.join("ledger"))? {
             anyhow::bail!(

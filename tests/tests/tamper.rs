@@ -205,6 +205,73 @@ fn entry_signed_by_an_undelegated_key_is_detected() {
     assert!(check_ok(&out, "signatures") && check_ok(&out, "checkpoints"));
 }
 
+/// The review's attack, as a bundle: an agent session signs, with its own
+/// key, an `identity.revoke` of the admin (the statement issued by itself),
+/// and the ledger around it is re-chained and re-signed with the ledger key.
+/// Only admins may revoke, so the verifier fails `authorization` at that seq,
+/// and the forged revocation builds no state: the admin's later entries and
+/// the real revocation still verify.
+#[test]
+fn an_agent_signed_revocation_of_the_admin_is_detected() {
+    let d = demo();
+    let mut entries = d.entries();
+    let key = d.key("session-chat");
+    let admin = d.key("admin").did();
+    let j = first(&entries, |e| {
+        e.event.actor == key.did() && e.event.action.as_str() == actions::TOOL_CALL
+    });
+    let statement = custody_identity::Revocation::new(
+        key.did(),
+        admin.clone(),
+        "pwned".into(),
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap()
+    .issue(&key)
+    .unwrap();
+    let mut ev: Event = entries[j].event.clone();
+    ev.action = custody_ledger::ActionType::new(actions::IDENTITY_REVOKE).unwrap();
+    ev.details = serde_json::Map::new();
+    ev.details.insert("revocation".into(), statement.into());
+    ev.details.insert("subject".into(), admin.as_str().into());
+    ev.payload = None;
+    ev.approval = None;
+    ev.nonce = custody_ledger::Nonce::random();
+    let signed = ev.sign(&key).unwrap();
+    let mut e = entries[j].clone();
+    e.event = signed.event;
+    e.sig = signed.sig;
+    entries.insert(j + 1, e);
+    let dir = d.dir.path().join("agent-revokes-admin");
+    forge_bundle(&d.bundle(), entries, &d.key("ledger"), &dir);
+    let (code, out) = verify_json(&dir);
+    assert_eq!(code, 1, "{out:#}");
+    assert_eq!(
+        failing_seqs(&out, "authorization"),
+        vec![j as u64 + 1],
+        "{out:#}"
+    );
+    let msg = out["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "authorization")
+        .unwrap()["failures"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("not_admin"), "{msg}");
+    for check in [
+        "signatures",
+        "checkpoints",
+        "chain",
+        "encoding",
+        "credentials",
+    ] {
+        assert!(check_ok(&out, check), "{check}: {out:#}");
+    }
+}
+
 #[test]
 fn entry_by_revoked_identity_after_revocation_is_detected() {
     let d = demo();
