@@ -31,6 +31,7 @@ pub mod event;
 pub mod export;
 pub mod fsutil;
 pub mod merkle;
+pub mod oversight;
 #[cfg(feature = "store")]
 pub mod store;
 #[cfg(feature = "store")]
