@@ -229,6 +229,31 @@ const ROWS: &[(&str, &str, &str)] = &[
     ("policy_cedar_vs_baseline_p99", "", "Cedar / baseline, p99"),
     ("policy_denied_share", "", "share of the mix Cedar denied"),
     (
+        "policy_with_approvals_p50_us",
+        "",
+        "action digest + Cedar + refusal/open-approval lookups for held calls, p50 (µs)",
+    ),
+    (
+        "policy_with_approvals_p99_us",
+        "≤ 1000",
+        "the same, p99 (µs)",
+    ),
+    (
+        "policy_with_approvals_vs_eval_p99",
+        "",
+        "with approvals / Cedar alone (policy_eval_p99_us), p99",
+    ),
+    (
+        "policy_held_share",
+        "",
+        "share of the mix held for approval",
+    ),
+    (
+        "policy_open_approvals",
+        "",
+        "open approvals in the state looked up",
+    ),
+    (
         "custody_10k_append_per_s",
         "",
         "custody: sign + check + durable append, 1 producer, batches of 100",

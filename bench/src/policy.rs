@@ -487,5 +487,14 @@ pub fn bench(a: &Args, r: &mut Results) -> anyhow::Result<()> {
         "policy_baseline_agreement".into(),
         json!(round(agree as f64 / n as f64, 3)),
     );
-    bench_with_approvals(&policy, &calls, r)
+    bench_with_approvals(&policy, &calls, r)?;
+    let with = r
+        .get("policy_with_approvals_p99_us")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
+    r.insert(
+        "policy_with_approvals_vs_eval_p99".into(),
+        json!(ratio(with, p99)),
+    );
+    Ok(())
 }

@@ -220,6 +220,10 @@ enum InstallAgent {
         /// The custody binary the hooks run (default: `custody` on the PATH).
         #[arg(long, value_name = "PATH", default_value = "custody")]
         custody: String,
+        /// The broker's OTLP endpoint for Claude Code's telemetry (default:
+        /// the endpoint each session's environment names).
+        #[arg(long, value_name = "URL")]
+        broker: Option<String>,
         /// Replace values custody needs that the file sets otherwise.
         #[arg(long)]
         force: bool,
@@ -635,12 +639,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 InstallAgent::ClaudeCode {
                     dir,
                     custody,
+                    broker,
                     force,
                     dry_run,
                 } => custody_cli::install::claude_code(&custody_cli::install::Options {
                     dir,
                     custody,
-                    broker: None,
+                    broker,
                     force,
                     dry_run,
                 })?,

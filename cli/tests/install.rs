@@ -167,3 +167,74 @@ fn codex_requirements_are_written_merged_and_guarded() {
         .status
         .success());
 }
+
+/// Validates `doc` against the JSON schema at `schema` with Python's
+/// `jsonschema` (draft 7, as both schemas declare).
+fn schema_check(schema: &std::path::Path, doc: &Value) {
+    let t = tempfile::tempdir().unwrap();
+    let file = t.path().join("doc.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let o = Command::new("python3")
+        .args([
+            "-c",
+            "import json,sys,jsonschema\n\
+             s=json.load(open(sys.argv[1])); d=json.load(open(sys.argv[2]))\n\
+             errs=sorted(jsonschema.Draft7Validator(s).iter_errors(d), key=str)\n\
+             [print(list(e.absolute_path), e.message) for e in errs]\n\
+             sys.exit(1 if errs else 0)",
+            schema.to_str().unwrap(),
+            file.to_str().unwrap(),
+        ])
+        .output()
+        .expect("python3 with jsonschema, for the published-schema check");
+    assert!(
+        o.status.success(),
+        "{} rejects the generated file:\n{}{}",
+        schema.display(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Opt-in: the agents' published schemas (SchemaStore's
+/// `claude-code-settings.json` and `codex-hooks.json`) are not in any
+/// package this project installs, so CI runs the hand-written checks above.
+/// With the files at hand, point `CUSTODY_CLAUDE_SETTINGS_SCHEMA` and
+/// `CUSTODY_CODEX_HOOKS_SCHEMA` at them (needs python3 with `jsonschema`).
+#[test]
+fn published_schemas_accept_the_generated_files() {
+    let claude = std::env::var_os("CUSTODY_CLAUDE_SETTINGS_SCHEMA");
+    let codex = std::env::var_os("CUSTODY_CODEX_HOOKS_SCHEMA");
+    if claude.is_none() && codex.is_none() {
+        eprintln!("skipped: set CUSTODY_CLAUDE_SETTINGS_SCHEMA / CUSTODY_CODEX_HOOKS_SCHEMA");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().to_str().unwrap();
+    if let Some(schema) = claude {
+        let o = install(&[
+            "claude-code",
+            "--dir",
+            dir,
+            "--broker",
+            "http://127.0.0.1:7450",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: Value = serde_json::from_str(
+            &std::fs::read_to_string(t.path().join("managed-settings.json")).unwrap(),
+        )
+        .unwrap();
+        schema_check(std::path::Path::new(&schema), &v);
+    }
+    if let Some(schema) = codex {
+        let o = install(&["codex", "--dir", dir]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let req: toml::Table = std::fs::read_to_string(t.path().join("requirements.toml"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        // The schema is of a hooks file; requirements carry the same table.
+        let hooks = serde_json::to_value(&req["hooks"]).unwrap();
+        schema_check(std::path::Path::new(&schema), &json!({ "hooks": hooks }));
+    }
+}
