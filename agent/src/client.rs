@@ -304,6 +304,44 @@ impl Client {
         Ok(self.post(&key, PATH_POLICY_CHECK, check).await?)
     }
 
+    /// Submits a person's (or a reviewer's) signed `approval` event.
+    pub async fn submit_approval(
+        &self,
+        approver: &KeyPair,
+        event: SignedEvent,
+    ) -> Result<ApprovalRecorded, ClientError> {
+        self.post(approver, PATH_APPROVALS, &SubmitApproval { event })
+            .await
+    }
+
+    /// The held calls `who` may decide, or the one held at `decision_seq`.
+    pub async fn pending(
+        &self,
+        who: &KeyPair,
+        decision_seq: Option<u64>,
+    ) -> Result<PendingList, ClientError> {
+        self.post(who, PATH_APPROVALS_PENDING, &PendingQuery { decision_seq })
+            .await
+    }
+
+    /// Whether the session's held call (by action digest) was decided.
+    pub async fn approval_status(
+        &self,
+        session: &SessionFile,
+        action_digest: &str,
+    ) -> Result<ApprovalStatus, anyhow::Error> {
+        let key = session.key()?;
+        Ok(self
+            .post(
+                &key,
+                PATH_APPROVAL_STATUS,
+                &ApprovalStatusQuery {
+                    action_digest: action_digest.into(),
+                },
+            )
+            .await?)
+    }
+
     /// The kill switch: revokes `subject` as `admin`.
     pub async fn revoke(
         &self,

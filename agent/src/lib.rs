@@ -11,6 +11,7 @@
 //! no HTTP server, no storage engine, no Vault client and no policy engine
 //! (scripts/test checks its dependency tree).
 
+pub mod approve;
 pub mod client;
 pub mod git;
 pub mod hook;

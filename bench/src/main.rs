@@ -272,6 +272,31 @@ const ROWS: &[(&str, &str, &str)] = &[
     ("policy_cedar_vs_baseline_p99", "", "Cedar / baseline, p99"),
     ("policy_denied_share", "", "share of the mix Cedar denied"),
     (
+        "policy_with_approvals_p50_us",
+        "",
+        "action digest + Cedar + refusal/open-approval lookups for held calls, p50 (µs)",
+    ),
+    (
+        "policy_with_approvals_p99_us",
+        "≤ 1000",
+        "the same, p99 (µs)",
+    ),
+    (
+        "policy_with_approvals_vs_eval_p99",
+        "",
+        "with approvals / Cedar alone (policy_eval_p99_us), p99",
+    ),
+    (
+        "policy_held_share",
+        "",
+        "share of the mix held for approval",
+    ),
+    (
+        "policy_open_approvals",
+        "",
+        "open approvals in the state looked up",
+    ),
+    (
         "custody_single_append_per_s",
         "",
         "custody: 1 thread, 1 event per call, signed + checked + fdatasync each",
@@ -512,10 +537,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(dir) = a.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(
-        &a.out,
-        serde_json::to_string_pretty(&r)? + "\n",
-    )?;
+    std::fs::write(&a.out, serde_json::to_string_pretty(&r)? + "\n")?;
     println!("wrote {}", a.out.display());
     // The same table in Markdown, for docs/PERFORMANCE.md's "Latest run"
     // (bench/tests/performance_doc.rs holds the document to results.json).

@@ -10,7 +10,12 @@ use anyhow::Context as _;
 use std::time::{Duration, Instant};
 
 use custody_identity::{Delegation, KeyPair};
-use custody_server::policy::{Policy, Query, Resource};
+use custody_ledger::authority::{Authority, TrustRoots};
+use custody_ledger::oversight::action_digest;
+use custody_ledger::{
+    actions, ActionType, ActorKind, Context, Entry, EntryHash, Event, Seq, SessionId, Timestamp,
+};
+use custody_server::policy::{Outcome, Policy, Query, Resource};
 use serde_json::{json, Value};
 
 use crate::util::{percentile_us, ratio, round, Results};
@@ -261,6 +266,155 @@ fn session(context: &str) -> anyhow::Result<Delegation> {
     )?)
 }
 
+/// Approvals each session holds in the rules' state for the lookup figure.
+const OPEN_APPROVALS_PER_SESSION: usize = 5_000;
+
+/// The rules' state of a ledger where `sessions` started and each holds
+/// [`OPEN_APPROVALS_PER_SESSION`] open approvals by its delegator, some of
+/// them for calls of [`call`] that the default set holds.
+fn state_with_approvals(
+    dev: &KeyPair,
+    sessions: &[(KeyPair, Delegation)],
+    calls: &[Call],
+) -> anyhow::Result<Authority> {
+    let ledger = KeyPair::generate();
+    let mut a = Authority::new(Some(ledger.did()));
+    let mut prev = EntryHash::ZERO;
+    let mut n = 0u64;
+    let mut push = |a: &mut Authority, ev: Event, key: &KeyPair| -> anyhow::Result<()> {
+        let signed = ev.sign(key)?;
+        let at = Timestamp::now();
+        let admitted = a
+            .check(&signed, at)
+            .map_err(|d| anyhow::anyhow!("set-up refused: {d}"))?;
+        let entry = Entry::new(Seq(n), prev, at, signed);
+        prev = custody_ledger::entry_hash(&entry.to_line()?);
+        a.apply(&entry, admitted);
+        n += 1;
+        Ok(())
+    };
+    let mut g = Event::new(
+        ledger.did(),
+        ActorKind::Service,
+        ActionType::new(actions::GENESIS)?,
+    );
+    g.details = TrustRoots {
+        delegators: [dev.did()].into(),
+        ..Default::default()
+    }
+    .to_details();
+    push(&mut a, g, &ledger)?;
+    for (k, d) in sessions {
+        let mut e = Event::new(
+            k.did(),
+            ActorKind::Agent,
+            ActionType::new(actions::SESSION_START)?,
+        );
+        e.session = Some(SessionId::new(d.id.clone())?);
+        e.on_behalf_of = Some(dev.did());
+        e.context = Some(Context::new(d.context.clone())?);
+        e.details.insert("delegation".into(), d.issue(dev)?.into());
+        push(&mut a, e, k)?;
+    }
+    let expires = Timestamp::now().plus_millis(3_600_000).to_string();
+    for (si, (k, _)) in sessions.iter().enumerate() {
+        for i in 0..OPEN_APPROVALS_PER_SESSION {
+            // Every tenth approval is for a real call of the mix.
+            let c = &calls[(i * 7 + si) % calls.len()];
+            let digest = if i % 10 == 0 {
+                action_digest(&k.did(), c.tool, &c.input, "/work/repo")?
+            } else {
+                action_digest(
+                    &k.did(),
+                    "Bash",
+                    &json!({"command": format!("unused {i}")}),
+                    "/w",
+                )?
+            };
+            let mut e = Event::new(
+                dev.did(),
+                ActorKind::Human,
+                ActionType::new(actions::APPROVAL)?,
+            );
+            e.details.insert("decision".into(), "approve".into());
+            e.details.insert("action_digest".into(), digest.into());
+            e.details.insert("session".into(), k.did().as_str().into());
+            e.details
+                .insert("expires_at".into(), expires.clone().into());
+            e.details.insert("single_use".into(), true.into());
+            push(&mut a, e, dev)?;
+        }
+    }
+    Ok(a)
+}
+
+/// The broker's policy check in process with its approval lookups: the
+/// action digest, Cedar's decision, and for a held call the rules' refusal
+/// and open-approval lookups.
+fn bench_with_approvals(policy: &Policy, calls: &[Call], r: &mut Results) -> anyhow::Result<()> {
+    let dev = KeyPair::generate();
+    let now = time::OffsetDateTime::now_utc();
+    let mut sessions = Vec::new();
+    for context in ["chat", "ci"] {
+        let k = KeyPair::generate();
+        let d = Delegation::new(
+            dev.did(),
+            k.did(),
+            "claude-code".into(),
+            vec!["ci-read".into()],
+            context.into(),
+            now - time::Duration::seconds(5),
+            now + time::Duration::hours(1),
+        )?;
+        sessions.push((k, d));
+    }
+    let state = state_with_approvals(&dev, &sessions, calls)?;
+    let mut took = Vec::with_capacity(calls.len());
+    let (mut held, mut found) = (0usize, 0usize);
+    for c in calls {
+        let (k, d) = &sessions[c.session];
+        let t = Instant::now();
+        let digest = action_digest(&k.did(), c.tool, &c.input, "/work/repo")?;
+        let res = Resource::of(c.tool, &c.input);
+        let dec = policy.decide(&Query {
+            session: d,
+            tool: c.tool,
+            resource: &res,
+            cwd: "/work/repo",
+            branch: c.branch,
+        })?;
+        if let Outcome::ApprovalRequired(level) = dec.outcome {
+            held += 1;
+            let at = Timestamp::now();
+            let o = state.oversight();
+            let hit = o.refusal(&k.did(), &digest, at).is_none()
+                && o.open_approval(&k.did(), &digest, at, level).is_some();
+            found += usize::from(hit);
+        }
+        took.push(t.elapsed());
+        black_box(&dec);
+    }
+    took.sort();
+    r.insert(
+        "policy_open_approvals".into(),
+        json!(state.oversight().len()),
+    );
+    r.insert(
+        "policy_held_share".into(),
+        json!(round(held as f64 / calls.len() as f64, 3)),
+    );
+    r.insert("policy_held_approved".into(), json!(found));
+    r.insert(
+        "policy_with_approvals_p50_us".into(),
+        json!(percentile_us(&took, 0.5)),
+    );
+    r.insert(
+        "policy_with_approvals_p99_us".into(),
+        json!(percentile_us(&took, 0.99)),
+    );
+    Ok(())
+}
+
 pub fn bench(a: &Args, r: &mut Results) -> anyhow::Result<()> {
     let policy = Policy::default_set();
     let sessions = [session("chat")?, session("ci")?];
@@ -287,7 +441,7 @@ pub fn bench(a: &Args, r: &mut Results) -> anyhow::Result<()> {
                 })
                 .with_context(|| format!("{} {}", c.tool, c.input))?;
             cedar.push(t.elapsed());
-            answers.push(d.allow);
+            answers.push(d.allow());
             errors += d.errors.len();
             black_box(&d);
         }
@@ -332,6 +486,15 @@ pub fn bench(a: &Args, r: &mut Results) -> anyhow::Result<()> {
     r.insert(
         "policy_baseline_agreement".into(),
         json!(round(agree as f64 / n as f64, 3)),
+    );
+    bench_with_approvals(&policy, &calls, r)?;
+    let with = r
+        .get("policy_with_approvals_p99_us")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
+    r.insert(
+        "policy_with_approvals_vs_eval_p99".into(),
+        json!(ratio(with, p99)),
     );
     Ok(())
 }

@@ -33,6 +33,7 @@ pub fn open_ledger(
     g.details = TrustRoots {
         admins: delegators.iter().take(1).map(|k| k.did()).collect(),
         delegators: delegators.iter().map(|k| k.did()).collect(),
+        ..Default::default()
     }
     .to_details();
     store

@@ -31,12 +31,18 @@ pub enum Sess {
     Ci,
 }
 
-/// Who approved a tool call in the scenario.
+/// Who approved a tool call in the scenario. Every claim is backed by an
+/// entry the call names (FORMAT.md §3.1), as the hook writes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum By {
-    /// The developer, recorded as an `approval` entry before the call.
+    /// The developer: an `approval` entry signed with their key, bound to
+    /// the call's action digest, before the call.
     Human,
+    /// The pre-tool policy: its `policy.decision` allowing the call (the
+    /// name is the rule the scenario expects to allow it).
     Policy(&'static str),
+    /// The listed automated reviewer: the policy held the call for review
+    /// (`review-cluster-change`), the reviewer's key approved it.
     AutoReview(&'static str),
     Nobody,
 }
@@ -100,6 +106,16 @@ pub enum Step {
     /// receiver: a user prompt, the user approving a tool at the agent's
     /// permission prompt, and the tool's result (broker-attested entries).
     Telemetry { sess: Sess },
+    /// An irreversible call the policy holds for a person (`rule`): the
+    /// developer sees it (`custody approve`), approves or refuses it with
+    /// their own key, and the agent's retry runs once — or is refused.
+    Held {
+        sess: Sess,
+        tool: &'static str,
+        input: &'static str,
+        rule: &'static str,
+        approve: bool,
+    },
 }
 
 /// Entries one [`Step::Telemetry`] adds, by who they say acted.
@@ -200,6 +216,20 @@ pub fn scenario() -> Vec<Step> {
             input: "/home/dev/.aws/credentials",
             rule: "deny-credential-paths",
         },
+        Held {
+            sess: Sess::Chat,
+            tool: "Bash",
+            input: "terraform destroy -target=module.preview_env -auto-approve",
+            rule: "hold-destroy-infrastructure",
+            approve: true,
+        },
+        Held {
+            sess: Sess::Chat,
+            tool: "Bash",
+            input: "git push --force origin main",
+            rule: "hold-push-protected-branch",
+            approve: false,
+        },
         Telemetry { sess: Sess::Chat },
         Revoke {
             sess: Sess::Ci,
@@ -235,6 +265,8 @@ pub struct Summary {
     pub vault_checks: Vec<String>,
     /// One line per tool call the pre-tool policy denied.
     pub policy_denials: Vec<String>,
+    /// One line per call the policy held for a person, and what they decided.
+    pub held: Vec<String>,
     /// Broker-attested telemetry entries (OTLP).
     pub telemetry: u64,
     pub root: String,
@@ -268,6 +300,9 @@ impl fmt::Display for Summary {
         for p in &self.policy_denials {
             writeln!(f, "  policy     {p}")?;
         }
+        for h in &self.held {
+            writeln!(f, "  held       {h}")?;
+        }
         writeln!(
             f,
             "  telemetry  {} OTLP records, recorded as broker-attested",
@@ -296,6 +331,8 @@ struct Demo {
     bao: OpenBao,
     human: KeyPair,
     admin: KeyPair,
+    reviewer: KeyPair,
+    held: Vec<String>,
     chat: Option<SessionFile>,
     ci: Option<SessionFile>,
     tokens: Vec<(Sess, &'static str, String)>,
@@ -308,7 +345,70 @@ struct Demo {
     dir: PathBuf,
 }
 
+/// A tool's input as the agent gives it: a command, or a file path.
+fn tool_input(tool: &str, input: &str) -> serde_json::Value {
+    if tool == "Bash" {
+        serde_json::json!({ "command": input })
+    } else {
+        serde_json::json!({ "file_path": input })
+    }
+}
+
+const DEMO_CWD: &str = "/home/dev/custody";
+
 impl Demo {
+    /// The pre-tool policy's answer for a call, as the hook asks it.
+    async fn check(
+        &self,
+        sess: Sess,
+        tool: &str,
+        input: &serde_json::Value,
+    ) -> anyhow::Result<custody_wire::api::PolicyDecision> {
+        Ok(self
+            .client
+            .policy_check(
+                self.session(sess)?,
+                &custody_wire::api::PolicyCheck {
+                    tool: tool.to_string(),
+                    input: input.clone(),
+                    cwd: DEMO_CWD.into(),
+                    branch: String::new(),
+                    call_id: Some(format!(
+                        "toolu_demo_{}",
+                        self.held.len() + self.tool_inputs.len()
+                    )),
+                },
+            )
+            .await?)
+    }
+
+    /// A person (or the reviewer) decides the call held at `seq`, as
+    /// `custody approve` does: fetch it, check its digest, sign.
+    async fn decide(
+        &self,
+        key: &KeyPair,
+        seq: u64,
+        approve: bool,
+        reviewer: bool,
+    ) -> anyhow::Result<u64> {
+        let p = self.client.pending(key, Some(seq)).await?;
+        let held = p
+            .held
+            .into_iter()
+            .next()
+            .context("the held call is not listed")?;
+        custody_agent::approve::check_held(&held)?;
+        let ev = custody_agent::approve::approval_event(
+            key,
+            &held,
+            approve,
+            custody_agent::approve::DEFAULT_APPROVAL_TTL,
+            reviewer,
+            (!approve).then_some("force-pushing main rewrites shared history"),
+        )?;
+        Ok(self.client.submit_approval(key, ev.sign(key)?).await?.seq)
+    }
+
     fn session(&self, s: Sess) -> anyhow::Result<&SessionFile> {
         match s {
             Sess::Chat => self.chat.as_ref(),
@@ -369,39 +469,129 @@ impl Demo {
                 input,
                 by,
             } => {
-                let mut ev = session_event(self.session(*sess)?, actions::TOOL_CALL)?;
-                if *by == By::Human {
-                    let mut ap = Event::new(
-                        self.human.did(),
-                        ActorKind::Human,
-                        ActionType::new(actions::APPROVAL)?,
-                    );
-                    ap.details.insert("decision".into(), "approve".into());
-                    ap.details.insert("tool".into(), (*tool).into());
-                    ap.details
-                        .insert("request_nonce".into(), ev.nonce.to_hex().into());
-                    self.client
-                        .log_as(&self.human, ap.sign(&self.human)?, None)
-                        .await?;
-                }
+                let s = self.session(*sess)?.clone();
+                let json_input = tool_input(tool, input);
+                let digest =
+                    custody_ledger::oversight::action_digest(&s.did, tool, &json_input, DEMO_CWD)?;
+                let mut ev = session_event(&s, actions::TOOL_CALL)?;
                 ev.approval = Some(match by {
-                    By::Human => Approval::Human {
-                        approver: self.human.did(),
-                    },
-                    By::Policy(p) => Approval::Policy {
-                        policy: p.to_string(),
-                    },
-                    By::AutoReview(r) => Approval::AutoReview {
-                        reviewer: r.to_string(),
-                    },
+                    By::Human => {
+                        // The developer approved this exact call in the
+                        // agent's UI: their own signed approval, bound to it.
+                        let held = custody_wire::api::HeldAction {
+                            decision_seq: 0,
+                            held_at: String::new(),
+                            session_did: s.did.to_string(),
+                            session_id: s.session_id.clone(),
+                            agent: s.agent.clone(),
+                            context: s.context.clone(),
+                            delegator: s.delegator.to_string(),
+                            tool: tool.to_string(),
+                            input: json_input.clone(),
+                            cwd: DEMO_CWD.into(),
+                            call_id: None,
+                            rules: Vec::new(),
+                            requires: "human".into(),
+                            action_digest: digest.clone(),
+                            state: "pending".into(),
+                        };
+                        let mut ap = custody_agent::approve::approval_event(
+                            &self.human,
+                            &held,
+                            true,
+                            custody_agent::approve::DEFAULT_APPROVAL_TTL,
+                            false,
+                            None,
+                        )?;
+                        ap.details.remove("decision_seq");
+                        let a = self
+                            .client
+                            .submit_approval(&self.human, ap.sign(&self.human)?)
+                            .await?;
+                        Approval::Human {
+                            approver: self.human.did(),
+                            seq: Some(a.seq),
+                        }
+                    }
+                    By::Policy(_) => {
+                        let d = self.check(*sess, tool, &json_input).await?;
+                        ensure!(
+                            d.allow,
+                            "the policy did not allow {tool} {input}: {:?}",
+                            d.policies
+                        );
+                        ev.details.insert("policy_seq".into(), d.seq.into());
+                        d.approval.context("an allowed call names its approval")?
+                    }
+                    By::AutoReview(_) => {
+                        let d = self.check(*sess, tool, &json_input).await?;
+                        ensure!(
+                            d.decision == "approval_required"
+                                && d.requires.as_deref() == Some("review"),
+                            "{tool} {input} was not held for review: {d:?}"
+                        );
+                        self.decide(&self.reviewer, d.seq, true, true).await?;
+                        let d = self.check(*sess, tool, &json_input).await?;
+                        ensure!(d.allow, "the reviewed call was not allowed: {d:?}");
+                        ev.details.insert("policy_seq".into(), d.seq.into());
+                        d.approval.context("an allowed call names its approval")?
+                    }
                     By::Nobody => Approval::None,
                 });
                 ev.details.insert("tool".into(), (*tool).into());
+                ev.details.insert("action_digest".into(), digest.into());
                 let (pref, body) = salted_payload(input.as_bytes());
                 self.tool_inputs.push(pref.digest);
                 ev.payload = Some(pref);
-                let key = self.session(*sess)?.key()?;
+                let key = s.key()?;
                 self.client.log_as(&key, ev.sign(&key)?, Some(body)).await?;
+                Ok(())
+            }
+            Step::Held {
+                sess,
+                tool,
+                input,
+                rule,
+                approve,
+            } => {
+                let json_input = tool_input(tool, input);
+                let d = self.check(*sess, tool, &json_input).await?;
+                ensure!(
+                    d.decision == "approval_required" && d.policies.iter().any(|p| p == rule),
+                    "{tool} {input} was not held by {rule}: {d:?}"
+                );
+                let held_seq = d.seq;
+                let decided = self.decide(&self.human, held_seq, *approve, false).await?;
+                let again = self.check(*sess, tool, &json_input).await?;
+                if *approve {
+                    ensure!(again.allow, "the approved call was not allowed: {again:?}");
+                    let s = self.session(*sess)?;
+                    let mut ev = session_event(s, actions::TOOL_CALL)?;
+                    ev.details.insert("tool".into(), (*tool).into());
+                    ev.details.insert("policy_seq".into(), again.seq.into());
+                    ev.details.insert(
+                        "action_digest".into(),
+                        again.action_digest.clone().context("a digest")?.into(),
+                    );
+                    ev.approval = again.approval.clone();
+                    let (pref, body) = salted_payload(json_input.to_string().as_bytes());
+                    ev.payload = Some(pref);
+                    let key = s.key()?;
+                    let call = self.client.log_as(&key, ev.sign(&key)?, Some(body)).await?;
+                    self.held.push(format!(
+                        "{tool} `{input}` held by {rule} (entry {held_seq}), approved by the developer (entry {decided}), ran once (entry {})",
+                        call.seq
+                    ));
+                } else {
+                    ensure!(
+                        !again.allow && again.refused_by == Some(decided),
+                        "the refused call was not denied: {again:?}"
+                    );
+                    self.held.push(format!(
+                        "{tool} `{input}` held by {rule} (entry {held_seq}), refused by the developer (entry {decided}); the retry was denied (entry {})",
+                        again.seq
+                    ));
+                }
                 Ok(())
             }
             Step::ToolResult { sess, tool, ok } => {
@@ -508,6 +698,7 @@ impl Demo {
                             input,
                             cwd: "/home/dev/custody".into(),
                             branch: String::new(),
+                            call_id: Some("toolu_demo_denied".into()),
                         },
                     )
                     .await?;
@@ -586,18 +777,24 @@ pub async fn run(out: &Path) -> anyhow::Result<Summary> {
     write_secret_file(&token_file, &broker_token)?;
     let human = KeyPair::generate();
     let admin = KeyPair::generate();
+    let reviewer = KeyPair::generate();
     human.save(&out.join("keys/developer.key"))?;
     admin.save(&out.join("keys/admin.key"))?;
+    reviewer.save(&out.join("keys/reviewer.key"))?;
     let cfg_path = out.join("custody.toml");
     std::fs::write(
         &cfg_path,
-        example_config(
-            "127.0.0.1:0",
-            &out.join("data"),
-            &bao.addr,
-            &token_file,
-            admin.did().as_str(),
-            human.did().as_str(),
+        crate::dev::with_trust(
+            &example_config(
+                "127.0.0.1:0",
+                &out.join("data"),
+                &bao.addr,
+                &token_file,
+                admin.did().as_str(),
+                human.did().as_str(),
+            ),
+            "reviewers",
+            &[reviewer.did().as_str()],
         ),
     )?;
     let cfg = Config::load(&cfg_path)?;
@@ -615,6 +812,8 @@ pub async fn run(out: &Path) -> anyhow::Result<Summary> {
         bao,
         human,
         admin,
+        reviewer,
+        held: Vec::new(),
         chat: None,
         ci: None,
         tokens: Vec::new(),
@@ -679,6 +878,7 @@ pub async fn run(out: &Path) -> anyhow::Result<Summary> {
         mints: demo.mints,
         vault_checks: demo.vault_checks.clone(),
         policy_denials: demo.policy_denials.clone(),
+        held: demo.held.clone(),
         telemetry: demo.telemetry,
         root: v.root.clone().unwrap_or_default(),
         valid: v.valid,

@@ -411,6 +411,17 @@ every = "30s"
     )
 }
 
+/// `config` with `key = [dids]` added to its `[trust]` table (approvers,
+/// reviewers).
+pub fn with_trust(config: &str, key: &str, dids: &[&str]) -> String {
+    let list: Vec<String> = dids.iter().map(|d| format!("\"{d}\"")).collect();
+    config.replacen(
+        "[trust]\n",
+        &format!("[trust]\n{key} = [{}]\n", list.join(", ")),
+        1,
+    )
+}
+
 /// `custody dev`: OpenBao + broker, with keys and a config in `dir`.
 pub async fn run(dir: Option<PathBuf>, listen: &str) -> anyhow::Result<()> {
     let dir = match dir {

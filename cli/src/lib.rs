@@ -5,6 +5,10 @@
 //! the broker (`custody-server`: `custody serve`). Beside them, two ways to
 //! try custody without setting anything up: [`dev`] spawns a real OpenBao dev
 //! server and a broker, and [`demo`] runs the whole scenario end to end.
+//! [`run`] runs an agent under custody (`custody run`), and [`install`]
+//! writes the managed configuration an administrator deploys.
 
 pub mod demo;
 pub mod dev;
+pub mod install;
+pub mod run;

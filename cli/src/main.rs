@@ -98,6 +98,62 @@ enum Command {
         #[command(subcommand)]
         command: GitCommand,
     },
+    /// Decide a call the pre-tool policy held: shows the exact call, then
+    /// signs an `approval` (or, with --deny, a refusal) with your own key,
+    /// bound to that call, its session, an expiry and a single use.
+    Approve {
+        #[arg(long, value_name = "URL")]
+        broker: String,
+        #[arg(long = "as", value_name = "KEYFILE")]
+        as_key: PathBuf,
+        /// The held call: the ledger entry that held it (the agent's denial names it).
+        #[arg(long, value_name = "N", required_unless_present = "list")]
+        seq: Option<u64>,
+        /// List the held calls you may decide, and decide none.
+        #[arg(long)]
+        list: bool,
+        /// Record a refusal instead of an approval.
+        #[arg(long)]
+        deny: bool,
+        /// How long the approval stays valid (at most 24h).
+        #[arg(long, value_name = "DUR", default_value = "15m")]
+        ttl: String,
+        #[arg(long)]
+        reason: Option<String>,
+        /// `human`, or `auto-review` for a listed automated reviewer's key.
+        #[arg(long, value_name = "human|auto-review", default_value = "human")]
+        by: String,
+        /// Decide without asking for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Run an agent under custody: start a session, run COMMAND with its
+    /// environment, and end the session (tokens revoked) when it exits.
+    Run {
+        /// The broker (default: $CUSTODY_BROKER).
+        #[arg(long, value_name = "URL")]
+        broker: Option<String>,
+        #[arg(long = "as", value_name = "KEYFILE")]
+        as_key: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        agent: String,
+        /// Comma-separated scopes.
+        #[arg(long, value_name = "S[,S]", value_delimiter = ',', required = true)]
+        scope: Vec<String>,
+        #[arg(long, value_name = "CTX")]
+        context: String,
+        #[arg(long, value_name = "DUR", default_value = "1h")]
+        ttl: String,
+        /// The agent's command and its arguments.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Write the managed configuration an administrator deploys so every
+    /// agent of a fleet runs custody's hooks and telemetry.
+    Install {
+        #[command(subcommand)]
+        agent: InstallAgent,
+    },
     /// Export the ledger as a bundle directory.
     Export {
         #[arg(long, value_name = "URL")]
@@ -155,6 +211,44 @@ enum HookAgent {
 }
 
 #[derive(Subcommand)]
+enum InstallAgent {
+    /// Claude Code managed settings (managed-settings.json).
+    ClaudeCode {
+        /// Directory to write into (default: Claude Code's managed-settings location).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The custody binary the hooks run (default: `custody` on the PATH).
+        #[arg(long, value_name = "PATH", default_value = "custody")]
+        custody: String,
+        /// The broker's OTLP endpoint for Claude Code's telemetry (default:
+        /// the endpoint each session's environment names).
+        #[arg(long, value_name = "URL")]
+        broker: Option<String>,
+        /// Replace values custody needs that the file sets otherwise.
+        #[arg(long)]
+        force: bool,
+        /// Show what would change, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Codex managed requirements (requirements.toml).
+    Codex {
+        /// Directory to write into (default: /etc/codex).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        #[arg(long, value_name = "PATH", default_value = "custody")]
+        custody: String,
+        /// The broker's OTLP endpoint for Codex's telemetry.
+        #[arg(long, value_name = "URL")]
+        broker: Option<String>,
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeyCommand {
     /// Generate an Ed25519 key, write it (mode 0600) and print its DID.
     New {
@@ -187,6 +281,13 @@ enum SessionCommand {
     Env {
         #[arg(long, value_name = "SESSIONFILE")]
         session: PathBuf,
+    },
+    /// Print the OTLP headers (JSON) carrying the session's ingest token:
+    /// Claude Code's `otelHeadersHelper` (what `custody install` configures).
+    OtelHeaders {
+        /// The session file (default: $CUSTODY_SESSION).
+        #[arg(long, value_name = "SESSIONFILE")]
+        session: Option<PathBuf>,
     },
     /// Close the session: records `session.end`; the broker then refuses
     /// everything it sends and revokes its tokens.
@@ -323,6 +424,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", a.seq);
         }
         Command::Session {
+            command: SessionCommand::OtelHeaders { session },
+        } => {
+            let path =
+                match session.or_else(|| std::env::var_os("CUSTODY_SESSION").map(PathBuf::from)) {
+                    Some(p) => p,
+                    None => bail!("--session or CUSTODY_SESSION is needed"),
+                };
+            let s = SessionFile::load(&path)?;
+            println!(
+                "{}",
+                serde_json::json!({"Authorization": format!("Bearer {}", s.ingest_token())})
+            );
+        }
+        Command::Session {
             command: SessionCommand::Env { session },
         } => {
             let s = SessionFile::load(&session)?;
@@ -339,6 +454,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Claude Code exports its events only when asked to.
             println!("export CLAUDE_CODE_ENABLE_TELEMETRY=1");
             println!("export OTEL_LOGS_EXPORTER=otlp");
+            for (k, v) in custody_cli::run::session_env(&s, &path) {
+                if k == "CUSTODY_SESSION" || k.starts_with("OTEL_") || k.starts_with("CLAUDE_") {
+                    continue;
+                }
+                println!("export {k}={}", shell_quote(&v));
+            }
             println!(
                 "export OTEL_EXPORTER_OTLP_HEADERS={}",
                 shell_quote(&format!("Authorization=Bearer {}", s.ingest_token()))
@@ -423,6 +544,127 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             GitCommand::PostCommit => custody_agent::git::post_commit()?,
             GitCommand::PostMerge { squash } => custody_agent::git::post_merge(squash.as_deref())?,
         },
+        Command::Approve {
+            broker,
+            as_key,
+            seq,
+            list,
+            deny,
+            ttl,
+            reason,
+            by,
+            yes,
+        } => {
+            let key = KeyPair::load(&as_key)?;
+            let reviewer = match by.as_str() {
+                "human" => false,
+                "auto-review" | "auto_review" => true,
+                other => bail!("--by {other:?}: `human` or `auto-review`"),
+            };
+            let ttl = parse_duration(&ttl).map_err(|e| anyhow::anyhow!("--ttl {e}"))?;
+            let client = Client::new(&broker, None)?;
+            let rt = runtime()?;
+            if list {
+                let p = rt.block_on(client.pending(&key, None))?;
+                if p.held.is_empty() {
+                    eprintln!("no held calls you may decide");
+                }
+                for h in &p.held {
+                    println!("{}", custody_agent::approve::describe(h));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let seq = seq.context("--seq is required")?;
+            let p = rt.block_on(client.pending(&key, Some(seq)))?;
+            let held = p
+                .held
+                .into_iter()
+                .next()
+                .with_context(|| format!("no held call at entry {seq}"))?;
+            custody_agent::approve::check_held(&held)?;
+            eprint!("{}", custody_agent::approve::describe(&held));
+            let verb = if deny { "refuse" } else { "approve" };
+            if !yes {
+                use std::io::IsTerminal;
+                if !std::io::stdin().is_terminal() {
+                    bail!("pass --yes to {verb} without a prompt");
+                }
+                eprint!("{verb} this call? [y/N] ");
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer)?;
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    eprintln!("nothing recorded");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+            let ev = custody_agent::approve::approval_event(
+                &key,
+                &held,
+                !deny,
+                ttl,
+                reviewer,
+                reason.as_deref(),
+            )?;
+            let r = rt.block_on(client.submit_approval(&key, ev.sign(&key)?))?;
+            eprintln!(
+                "{} (entry {}), valid until {}; single use",
+                if deny { "refused" } else { "approved" },
+                r.seq,
+                r.expires_at
+            );
+            println!("{}", r.seq);
+        }
+        Command::Run {
+            broker,
+            as_key,
+            agent,
+            scope,
+            context,
+            ttl,
+            command,
+        } => {
+            let broker = match broker.or_else(|| std::env::var("CUSTODY_BROKER").ok()) {
+                Some(b) => b,
+                None => bail!("--broker URL or CUSTODY_BROKER is needed"),
+            };
+            let key = KeyPair::load(&as_key)?;
+            let ttl = parse_duration(&ttl).map_err(|e| anyhow::anyhow!("--ttl {e}"))?;
+            let code = runtime()?.block_on(custody_cli::run::run(
+                &broker, &key, &agent, &scope, &context, ttl, &command,
+            ))?;
+            return Ok(code);
+        }
+        Command::Install { agent } => {
+            let out = match agent {
+                InstallAgent::ClaudeCode {
+                    dir,
+                    custody,
+                    broker,
+                    force,
+                    dry_run,
+                } => custody_cli::install::claude_code(&custody_cli::install::Options {
+                    dir,
+                    custody,
+                    broker,
+                    force,
+                    dry_run,
+                })?,
+                InstallAgent::Codex {
+                    dir,
+                    custody,
+                    broker,
+                    force,
+                    dry_run,
+                } => custody_cli::install::codex(&custody_cli::install::Options {
+                    dir,
+                    custody,
+                    broker,
+                    force,
+                    dry_run,
+                })?,
+            };
+            print!("{out}");
+        }
         Command::Export {
             broker,
             as_key,

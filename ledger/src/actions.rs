@@ -86,6 +86,12 @@ pub enum Role {
     Admin,
     /// A DID in the trust state's `delegators` (people, CI identities).
     Delegator,
+    /// A DID in the trust state's `approvers`: a person who may approve any
+    /// session's held actions.
+    Approver,
+    /// A DID in the trust state's `reviewers`: an automated reviewer (a
+    /// service identity) whose approvals count as `auto_review`.
+    Reviewer,
     /// A started agent session.
     Session,
     /// A key no role names yet, signing its own `session.start`.
@@ -98,6 +104,8 @@ impl Role {
             Role::Ledger => "ledger",
             Role::Admin => "admin",
             Role::Delegator => "delegator",
+            Role::Approver => "approver",
+            Role::Reviewer => "reviewer",
             Role::Session => "session",
             Role::NewSession => "new_session",
         }
@@ -163,6 +171,16 @@ pub enum Constraint {
     /// A revocation statement by the signer, never of the ledger key, never
     /// leaving the ledger without an unrevoked admin (rule A3).
     Revocation,
+    /// An approval bound to one action of a started session, by someone who
+    /// may approve that session's actions; a reviewer never for an action
+    /// held for a person (rule A8).
+    Approval,
+    /// The policy's decision names its action: an allow may be referenced
+    /// by the call, a hold makes the call need an approval (rule A8).
+    PolicyDecision,
+    /// What a session's event says approved it must be an entry that does
+    /// (rule A8): only a `tool.call` may claim an approval.
+    ApprovalClaims,
 }
 
 /// Which refusal an actor that no row's signer matches gets.
@@ -240,14 +258,14 @@ pub const ACTION_TABLE: &[ActionRule] = &[
         signers: LEDGER_ONLY,
         constraint: Constraint::Genesis,
         refusal: Refusal::LedgerKeyOnly,
-        summary: "entry 0 only: the ledger's DID and its first admins and delegators",
+        summary: "entry 0 only: the ledger's DID and its first trust roots (admins, delegators, approvers, reviewers)",
     },
     ActionRule {
         pattern: Pattern::Exact(TRUST_UPDATE),
         signers: LEDGER_ONLY,
         constraint: Constraint::TrustUpdate,
         refusal: Refusal::LedgerKeyOnly,
-        summary: "replaces the admins and delegators (from the broker's config)",
+        summary: "replaces the trust roots (from the broker's config)",
     },
     ActionRule {
         pattern: Pattern::Exact(CREDENTIAL_REQUEST),
@@ -263,10 +281,13 @@ pub const ACTION_TABLE: &[ActionRule] = &[
         Pattern::Prefix("credential."),
         "tokens the broker minted or revoked (accessor hashes, never tokens)",
     ),
-    ledger_row(
-        Pattern::Exact(POLICY_DECISION),
-        "the pre-tool policy's decision on a session's tool call",
-    ),
+    ActionRule {
+        pattern: Pattern::Exact(POLICY_DECISION),
+        signers: LEDGER_ONLY,
+        constraint: Constraint::PolicyDecision,
+        refusal: Refusal::LedgerKeyOnly,
+        summary: "the pre-tool policy's decision on a session's tool call: allow, deny or approval_required",
+    },
     ledger_row(
         Pattern::Exact(REQUEST_DENIED),
         "a request the broker refused, with the caller and the code",
@@ -304,10 +325,18 @@ pub const ACTION_TABLE: &[ActionRule] = &[
                 role: Role::Delegator,
                 kinds: HUMAN,
             },
+            Signer {
+                role: Role::Approver,
+                kinds: HUMAN,
+            },
+            Signer {
+                role: Role::Reviewer,
+                kinds: SERVICE,
+            },
         ],
-        constraint: Constraint::None,
+        constraint: Constraint::Approval,
         refusal: Refusal::HumanOnly,
-        summary: "a person's decision on an agent's action, signed with their own key",
+        summary: "a person's (or a listed reviewer's) decision on one action of a session, signed with their own key",
     },
     ActionRule {
         pattern: Pattern::Exact(SESSION_START),
@@ -345,7 +374,7 @@ pub const ACTION_TABLE: &[ActionRule] = &[
                 kinds: HUMAN_OR_SERVICE,
             },
         ],
-        constraint: Constraint::None,
+        constraint: Constraint::ApprovalClaims,
         refusal: Refusal::ActorsOnly,
         summary: "the actors' own actions: tool calls, prompts, commits, hook events",
     },
@@ -365,6 +394,15 @@ impl Constraint {
             }
             Constraint::Revocation => {
                 "statement by the signer; never the ledger key; not the last admin (A3)"
+            }
+            Constraint::Approval => {
+                "bound to one action of a started session; the delegator of that session, an admin or an approver as `human`, a reviewer as `service` (auto_review) never for an action held for a person (A8)"
+            }
+            Constraint::PolicyDecision => {
+                "with an action digest: an allow may back one `tool.call`, an `approval_required` makes the action need an approval (A8)"
+            }
+            Constraint::ApprovalClaims => {
+                "a session's claimed approval names the entry that backs it, on a `tool.call` only (A8)"
             }
         }
     }

@@ -21,7 +21,9 @@
 //!    and context, fall inside its validity window and delegated scopes, and
 //!    come before its `session.end`.
 //! 5. **The row's constraint** — genesis, trust update, session start,
-//!    revocation (see [`crate::actions::Constraint`]).
+//!    revocation, and the oversight rule A8: approvals bound to one action,
+//!    the policy's decisions, and the approval a session's event claims
+//!    (see [`crate::actions::Constraint`] and [`crate::oversight`]).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -31,7 +33,10 @@ use serde_json::Value;
 use crate::actions::{self, ActionRule, Constraint, Role};
 pub use crate::denial::{Denial, DenialCode};
 use crate::entry::Entry;
-use crate::event::{ActorKind, Event, SignedEvent};
+use crate::event::{ActorKind, Approval, Event, SignedEvent};
+use crate::oversight::{
+    self, ApprovalRecord, ApprovedBy, DecisionRecord, HoldRecord, Oversight, Requires,
+};
 use crate::time::Timestamp;
 use crate::types::{Nonce, Seq};
 
@@ -67,36 +72,46 @@ pub struct RevocationRecord {
 }
 
 /// The trust roots named by `ledger.genesis` / `trust.update`.
+///
+/// `approvers` and `reviewers` are optional members of the details (absent
+/// means none), so the genesis of a ledger written before they existed reads
+/// the same, and a ledger that names none writes the same bytes as before.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TrustRoots {
     pub admins: BTreeSet<Did>,
     pub delegators: BTreeSet<Did>,
+    /// People who may approve any session's held actions.
+    pub approvers: BTreeSet<Did>,
+    /// Automated reviewers (service identities) whose approvals count as
+    /// `auto_review`, never for an action held for a person.
+    pub reviewers: BTreeSet<Did>,
 }
 
 impl TrustRoots {
     /// The `details` object of a genesis or trust-update event.
     pub fn to_details(&self) -> serde_json::Map<String, Value> {
         let mut m = serde_json::Map::new();
-        m.insert(
-            "admins".into(),
-            self.admins
-                .iter()
-                .map(|d| Value::from(d.as_str()))
-                .collect(),
-        );
-        m.insert(
-            "delegators".into(),
-            self.delegators
-                .iter()
-                .map(|d| Value::from(d.as_str()))
-                .collect(),
-        );
+        let list = |set: &BTreeSet<Did>| -> Value {
+            set.iter().map(|d| Value::from(d.as_str())).collect()
+        };
+        m.insert("admins".into(), list(&self.admins));
+        m.insert("delegators".into(), list(&self.delegators));
+        if !self.approvers.is_empty() {
+            m.insert("approvers".into(), list(&self.approvers));
+        }
+        if !self.reviewers.is_empty() {
+            m.insert("reviewers".into(), list(&self.reviewers));
+        }
         m
     }
 
     pub fn from_details(details: &serde_json::Map<String, Value>) -> Result<Self, Denial> {
-        let list = |key: &str| -> Result<BTreeSet<Did>, Denial> {
-            let arr = details.get(key).and_then(|v| v.as_array()).ok_or_else(|| {
+        let list = |key: &str, required: bool| -> Result<BTreeSet<Did>, Denial> {
+            let arr = match details.get(key) {
+                None if !required => return Ok(BTreeSet::new()),
+                v => v.and_then(|v| v.as_array()),
+            };
+            let arr = arr.ok_or_else(|| {
                 deny(
                     DenialCode::TrustInvalid,
                     format!("trust details need a `{key}` array"),
@@ -117,13 +132,18 @@ impl TrustRoots {
                 .collect()
         };
         Ok(Self {
-            admins: list("admins")?,
-            delegators: list("delegators")?,
+            admins: list("admins", true)?,
+            delegators: list("delegators", true)?,
+            approvers: list("approvers", false)?,
+            reviewers: list("reviewers", false)?,
         })
     }
 
     fn names(&self, did: &Did) -> bool {
-        self.admins.contains(did) || self.delegators.contains(did)
+        self.admins.contains(did)
+            || self.delegators.contains(did)
+            || self.approvers.contains(did)
+            || self.reviewers.contains(did)
     }
 }
 
@@ -154,11 +174,23 @@ impl Admitted {
 #[derive(Clone, Debug)]
 enum Change {
     Nothing,
-    Genesis { ledger: Box<Did>, trust: TrustRoots },
+    Genesis {
+        ledger: Box<Did>,
+        trust: TrustRoots,
+    },
     Trust(TrustRoots),
     Session(Box<Delegation>),
     SessionEnd,
     Revocation(Box<Revocation>, String),
+    /// An `approval` bound to one action.
+    Approval(Box<ApprovalRecord>),
+    /// A policy decision that allowed a call (referenceable by it).
+    Allowed(Box<DecisionRecord>),
+    /// A policy decision that held a call for an approval.
+    Held(Box<(Did, String, HoldRecord)>),
+    /// A `tool.call` that used an approval, or an allowing decision.
+    UsedApproval(u64),
+    UsedDecision(u64),
 }
 
 /// The authorization state of a ledger at some position.
@@ -169,6 +201,7 @@ pub struct Authority {
     sessions: HashMap<Did, SessionGrant>,
     revocations: HashMap<Did, RevocationRecord>,
     nonces: HashSet<Nonce>,
+    oversight: Oversight,
     next: Seq,
 }
 
@@ -182,8 +215,14 @@ impl Authority {
             sessions: HashMap::new(),
             revocations: HashMap::new(),
             nonces: HashSet::new(),
+            oversight: Oversight::default(),
             next: Seq(0),
         }
+    }
+
+    /// What the rules hold about approvals, decisions and held actions.
+    pub fn oversight(&self) -> &Oversight {
+        &self.oversight
     }
 
     pub fn ledger(&self) -> Option<&Did> {
@@ -226,6 +265,12 @@ impl Authority {
         }
         if self.trust.delegators.contains(did) {
             roles.push(Role::Delegator);
+        }
+        if self.trust.approvers.contains(did) {
+            roles.push(Role::Approver);
+        }
+        if self.trust.reviewers.contains(did) {
+            roles.push(Role::Reviewer);
         }
         if roles.is_empty() {
             roles.push(Role::NewSession);
@@ -290,9 +335,21 @@ impl Authority {
             )
         })?;
         let roles = self.signer_roles(ev)?;
+        // A DID may hold several roles (a delegator that is also a
+        // reviewer): the row's signer that allows the event's actor_kind
+        // decides, else the first the row names (for the refusal).
         let (role, kinds) = roles
             .iter()
-            .find_map(|r| rule.kinds_for(*r).map(|k| (*r, k)))
+            .find_map(|r| {
+                rule.kinds_for(*r)
+                    .filter(|k| k.contains(&ev.actor_kind))
+                    .map(|k| (*r, k))
+            })
+            .or_else(|| {
+                roles
+                    .iter()
+                    .find_map(|r| rule.kinds_for(*r).map(|k| (*r, k)))
+            })
             .ok_or_else(|| refusal(rule, ev, &roles))?;
         if !kinds.contains(&ev.actor_kind) {
             return Err(deny(
@@ -337,6 +394,14 @@ impl Authority {
             Constraint::TrustUpdate => Change::Trust(self.check_trust(ev)?),
             Constraint::SessionStart => self.check_session_start(ev, at)?,
             Constraint::Revocation => self.check_revocation(ev)?,
+            Constraint::Approval => self.check_approval(ev, role, at)?,
+            Constraint::PolicyDecision => self.check_policy_decision(ev, at)?,
+            Constraint::ApprovalClaims if role == Role::Session => {
+                self.check_approval_claim(ev, at)?
+            }
+            // People sign their own actions: what they say approved them is
+            // their own word, under their own key.
+            Constraint::ApprovalClaims => Change::Nothing,
         };
         Ok(Admitted { role, rule, change })
     }
@@ -486,12 +551,336 @@ impl Authority {
         Ok(Change::Revocation(Box::new(rev), jws.to_string()))
     }
 
+    /// A8: an `approval` bound to one action of a started session, by
+    /// someone who may decide that session's actions. A reviewer's approval
+    /// is `auto_review` and never counts for an action held for a person.
+    fn check_approval(&self, ev: &Event, role: Role, at: Timestamp) -> Result<Change, Denial> {
+        let invalid = |m: String| deny(DenialCode::ApprovalInvalid, m);
+        let approve = match ev.detail_str("decision") {
+            Some("approve") => true,
+            Some("deny") => false,
+            _ => {
+                return Err(invalid(
+                    "an approval's `details.decision` is \"approve\" or \"deny\"".into(),
+                ))
+            }
+        };
+        let by = if role == Role::Reviewer {
+            ApprovedBy::AutoReview
+        } else {
+            ApprovedBy::Human
+        };
+        let Some(digest) = ev.details.get("action_digest") else {
+            // A person's decision not bound to an action (as ledgers wrote
+            // before approvals were): kept, but it backs no tool call.
+            if by == ApprovedBy::AutoReview {
+                return Err(invalid(
+                    "a reviewer's approval names the action it decides (`details.action_digest`)"
+                        .into(),
+                ));
+            }
+            return Ok(Change::Nothing);
+        };
+        let digest = digest
+            .as_str()
+            .filter(|d| oversight::is_digest(d))
+            .ok_or_else(|| invalid("`details.action_digest` is 64 lowercase hex digits".into()))?;
+        let session = ev
+            .detail_str("session")
+            .and_then(|s| Did::parse(s).ok())
+            .ok_or_else(|| {
+                invalid(
+                    "`details.session` is the DID of the session whose action is decided".into(),
+                )
+            })?;
+        let grant = self
+            .sessions
+            .get(&session)
+            .ok_or_else(|| invalid(format!("{session} is not a started session")))?;
+        let expires = ev
+            .detail_str("expires_at")
+            .and_then(|t| Timestamp::parse(t).ok())
+            .ok_or_else(|| invalid("`details.expires_at` is a timestamp (FORMAT.md §2)".into()))?;
+        if expires <= at {
+            return Err(invalid(format!(
+                "the approval expires at {expires}, before the ledger received it ({at})"
+            )));
+        }
+        if expires > at.plus_millis(oversight::MAX_APPROVAL_TTL_MS) {
+            return Err(invalid(format!(
+                "an approval is valid for at most 24 hours after it is recorded; this one says {expires}"
+            )));
+        }
+        if ev.details.get("single_use") != Some(&Value::Bool(true)) {
+            return Err(invalid(
+                "`details.single_use` must be true: an approval lets one call through".into(),
+            ));
+        }
+        // Who may decide this session's actions: any admin or listed
+        // approver, the session's own delegator, or a listed reviewer.
+        let roles = self.roles_of(&ev.actor);
+        let may = match by {
+            ApprovedBy::AutoReview => roles.contains(&Role::Reviewer),
+            ApprovedBy::Human => {
+                roles.contains(&Role::Admin)
+                    || roles.contains(&Role::Approver)
+                    || (roles.contains(&Role::Delegator) && grant.delegation.issuer == ev.actor)
+            }
+        };
+        if !may {
+            return Err(deny(
+                DenialCode::NotApprover,
+                format!(
+                    "{} may not decide the actions of session {session}: its delegator {}, an admin or a listed approver may",
+                    ev.actor, grant.delegation.issuer
+                ),
+            ));
+        }
+        if let Some(h) = self.oversight.hold(&session, digest) {
+            if !h.requires.accepts(by) {
+                return Err(deny(
+                    DenialCode::HumanApprovalRequired,
+                    format!(
+                        "the policy held this action for a person (entry {}); an automated reviewer cannot approve it",
+                        h.seq
+                    ),
+                ));
+            }
+        }
+        Ok(Change::Approval(Box::new(ApprovalRecord {
+            seq: 0,
+            session,
+            digest: digest.to_string(),
+            approve,
+            expires,
+            by,
+            signer: ev.actor.clone(),
+            received: at,
+            used_at: None,
+        })))
+    }
+
+    /// A8: a `policy.decision` that names its action (`details.action_digest`,
+    /// `details.session_did`): an allow can back that call's `tool.call`, an
+    /// `approval_required` makes the action need an approval. A decision
+    /// without a digest (as ledgers wrote before) changes nothing.
+    fn check_policy_decision(&self, ev: &Event, at: Timestamp) -> Result<Change, Denial> {
+        let Some(digest) = ev.details.get("action_digest") else {
+            return Ok(Change::Nothing);
+        };
+        let bad = |m: &str| deny(DenialCode::Malformed, format!("policy.decision: {m}"));
+        let digest = digest
+            .as_str()
+            .filter(|d| oversight::is_digest(d))
+            .ok_or_else(|| bad("`action_digest` is 64 lowercase hex digits"))?
+            .to_string();
+        let session = ev
+            .detail_str("session_did")
+            .and_then(|s| Did::parse(s).ok())
+            .filter(|s| self.sessions.contains_key(s))
+            .ok_or_else(|| bad("`session_did` names no started session"))?;
+        match ev.detail_str("decision") {
+            Some("allow") => {
+                let policies = ev
+                    .details
+                    .get("policies")
+                    .and_then(|p| p.as_array())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Ok(Change::Allowed(Box::new(DecisionRecord {
+                    seq: 0,
+                    session,
+                    digest,
+                    policies,
+                    received: at,
+                    used_at: None,
+                })))
+            }
+            Some("approval_required") => {
+                let requires = ev
+                    .detail_str("requires")
+                    .and_then(Requires::parse)
+                    .ok_or_else(|| bad("`requires` is \"human\" or \"review\""))?;
+                Ok(Change::Held(Box::new((
+                    session,
+                    digest,
+                    HoldRecord {
+                        seq: 0,
+                        requires,
+                        received: at,
+                    },
+                ))))
+            }
+            Some("deny") => Ok(Change::Nothing),
+            _ => Err(bad(
+                "`decision` is \"allow\", \"deny\" or \"approval_required\"",
+            )),
+        }
+    }
+
+    /// A8: what a session's event says approved it. Only a `tool.call` may
+    /// claim an approval, and the claim must name the entry that backs it
+    /// (`approval.seq`): an open approval by the person or reviewer it names,
+    /// for this session and this action (`details.action_digest`), unexpired
+    /// and unused; or the ledger key's allowing `policy.decision` for the
+    /// same. An action the policy held needs an approval that its rule
+    /// accepts, whatever the call claims.
+    fn check_approval_claim(&self, ev: &Event, at: Timestamp) -> Result<Change, Denial> {
+        let unverified = |m: String| deny(DenialCode::ApprovalUnverified, m);
+        let claim = match &ev.approval {
+            None | Some(Approval::None) => None,
+            Some(a) => Some(a),
+        };
+        if ev.action.as_str() != actions::TOOL_CALL {
+            return match claim {
+                Some(c) => Err(unverified(format!(
+                    "only a tool.call may claim an approval; this {} claims one by {}",
+                    ev.action,
+                    c.kind()
+                ))),
+                None => Ok(Change::Nothing),
+            };
+        }
+        let digest =
+            match ev.details.get("action_digest") {
+                None => None,
+                Some(v) => Some(v.as_str().filter(|d| oversight::is_digest(d)).ok_or_else(
+                    || unverified("`details.action_digest` is 64 lowercase hex digits".into()),
+                )?),
+            };
+        let hold = digest.and_then(|d| self.oversight.hold(&ev.actor, d));
+        let floor = |h: &HoldRecord, what: &str| {
+            deny(
+                DenialCode::HumanApprovalRequired,
+                format!(
+                    "the policy held this action for {} (entry {}); {what}",
+                    match h.requires {
+                        Requires::Human => "a person's approval",
+                        Requires::Review => "an approval",
+                    },
+                    h.seq
+                ),
+            )
+        };
+        let Some(claim) = claim else {
+            return match hold {
+                Some(h) => Err(floor(h, "the call names no approval")),
+                None => Ok(Change::Nothing),
+            };
+        };
+        let digest = digest.ok_or_else(|| {
+            unverified(format!(
+                "the tool.call claims approval by {} but does not name its action (`details.action_digest`)",
+                claim.kind()
+            ))
+        })?;
+        let seq = claim.seq().ok_or_else(|| {
+            unverified(format!(
+                "the tool.call claims approval by {} but names no entry that backs it (`approval.seq`)",
+                claim.kind()
+            ))
+        })?;
+        match claim {
+            Approval::Human { .. } | Approval::AutoReview { .. } => {
+                let r = self.oversight.approval(seq).ok_or_else(|| {
+                    unverified(format!(
+                        "entry {seq} is not an approval this call can use (not an approval bound to an action, later than the call, or expired)"
+                    ))
+                })?;
+                if r.session != ev.actor {
+                    return Err(unverified(format!(
+                        "approval {seq} decides an action of session {}, not of this one",
+                        r.session
+                    )));
+                }
+                if r.digest != digest {
+                    return Err(unverified(format!(
+                        "approval {seq} is for another action (digest {}), not this call's ({digest})",
+                        r.digest
+                    )));
+                }
+                if !r.approve {
+                    return Err(unverified(format!(
+                        "entry {seq} refused this action, by {}",
+                        r.signer
+                    )));
+                }
+                if let Some(u) = r.used_at {
+                    return Err(unverified(format!(
+                        "approval {seq} was used by entry {u}; an approval lets one call through"
+                    )));
+                }
+                if at >= r.expires {
+                    return Err(unverified(format!(
+                        "approval {seq} expired at {}",
+                        r.expires
+                    )));
+                }
+                let (claimed_by, claimed) = match claim {
+                    Approval::Human { approver, .. } => (ApprovedBy::Human, approver.as_str()),
+                    Approval::AutoReview { reviewer, .. } => {
+                        (ApprovedBy::AutoReview, reviewer.as_str())
+                    }
+                    _ => unreachable!("matched above"),
+                };
+                if r.by != claimed_by || r.signer.as_str() != claimed {
+                    return Err(unverified(format!(
+                        "approval {seq} is by {} ({}), not by {} ({claimed})",
+                        r.by.as_str(),
+                        r.signer,
+                        claimed_by.as_str()
+                    )));
+                }
+                if let Some(h) = hold {
+                    if !h.requires.accepts(r.by) {
+                        return Err(floor(h, "an automated reviewer's approval does not count"));
+                    }
+                }
+                Ok(Change::UsedApproval(seq))
+            }
+            Approval::Policy { policy, .. } => {
+                if let Some(h) = hold {
+                    return Err(floor(h, "a policy cannot approve it"));
+                }
+                let d = self.oversight.decision(seq).ok_or_else(|| {
+                    unverified(format!(
+                        "entry {seq} is not a policy decision that allowed this call (not the ledger key's allow for an action, later than the call, or older than an hour)"
+                    ))
+                })?;
+                if d.session != ev.actor || d.digest != digest {
+                    return Err(unverified(format!(
+                        "policy decision {seq} allowed another call (session {}, digest {})",
+                        d.session, d.digest
+                    )));
+                }
+                if let Some(u) = d.used_at {
+                    return Err(unverified(format!(
+                        "policy decision {seq} was used by entry {u}"
+                    )));
+                }
+                if !d.policies.iter().any(|p| p == policy) {
+                    return Err(unverified(format!(
+                        "policy decision {seq} names {:?}, not {policy:?}",
+                        d.policies
+                    )));
+                }
+                Ok(Change::UsedDecision(seq))
+            }
+            Approval::None => Ok(Change::Nothing),
+        }
+    }
+
     /// Folds an accepted entry into the state: what [`check`](Self::check)
     /// admitted, at the next position.
     pub fn apply(&mut self, entry: &Entry, admitted: Admitted) {
         let here = self.next;
         self.nonces.insert(entry.event.nonce);
         self.next = here.next();
+        self.oversight.prune(entry.received_at);
         let actor = &entry.event.actor;
         match admitted.change {
             Change::Nothing => {}
@@ -533,6 +922,21 @@ impl Authority {
                     }
                 }
             }
+            Change::Approval(mut r) => {
+                r.seq = here.0;
+                self.oversight.add_approval(*r);
+            }
+            Change::Allowed(mut r) => {
+                r.seq = here.0;
+                self.oversight.add_decision(*r);
+            }
+            Change::Held(h) => {
+                let (session, digest, mut hold) = *h;
+                hold.seq = here.0;
+                self.oversight.add_hold(session, digest, hold);
+            }
+            Change::UsedApproval(seq) => self.oversight.use_approval(seq, here.0),
+            Change::UsedDecision(seq) => self.oversight.use_decision(seq, here.0),
         }
     }
 

@@ -38,7 +38,8 @@ pub enum DenialCode {
     LedgerKeyOnly,
     /// `identity.revoke` by someone who is not a current admin.
     NotAdmin,
-    /// `approval` by someone who is not a person (admin or delegator).
+    /// `approval` by someone who is neither a person the trust roots name
+    /// (admin, delegator, approver) nor a listed reviewer.
     HumanOnly,
     /// A row only a started session may sign.
     SessionOnly,
@@ -61,6 +62,16 @@ pub enum DenialCode {
     /// A revocation that would leave no unrevoked admin.
     LastAdmin,
     TrustInvalid,
+    /// An `approval` entry that is not bound to one action of a started
+    /// session, or expires too late or already.
+    ApprovalInvalid,
+    /// An `approval` by someone who may not approve that session's actions.
+    NotApprover,
+    /// A session's claimed approval that no entry of the ledger backs.
+    ApprovalUnverified,
+    /// An action the policy held for a person, run on anything less than a
+    /// person's approval (the hard floor).
+    HumanApprovalRequired,
     TooLarge,
     Malformed,
     // Refusals by the broker before an event reaches the rules (recorded as
@@ -103,6 +114,10 @@ impl DenialCode {
         DenialCode::CannotRevokeLedger,
         DenialCode::LastAdmin,
         DenialCode::TrustInvalid,
+        DenialCode::ApprovalInvalid,
+        DenialCode::NotApprover,
+        DenialCode::ApprovalUnverified,
+        DenialCode::HumanApprovalRequired,
         DenialCode::TooLarge,
         DenialCode::Malformed,
         DenialCode::DidMismatch,
@@ -138,6 +153,10 @@ impl DenialCode {
             DenialCode::CannotRevokeLedger => "cannot_revoke_ledger",
             DenialCode::LastAdmin => "last_admin",
             DenialCode::TrustInvalid => "trust_invalid",
+            DenialCode::ApprovalInvalid => "approval_invalid",
+            DenialCode::NotApprover => "not_approver",
+            DenialCode::ApprovalUnverified => "approval_unverified",
+            DenialCode::HumanApprovalRequired => "human_approval_required",
             DenialCode::TooLarge => "too_large",
             DenialCode::Malformed => "malformed",
             DenialCode::DidMismatch => "did_mismatch",

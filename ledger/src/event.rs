@@ -46,15 +46,34 @@ impl ActorKind {
 }
 
 /// Who approved an action, recorded when it happened.
+///
+/// `seq` names the entry that backs the claim (FORMAT.md §3.1): for `human`
+/// and `auto_review` the `approval` entry, for `policy` the ledger key's
+/// `policy.decision`. An agent session's `tool.call` claiming any of the
+/// three must name it, and the rules check that it exists, matches the call
+/// and was not used before; without `seq` the claim is refused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "by", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Approval {
     /// A person approved it; `approver` is their DID.
-    Human { approver: Did },
+    Human {
+        approver: Did,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
     /// A policy rule allowed it.
-    Policy { policy: String },
-    /// An automated reviewer (another model, a classifier) allowed it.
-    AutoReview { reviewer: String },
+    Policy {
+        policy: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
+    /// An automated reviewer allowed it; `reviewer` is the reviewer's DID
+    /// when `seq` names its `approval` entry.
+    AutoReview {
+        reviewer: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
     /// Nothing approved it: it ran under the session's standing permissions.
     None,
 }
@@ -66,6 +85,16 @@ impl Approval {
             Approval::Policy { .. } => "policy",
             Approval::AutoReview { .. } => "auto_review",
             Approval::None => "none",
+        }
+    }
+
+    /// The entry that backs the claim, if it names one.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            Approval::Human { seq, .. }
+            | Approval::Policy { seq, .. }
+            | Approval::AutoReview { seq, .. } => *seq,
+            Approval::None => None,
         }
     }
 }
@@ -232,6 +261,7 @@ mod tests {
         e.details.insert("tool".into(), "Bash".into());
         e.approval = Some(Approval::Policy {
             policy: "allow-read".into(),
+            seq: None,
         });
         e
     }

@@ -29,6 +29,7 @@ pub mod event;
 pub mod export;
 pub mod fsutil;
 pub mod merkle;
+pub mod oversight;
 #[cfg(feature = "store")]
 pub mod store;
 #[cfg(feature = "store")]

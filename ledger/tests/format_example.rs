@@ -30,6 +30,7 @@ fn worked_example_matches_format_md() {
     g.details = TrustRoots {
         admins: [human.did()].into(),
         delegators: [human.did()].into(),
+        ..Default::default()
     }
     .to_details();
     g.client_time = ts("2026-11-24T19:20:00.000Z");

@@ -100,11 +100,14 @@ fn approval() -> impl Strategy<Value = Option<Approval>> {
     prop_oneof![
         Just(None),
         Just(Some(Approval::None)),
-        (0u8..4).prop_map(|i| Some(Approval::Human {
-            approver: key(i).did()
+        (0u8..4, prop::option::of(0u64..8)).prop_map(|(i, seq)| Some(Approval::Human {
+            approver: key(i).did(),
+            seq,
         })),
-        ".{0,20}".prop_map(|p| Some(Approval::Policy { policy: p })),
-        ".{0,20}".prop_map(|r| Some(Approval::AutoReview { reviewer: r })),
+        (".{0,20}", prop::option::of(0u64..8))
+            .prop_map(|(p, seq)| Some(Approval::Policy { policy: p, seq })),
+        (".{0,20}", prop::option::of(0u64..8))
+            .prop_map(|(r, seq)| Some(Approval::AutoReview { reviewer: r, seq })),
     ]
 }
 
@@ -875,6 +878,7 @@ fn event_for(s: &Step) -> SignedEvent {
             e.details = TrustRoots {
                 admins: [key(1).did()].into(),
                 delegators: [key(1).did()].into(),
+                ..Default::default()
             }
             .to_details();
         }

@@ -7,6 +7,7 @@ use custody_identity::{Delegation, Did};
 use custody_ledger::actions;
 use custody_ledger::authority::TrustRoots;
 use custody_ledger::denial::DenialCode;
+use custody_ledger::oversight::Requires;
 use custody_ledger::{
     ActionType, ActorKind, Approval, Context, Event, LedgerError, PayloadDigest, PayloadRef,
     SessionId,
@@ -57,16 +58,32 @@ pub struct RevokeRecord<'a> {
 /// The pre-tool policy's decision, as `policy.decision` records it.
 pub struct PolicyRecord<'a> {
     pub tool: &'a str,
-    pub allow: bool,
+    /// `allow`, `deny` or `approval_required`.
+    pub decision: &'a str,
     pub policies: &'a [String],
     pub resource_kind: &'a str,
     pub errors: &'a [String],
-    /// The command, path or URL as a salted digest (it may hold secrets).
+    /// The command, path or URL as a salted digest (it may hold secrets);
+    /// for a held call, the action's canonical form (FORMAT.md §3.3).
     pub resource: PayloadRef,
+    /// The call's action digest.
+    pub action_digest: Option<&'a str>,
+    /// For a held call: who may approve it.
+    pub requires: Option<Requires>,
+    /// For a held call allowed now: the approval that lets it through.
+    pub approval_seq: Option<u64>,
+    /// For a call a person refused: their `approval` entry.
+    pub refused_by: Option<u64>,
+    /// The agent's own id of the call (`tool_use_id`, `call_id`).
+    pub call_id: Option<&'a str>,
 }
 
 fn truncated(s: &str) -> String {
-    s.chars().take(MAX_REASON_CHARS).collect()
+    truncated_to(s, MAX_REASON_CHARS)
+}
+
+fn truncated_to(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
 }
 
 impl Attest {
@@ -169,12 +186,24 @@ impl Attest {
         let mut e = self.about_session(self.event(actions::POLICY_DECISION), session)?;
         let d = &mut e.details;
         d.insert("tool".into(), p.tool.into());
-        d.insert(
-            "decision".into(),
-            if p.allow { "allow" } else { "deny" }.into(),
-        );
+        d.insert("decision".into(), p.decision.into());
         d.insert("policies".into(), json!(p.policies));
         d.insert("resource_kind".into(), p.resource_kind.into());
+        if let Some(a) = p.action_digest {
+            d.insert("action_digest".into(), a.into());
+        }
+        if let Some(r) = p.requires {
+            d.insert("requires".into(), r.as_str().into());
+        }
+        if let Some(seq) = p.approval_seq {
+            d.insert("approval_seq".into(), seq.into());
+        }
+        if let Some(seq) = p.refused_by {
+            d.insert("refused_by".into(), seq.into());
+        }
+        if let Some(c) = p.call_id {
+            d.insert("call_id".into(), truncated_to(c, 256).into());
+        }
         if !p.errors.is_empty() {
             d.insert("errors".into(), json!(p.errors));
         }
@@ -218,12 +247,15 @@ impl Attest {
         e.approval = match &c.decider {
             Some(Decider::User(_)) => Some(Approval::Human {
                 approver: session.issuer.clone(),
+                seq: None,
             }),
             Some(Decider::Config) => Some(Approval::Policy {
                 policy: "agent-config".into(),
+                seq: None,
             }),
             Some(Decider::Reviewer(r)) => Some(Approval::AutoReview {
                 reviewer: r.clone(),
+                seq: None,
             }),
             Some(Decider::Other(_)) | None => None,
         };
@@ -310,11 +342,16 @@ mod tests {
                 &d,
                 PolicyRecord {
                     tool: "Bash",
-                    allow: true,
+                    decision: "allow",
                     policies: &[],
                     resource_kind: "command",
                     errors: &[],
                     resource: pref.clone(),
+                    action_digest: None,
+                    requires: None,
+                    approval_seq: None,
+                    refused_by: None,
+                    call_id: None,
                 },
             )
             .unwrap(),

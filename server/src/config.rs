@@ -9,6 +9,8 @@
 //! [trust]
 //! admins = ["did:key:z6Mk…"]            # may revoke and export
 //! delegators = ["did:key:z6Mk…"]        # humans / CI identities that may start sessions
+//! approvers = ["did:key:z6Mk…"]         # people who may approve any session's held actions
+//! reviewers = ["did:key:z6Mk…"]         # automated reviewers (auto_review approvals)
 //! [scopes.ci-read]
 //! policies = ["ci-read"]
 //! max_ttl = "15m"
@@ -117,6 +119,12 @@ struct RawTrust {
     admins: Vec<String>,
     #[serde(default)]
     delegators: Vec<String>,
+    /// People who may approve any session's held actions.
+    #[serde(default)]
+    approvers: Vec<String>,
+    /// Automated reviewers (service DIDs) whose approvals are `auto_review`.
+    #[serde(default)]
+    reviewers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -217,6 +225,10 @@ pub struct Config {
     pub vault: Option<VaultConfig>,
     pub admins: Vec<Did>,
     pub delegators: Vec<Did>,
+    /// `[trust] approvers`: people who may approve any session's held actions.
+    pub approvers: Vec<Did>,
+    /// `[trust] reviewers`: automated reviewers (service identities).
+    pub reviewers: Vec<Did>,
     pub scopes: BTreeMap<String, ScopeConfig>,
     pub checkpoint: CheckpointPolicy,
     pub limits: Limits,
@@ -271,6 +283,8 @@ impl Config {
         };
         let admins = dids("admins", &raw.trust.admins)?;
         let delegators = dids("delegators", &raw.trust.delegators)?;
+        let approvers = dids("approvers", &raw.trust.approvers)?;
+        let reviewers = dids("reviewers", &raw.trust.reviewers)?;
 
         let mut scopes = BTreeMap::new();
         for (name, s) in raw.scopes {
@@ -428,6 +442,8 @@ impl Config {
             },
             admins,
             delegators,
+            approvers,
+            reviewers,
             scopes,
             checkpoint,
             limits,

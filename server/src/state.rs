@@ -52,6 +52,23 @@ pub struct AppState {
     pub(crate) parents: crate::parents::Parents,
     /// Size and time of the last checkpoint signed.
     checkpointed: Mutex<(u64, Instant)>,
+    /// Calls the policy held, by their `policy.decision`'s seq, so a person
+    /// deciding one sees the exact input (`POST /v1/approvals/pending`).
+    /// Bounded ([`MAX_HELD`], a day); lost on restart, when the agent's
+    /// retry is held again.
+    pub(crate) held: Mutex<std::collections::BTreeMap<u64, HeldEntry>>,
+}
+
+/// Most held calls kept for people to decide.
+pub const MAX_HELD: usize = 10_000;
+
+/// A held call as the broker keeps it for the people who decide it.
+#[derive(Clone, Debug)]
+pub struct HeldEntry {
+    pub action: custody_wire::api::HeldAction,
+    pub session: Delegation,
+    pub requires: custody_ledger::oversight::Requires,
+    pub at: Instant,
 }
 
 fn io_ctx(p: &Path, e: impl std::fmt::Display) -> anyhow::Error {
@@ -164,6 +181,8 @@ impl AppState {
         let want = TrustRoots {
             admins: cfg.admins.iter().cloned().collect(),
             delegators: cfg.delegators.iter().cloned().collect(),
+            approvers: cfg.approvers.iter().cloned().collect(),
+            reviewers: cfg.reviewers.iter().cloned().collect(),
         };
         let empty = storage.size() == 0;
         if empty || storage::rules(&*storage, |a| a.trust() != &want) {
@@ -200,6 +219,7 @@ impl AppState {
             mint_lock: Arc::new(tokio::sync::RwLock::new(())),
             parents: Default::default(),
             checkpointed: Mutex::new((size, Instant::now())),
+            held: Mutex::new(Default::default()),
         }))
     }
 

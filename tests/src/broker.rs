@@ -18,6 +18,8 @@ pub struct Harness {
     pub broker: Option<BrokerProcess>,
     pub developer: KeyPair,
     pub admin: KeyPair,
+    /// A listed automated reviewer (`[trust] reviewers`), `reviewer.key`.
+    pub reviewer: KeyPair,
     pub url: String,
 }
 
@@ -81,8 +83,10 @@ impl Harness {
         write_secret_file(&dir.path().join("vault-token"), &token).unwrap();
         let developer = KeyPair::generate();
         let admin = KeyPair::generate();
+        let reviewer = KeyPair::generate();
         developer.save(&dir.path().join("developer.key")).unwrap();
         admin.save(&dir.path().join("admin.key")).unwrap();
+        reviewer.save(&dir.path().join("reviewer.key")).unwrap();
         let port = free_port().unwrap();
         let scheme = if extra.contains("enabled = true") {
             "https"
@@ -90,13 +94,17 @@ impl Harness {
             "http"
         };
         let url = format!("{scheme}://localhost:{port}");
-        let config = example_config(
-            &format!("127.0.0.1:{port}"),
-            &dir.path().join("data"),
-            &bao.addr,
-            &dir.path().join("vault-token"),
-            admin.did().as_str(),
-            developer.did().as_str(),
+        let config = custody_cli::dev::with_trust(
+            &example_config(
+                &format!("127.0.0.1:{port}"),
+                &dir.path().join("data"),
+                &bao.addr,
+                &dir.path().join("vault-token"),
+                admin.did().as_str(),
+                developer.did().as_str(),
+            ),
+            "reviewers",
+            &[reviewer.did().as_str()],
         ) + extra;
         std::fs::write(dir.path().join("custody.toml"), config).unwrap();
         Self {
@@ -105,6 +113,7 @@ impl Harness {
             broker: None,
             developer,
             admin,
+            reviewer,
             url,
         }
     }

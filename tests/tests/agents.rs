@@ -407,7 +407,7 @@ async fn the_pre_tool_policy_decides_by_context_and_records_the_rule() {
         (
             &chat,
             pre_tool("Bash", json!({"command": "git push origin main"})),
-            "deny-push-protected-branch",
+            "hold-push-protected-branch",
         ),
         (
             &chat,
@@ -442,8 +442,13 @@ async fn the_pre_tool_policy_decides_by_context_and_records_the_rule() {
     assert_eq!(decisions.len(), 8, "every decision recorded");
     let denies: Vec<_> = decisions
         .iter()
-        .filter(|e| e["event"]["details"]["decision"] == "deny")
+        .filter(|e| {
+            let d = &e["event"]["details"]["decision"];
+            d == "deny" || d == "approval_required"
+        })
         .collect();
+    // The push to main is held for a person (approval_required); the
+    // agent is refused it all the same.
     assert_eq!(denies.len(), 5);
     for (e, (_, _, rule)) in denies.iter().zip(&denied) {
         assert_eq!(e["event"]["details"]["policies"], json!([rule]));

@@ -55,23 +55,57 @@ fn report_counts_match_the_scenario() {
     let results = count(&|s| matches!(s, Step::ToolResult { .. }));
     let telemetry = count(&|s| matches!(s, Step::Telemetry { .. }));
     let policy_denied = count(&|s| matches!(s, Step::PolicyDenied { .. }));
+    let held_approved = count(&|s| matches!(s, Step::Held { approve: true, .. }));
+    let held_refused = count(&|s| matches!(s, Step::Held { approve: false, .. }));
+    let reviewed = by(By::AutoReview(""));
 
     let a = &r["activity"];
-    assert_eq!(a["agent_approvals"]["human"], human_approvals);
+    // Every approval a tool call claims names the entry that backs it.
+    assert_eq!(
+        a["agent_approvals"]["human"],
+        human_approvals + held_approved
+    );
     assert_eq!(a["agent_approvals"]["policy"], by(By::Policy("")));
-    assert_eq!(a["agent_approvals"]["auto_review"], by(By::AutoReview("")));
+    assert_eq!(a["agent_approvals"]["auto_review"], reviewed);
     assert_eq!(a["agent_approvals"]["none"], by(By::Nobody));
+    let o = &r["oversight"];
+    assert_eq!(
+        o["verified_approvals"]["human"],
+        human_approvals + held_approved
+    );
+    assert_eq!(o["verified_approvals"]["auto_review"], reviewed);
+    assert_eq!(o["verified_approvals"]["policy"], by(By::Policy("")));
+    // Held calls: who decided each, how fast, and the one that ran.
+    let held = o["held"].as_array().unwrap();
+    assert_eq!(held.len() as u64, held_approved + held_refused + reviewed);
+    for h in held {
+        assert!(h["decision_ms"].as_i64().unwrap() >= 0, "{h}");
+        match h["outcome"].as_str().unwrap() {
+            "approved" => assert!(h["ran_seq"].is_u64(), "{h}"),
+            "refused" => assert!(h["ran_seq"].is_null(), "{h}"),
+            other => panic!("{other}: {h}"),
+        }
+    }
+    assert_eq!(
+        held.iter()
+            .filter(|h| h["decided_as"] == "auto_review")
+            .count() as u64,
+        reviewed
+    );
+    assert_eq!(o["refusals"].as_array().unwrap().len() as u64, held_refused);
     // Counted by signer, as the rules accepted it. People: direct actions,
-    // signed approvals, the admin's revocations.
+    // signed approvals and refusals, the admin's revocations.
     assert_eq!(
         a["by_kind"]["human"],
-        human_direct + human_approvals + revokes
+        human_direct + human_approvals + held_approved + held_refused + revokes
     );
+    // The automated reviewer: a service identity.
+    assert_eq!(a["by_kind"]["service"], reviewed);
     // Agent sessions: session starts, tool calls, results, credential
     // requests.
     assert_eq!(
         a["by_kind"]["agent"],
-        sessions + tool_calls + results + mints
+        sessions + tool_calls + held_approved + results + mints
     );
     assert_eq!(
         a["broker_attested"],
@@ -89,8 +123,16 @@ fn report_counts_match_the_scenario() {
         telemetry * custody_cli::demo::TELEMETRY_HUMAN
     );
     // Approvals: the signed `approval` entries only.
-    assert_eq!(a["human_decisions"]["approve"], human_approvals);
-    assert_eq!(a["policy_decisions"]["deny"], policy_denied);
+    assert_eq!(
+        a["human_decisions"]["approve"],
+        human_approvals + held_approved
+    );
+    assert_eq!(a["human_decisions"]["deny"], held_refused);
+    assert_eq!(a["policy_decisions"]["deny"], policy_denied + held_refused);
+    assert_eq!(
+        a["policy_decisions"]["approval_required"],
+        held_approved + held_refused + reviewed
+    );
 
     let mints_seen = r["credentials"]
         .as_array()

@@ -171,7 +171,78 @@ pub struct Oversight {
     pub revocations: Vec<RevocationLine>,
     pub approvals: u64,
     pub denials: u64,
+    /// Agent tool calls whose approval the rules verified (FORMAT.md §9.2
+    /// A8: the entry the claim names exists, matches and was unused), by
+    /// `human`, `auto_review`, `policy`.
+    #[serde(default)]
+    pub verified_approvals: BTreeMap<String, u64>,
+    /// Approvals only reported, never signed by who decided: the agent's
+    /// telemetry (attested by the ledger key), by kind.
+    #[serde(default)]
+    pub claimed_approvals: BTreeMap<String, u64>,
+    /// Calls the policy held for approval, who decided each and how fast.
+    #[serde(default)]
+    pub held: Vec<HeldLine>,
+    /// Refusals: `approval` entries that said no.
+    #[serde(default)]
+    pub refusals: Vec<RefusalLine>,
+    /// Spans during which an agent ran in a mode that skips its own
+    /// permission prompts (`bypassPermissions`): its escape hatch.
+    #[serde(default)]
+    pub escape_hatch: Vec<EscapeSpan>,
 }
+
+/// A call the policy held (`approval_required`), and what became of it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HeldLine {
+    /// The `policy.decision` that held it.
+    pub seq: u64,
+    pub at: String,
+    pub session: String,
+    pub agent: String,
+    pub tool: String,
+    pub rules: Vec<String>,
+    /// `human` or `review`.
+    pub requires: String,
+    pub call_id: Option<String>,
+    /// `approved`, `refused` or `pending`.
+    pub outcome: String,
+    /// The `approval` entry that decided it.
+    pub decided_seq: Option<u64>,
+    pub decided_by: Option<String>,
+    /// `human` or `auto_review`.
+    pub decided_as: Option<String>,
+    /// Milliseconds from the hold to the decision.
+    pub decision_ms: Option<i64>,
+    /// The `tool.call` that ran on the approval.
+    pub ran_seq: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RefusalLine {
+    pub seq: u64,
+    pub at: String,
+    pub by: String,
+    pub session: String,
+    pub tool: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EscapeSpan {
+    pub session: String,
+    pub agent: String,
+    pub mode: String,
+    pub from_seq: u64,
+    pub to_seq: u64,
+    pub from: String,
+    pub to: String,
+    /// Entries the session recorded in that mode.
+    pub entries: u64,
+}
+
+/// Permission modes in which an agent skips its own prompts.
+const ESCAPE_MODES: &[&str] = &["bypassPermissions"];
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RevocationLine {
@@ -240,7 +311,7 @@ pub fn signer_class(role: Role, kind: ActorKind) -> &'static str {
     match role {
         Role::Session | Role::NewSession => "agent",
         Role::Ledger => "ledger",
-        Role::Admin | Role::Delegator => match kind {
+        Role::Admin | Role::Delegator | Role::Approver | Role::Reviewer => match kind {
             ActorKind::Service => "service",
             _ => "human",
         },
@@ -280,6 +351,19 @@ struct Acc {
     payloads_redacted: u64,
     accepted_after: BTreeMap<String, u64>,
     refused: Vec<u64>,
+    approvers: BTreeSet<String>,
+    reviewers: BTreeSet<String>,
+    verified_approvals: BTreeMap<String, u64>,
+    claimed_approvals: BTreeMap<String, u64>,
+    held: Vec<(HeldLine, Timestamp)>,
+    /// (session, digest) → the latest held line still pending.
+    pending_held: BTreeMap<(String, String), usize>,
+    /// approval seq → held line it decided.
+    decided_held: BTreeMap<u64, usize>,
+    refusals: Vec<RefusalLine>,
+    escape: Vec<EscapeSpan>,
+    /// session → index of its open escape span.
+    open_escape: BTreeMap<String, usize>,
 }
 
 impl Acc {
@@ -345,11 +429,26 @@ impl Acc {
                 *self.accepted_after.entry(r.subject.clone()).or_default() += 1;
             }
         }
+        if telemetry {
+            if let Some(a) = &ev.approval {
+                *self
+                    .claimed_approvals
+                    .entry(a.kind().to_string())
+                    .or_default() += 1;
+            }
+        }
+        if role == Role::Session {
+            if let Some(mode) = ev.detail_str("permission_mode") {
+                self.track_mode(&actor, mode, e);
+            }
+        }
         match (role, action) {
             (Role::Ledger, actions::GENESIS | actions::TRUST_UPDATE) => {
                 self.ledger.get_or_insert(actor.clone());
                 self.admins = list("admins").into_iter().collect();
                 self.delegators = list("delegators").into_iter().collect();
+                self.approvers = list("approvers").into_iter().collect();
+                self.reviewers = list("reviewers").into_iter().collect();
             }
             (Role::NewSession, actions::SESSION_START) => {
                 if let Some(d) = ev
@@ -383,6 +482,13 @@ impl Acc {
                 if matches!(ev.approval, Some(Approval::Human { .. })) {
                     self.approval_claims += 1;
                 }
+                // Accepted by the rules with the entry it names: verified.
+                if let Some(seq) = ev.approval.as_ref().and_then(|a| a.seq()) {
+                    *self.verified_approvals.entry(k.to_string()).or_default() += 1;
+                    if let Some(i) = self.decided_held.get(&seq) {
+                        self.held[*i].0.ran_seq.get_or_insert(e.seq.0);
+                    }
+                }
                 *self.approvals.entry(k.to_string()).or_default() += 1;
                 *self.tool_calls.entry(actor.clone()).or_default() += 1;
             }
@@ -390,12 +496,75 @@ impl Acc {
                 Some(n) if *n > 0 => *n -= 1,
                 _ => self.results_without_call += 1,
             },
-            (Role::Admin | Role::Delegator, actions::APPROVAL) => {
+            (
+                Role::Admin | Role::Delegator | Role::Approver | Role::Reviewer,
+                actions::APPROVAL,
+            ) => {
                 let d = s("decision").unwrap_or_else(|| "unknown".into());
-                *self.decisions.entry(d).or_default() += 1;
+                let reviewer = role == Role::Reviewer;
+                if !reviewer {
+                    *self.decisions.entry(d.clone()).or_default() += 1;
+                }
+                let key = (
+                    s("session").unwrap_or_default(),
+                    s("action_digest").unwrap_or_default(),
+                );
+                if let Some(i) = self.pending_held.remove(&key) {
+                    let (h, held_at) = &mut self.held[i];
+                    h.outcome = if d == "approve" {
+                        "approved"
+                    } else {
+                        "refused"
+                    }
+                    .into();
+                    h.decided_seq = Some(e.seq.0);
+                    h.decided_by = Some(actor.clone());
+                    h.decided_as = Some(if reviewer { "auto_review" } else { "human" }.into());
+                    h.decision_ms =
+                        Some((e.received_at.unix_millis() - held_at.unix_millis()) as i64);
+                    self.decided_held.insert(e.seq.0, i);
+                }
+                if d == "deny" {
+                    self.refusals.push(RefusalLine {
+                        seq: e.seq.0,
+                        at: e.received_at.to_string(),
+                        by: actor.clone(),
+                        session: key.0,
+                        tool: s("tool"),
+                        reason: s("reason"),
+                    });
+                }
             }
             (Role::Ledger, actions::POLICY_DECISION) => {
                 let d = s("decision").unwrap_or_else(|| "unknown".into());
+                if d == "approval_required" {
+                    let session = s("session_did").unwrap_or_default();
+                    let line = HeldLine {
+                        seq: e.seq.0,
+                        at: e.received_at.to_string(),
+                        agent: self
+                            .sessions
+                            .get(&session)
+                            .map(|si| si.agent.clone())
+                            .unwrap_or_default(),
+                        session: session.clone(),
+                        tool: s("tool").unwrap_or_default(),
+                        rules: list("policies"),
+                        requires: s("requires").unwrap_or_default(),
+                        call_id: s("call_id"),
+                        outcome: "pending".into(),
+                        decided_seq: None,
+                        decided_by: None,
+                        decided_as: None,
+                        decision_ms: None,
+                        ran_seq: None,
+                    };
+                    self.pending_held.insert(
+                        (session, s("action_digest").unwrap_or_default()),
+                        self.held.len(),
+                    );
+                    self.held.push((line, e.received_at));
+                }
                 *self.policy_decisions.entry(d).or_default() += 1;
             }
             (Role::Session, "git.commit") => {
@@ -485,6 +654,41 @@ impl Acc {
         }
     }
 
+    /// Opens, extends or closes the session's escape-hatch span.
+    fn track_mode(&mut self, session: &str, mode: &str, e: &Entry) {
+        let escape = ESCAPE_MODES.contains(&mode);
+        match (self.open_escape.get(session).copied(), escape) {
+            (Some(i), true) => {
+                let span = &mut self.escape[i];
+                span.to_seq = e.seq.0;
+                span.to = e.received_at.to_string();
+                span.entries += 1;
+            }
+            (Some(_), false) => {
+                self.open_escape.remove(session);
+            }
+            (None, true) => {
+                self.open_escape
+                    .insert(session.to_string(), self.escape.len());
+                self.escape.push(EscapeSpan {
+                    session: session.to_string(),
+                    agent: self
+                        .sessions
+                        .get(session)
+                        .map(|si| si.agent.clone())
+                        .unwrap_or_default(),
+                    mode: mode.to_string(),
+                    from_seq: e.seq.0,
+                    to_seq: e.seq.0,
+                    from: e.received_at.to_string(),
+                    to: e.received_at.to_string(),
+                    entries: 1,
+                });
+            }
+            (None, false) => {}
+        }
+    }
+
     fn claims(&self) -> Vec<Claim> {
         vec![
             Claim {
@@ -527,6 +731,8 @@ impl Acc {
                         (true, true) => "admin+delegator",
                         (true, false) => "admin",
                         (false, true) => "delegator",
+                        _ if self.approvers.contains(did) => "approver",
+                        _ if self.reviewers.contains(did) => "reviewer",
                         _ => "unknown",
                     },
                 };
@@ -564,6 +770,11 @@ impl Acc {
             revocations,
             approvals: self.decisions.get("approve").copied().unwrap_or(0),
             denials: self.decisions.get("deny").copied().unwrap_or(0),
+            verified_approvals: self.verified_approvals,
+            claimed_approvals: self.claimed_approvals,
+            held: self.held.into_iter().map(|h| h.0).collect(),
+            refusals: self.refusals,
+            escape_hatch: self.escape,
         };
         let exceptions = Exceptions {
             denied,
@@ -755,13 +966,22 @@ fn articles(
         "Human oversight",
         if accepted_after > 0 {
             "not_met"
-        } else if kill > 0 || ov.approvals + ov.denials > 0 {
+        } else if kill > 0 || ov.approvals + ov.denials > 0 || !ov.held.is_empty() {
             "met"
         } else {
             "partial"
         },
         format!(
-            "{} human approval(s) and {} denial(s) recorded; agent tool calls approved by human {}, policy {}, auto-review {}, nobody {}, unrecorded {}. {} kill-switch use(s); every later attempt by a revoked identity was refused ({} refused, {} accepted).",
+            "{} call(s) held for approval ({} approved, {} refused, {} pending); {} escape-hatch span(s) (agent prompts bypassed). Approvals verified against the entries they name: human {}, auto-review {}, policy {}; reported only: {}. {} human approval(s) and {} denial(s) recorded; agent tool calls approved by human {}, policy {}, auto-review {}, nobody {}, unrecorded {}. {} kill-switch use(s); every later attempt by a revoked identity was refused ({} refused, {} accepted).",
+            ov.held.len(),
+            ov.held.iter().filter(|h| h.outcome == "approved").count(),
+            ov.held.iter().filter(|h| h.outcome == "refused").count(),
+            ov.held.iter().filter(|h| h.outcome == "pending").count(),
+            ov.escape_hatch.len(),
+            ov.verified_approvals.get("human").copied().unwrap_or(0),
+            ov.verified_approvals.get("auto_review").copied().unwrap_or(0),
+            ov.verified_approvals.get("policy").copied().unwrap_or(0),
+            ov.claimed_approvals.values().sum::<u64>(),
             ov.approvals,
             ov.denials,
             act.agent_approvals.get("human").copied().unwrap_or(0),
@@ -776,6 +996,22 @@ fn articles(
         ov.revocations
             .iter()
             .map(|r| format!("seq {}: {} revoked {} ({}); last refusal {} ms later", r.seq, r.admin, r.subject, r.reason, r.last_refusal_after_ms.map(|m| m.to_string()).unwrap_or_else(|| "-".into())))
+            .chain(ov.held.iter().map(|h| format!(
+                "seq {}: {} call held by {} (needs {}): {}{}",
+                h.seq,
+                h.tool,
+                h.rules.join(", "),
+                h.requires,
+                h.outcome,
+                match (&h.decided_by, h.decided_seq, h.decision_ms) {
+                    (Some(by), Some(s), Some(ms)) => format!(" by {by} at seq {s}, {ms} ms later"),
+                    _ => String::new(),
+                }
+            )))
+            .chain(ov.escape_hatch.iter().map(|x| format!(
+                "seq {}..{}: {} ran in {} from {} to {}",
+                x.from_seq, x.to_seq, x.session, x.mode, x.from, x.to
+            )))
             .collect(),
         "That the humans understood what they approved (automation bias).",
     ));

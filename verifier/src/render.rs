@@ -168,6 +168,50 @@ pub fn markdown(r: &Report) -> String {
             rv.accepted_after
         );
     }
+    let _ = writeln!(
+        s,
+        "\nVerified approvals (the entry each names checked): human {}, auto-review {}, policy {}; reported only by agent telemetry: {}.\n",
+        r.oversight.verified_approvals.get("human").copied().unwrap_or(0),
+        r.oversight.verified_approvals.get("auto_review").copied().unwrap_or(0),
+        r.oversight.verified_approvals.get("policy").copied().unwrap_or(0),
+        r.oversight.claimed_approvals.values().sum::<u64>()
+    );
+    for h in &r.oversight.held {
+        let _ = writeln!(
+            s,
+            "- held at seq {}: {} call of `{}` by {} (needs {}): **{}**{}",
+            h.seq,
+            h.tool,
+            short(&h.session),
+            h.rules.join(", "),
+            h.requires,
+            h.outcome,
+            match (&h.decided_by, h.decided_seq, h.decision_ms) {
+                (Some(by), Some(d), Some(ms)) => format!(
+                    " by `{}` ({}) at seq {d}, {ms} ms later{}",
+                    short(by),
+                    h.decided_as.as_deref().unwrap_or("-"),
+                    h.ran_seq
+                        .map(|r| format!("; ran at seq {r}"))
+                        .unwrap_or_default()
+                ),
+                _ => String::new(),
+            }
+        );
+    }
+    for x in &r.oversight.escape_hatch {
+        let _ = writeln!(
+            s,
+            "- escape hatch: `{}` ({}) in {} from seq {} to {} ({} to {})",
+            short(&x.session),
+            x.agent,
+            x.mode,
+            x.from_seq,
+            x.to_seq,
+            x.from,
+            x.to
+        );
+    }
     let _ = writeln!(s, "\n## Exceptions\n");
     for d in &r.exceptions.denied {
         let _ = writeln!(
@@ -422,6 +466,36 @@ section.article{{border-left:4px solid #ccc;padding-left:1em;margin-bottom:1.5em
             rv.last_refusal_after_ms.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
             if rv.accepted_after == 0 { "ok" } else { "bad" },
             rv.accepted_after
+        );
+    }
+    let _ = write!(s, "</table><h3>Held for approval</h3><table><tr><th>seq</th><th>tool</th><th>session</th><th>rules</th><th>needs</th><th>outcome</th><th>decided by</th><th>ms</th><th>ran at</th></tr>");
+    for h in &r.oversight.held {
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code> {}</td><td>{}</td><td>{}</td></tr>",
+            h.seq,
+            esc(&h.tool),
+            esc(&short(&h.session)),
+            esc(&h.rules.join(", ")),
+            esc(&h.requires),
+            esc(&h.outcome),
+            esc(&h.decided_by.as_deref().map(short).unwrap_or_else(|| "-".into())),
+            esc(h.decided_as.as_deref().unwrap_or("")),
+            h.decision_ms.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
+            h.ran_seq.map(|m| m.to_string()).unwrap_or_else(|| "-".into())
+        );
+    }
+    let _ = write!(s, "</table><h3>Escape hatch</h3><table><tr><th>session</th><th>mode</th><th>seqs</th><th>from</th><th>to</th></tr>");
+    for x in &r.oversight.escape_hatch {
+        let _ = write!(
+            s,
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}..{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&short(&x.session)),
+            esc(&x.mode),
+            x.from_seq,
+            x.to_seq,
+            esc(&x.from),
+            esc(&x.to)
         );
     }
     let _ = write!(s, "</table><h2>Exceptions</h2><table><tr><th>seq</th><th>actor</th><th>attempted</th><th>code</th></tr>");

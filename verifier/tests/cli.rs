@@ -32,6 +32,7 @@ fn bundle(dir: &Path, n: usize) -> (PathBuf, KeyPair) {
     g.details = TrustRoots {
         admins: [human.did()].into(),
         delegators: [human.did()].into(),
+        ..Default::default()
     }
     .to_details();
     store.append(g.sign(&ledger).unwrap()).unwrap();

@@ -138,6 +138,7 @@ fn build(dir: &Path, extra: Vec<Entry>) -> Original {
     g.details = TrustRoots {
         admins: [admin.did()].into(),
         delegators: [human.did()].into(),
+        ..Default::default()
     }
     .to_details();
     events.push((g, &ledger));
@@ -160,9 +161,9 @@ fn build(dir: &Path, extra: Vec<Entry>) -> Original {
     let mut c = session_ev(actions::TOOL_CALL);
     c.details.insert("scope".into(), "repo-read".into());
     c.details.insert("tool".into(), "Read".into());
-    c.approval = Some(Approval::Policy {
-        policy: "allow-read-in-repo".into(),
-    });
+    // What approved it is not claimed here (a claim must name the entry
+    // that backs it, FORMAT.md §3.1).
+    c.approval = Some(Approval::None);
     c.payload = Some(payload(2, "{\"file_path\":\"src/lib.rs\"}", true));
     events.push((c, &session));
 
@@ -179,6 +180,7 @@ fn build(dir: &Path, extra: Vec<Entry>) -> Original {
     a.details.insert("decision".into(), "approve".into());
     a.approval = Some(Approval::Human {
         approver: human.did(),
+        seq: None,
     });
     events.push((a, &human));
 

@@ -265,6 +265,11 @@ impl World {
             actions::CREDENTIAL_REQUEST => {
                 e.details.insert("scope".into(), "ci-read".into());
             }
+            // A person's decision not bound to an action (rule A8 binds and
+            // checks those; verifier/tests/approvals.rs models them).
+            actions::APPROVAL => {
+                e.details.insert("decision".into(), "approve".into());
+            }
             actions::IDENTITY_REVOKE => {
                 let effective = match s.effective_in {
                     Some(d) => datetime(T0 + n as i64 + d),
@@ -487,6 +492,7 @@ impl Ledger {
         let trust = TrustRoots {
             admins: admins(),
             delegators: delegators(),
+            ..Default::default()
         };
         let mut g = Event::new(
             did(Who::Ledger),

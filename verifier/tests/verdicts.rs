@@ -53,6 +53,7 @@ fn store_lines(dir: &Path) -> Vec<Vec<u8>> {
     g.details = TrustRoots {
         admins: [human.did()].into(),
         delegators: [human.did()].into(),
+        ..Default::default()
     }
     .to_details();
     store.append(g.sign(&ledger).unwrap()).unwrap();

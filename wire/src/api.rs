@@ -1,7 +1,7 @@
 //! Request and response bodies of the broker's HTTP API (`docs/API.md`), shared
 //! by the server and the client so the two cannot drift apart.
 
-use custody_ledger::SignedEvent;
+use custody_ledger::{Approval, SignedEvent};
 use serde::{Deserialize, Serialize};
 
 pub const PATH_HEALTH: &str = "/v1/health";
@@ -18,6 +18,12 @@ pub const PATH_STATUS: &str = "/v1/session/status";
 pub const PATH_REDACT: &str = "/v1/redact";
 pub const PATH_COSIGNATURE: &str = "/v1/checkpoint/cosignature";
 pub const PATH_POLICY_CHECK: &str = "/v1/policy/check";
+/// A person or reviewer submits an `approval` event (signed by them).
+pub const PATH_APPROVALS: &str = "/v1/approvals";
+/// Held actions the caller may decide (signed by a person or reviewer).
+pub const PATH_APPROVALS_PENDING: &str = "/v1/approvals/pending";
+/// Whether a session's held action was decided (signed by the session).
+pub const PATH_APPROVAL_STATUS: &str = "/v1/approvals/status";
 /// OTLP/HTTP logs (the standard path, so exporters need only the base URL).
 pub const PATH_OTLP_LOGS: &str = "/v1/logs";
 
@@ -206,15 +212,107 @@ pub struct PolicyCheck {
     /// The checked-out git branch in `cwd`, or empty.
     #[serde(default)]
     pub branch: String,
+    /// The agent's own id of the call (`tool_use_id`, `call_id`), recorded
+    /// with the decision so a refusal joins the agent's transcript.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
 }
 
 /// The decision, recorded as a `policy.decision` entry at `seq`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PolicyDecision {
+    /// Whether the call may run now.
     pub allow: bool,
+    /// `allow`, `deny` or `approval_required`.
+    #[serde(default)]
+    pub decision: String,
     /// Ids of the policies that determined the decision.
     pub policies: Vec<String>,
     pub seq: u64,
+    /// The call's action digest (FORMAT.md §3.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_digest: Option<String>,
+    /// For `approval_required`: `human` or `review`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires: Option<String>,
+    /// When allowed: what the call's `tool.call` claims approved it, naming
+    /// the entry that backs the claim (this decision, or a person's or
+    /// reviewer's `approval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+    /// When a person refused this exact call: their `approval` entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_by: Option<u64>,
+}
+
+/// `POST /v1/approvals`, signed by the approver: their own `approval` event.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitApproval {
+    pub event: SignedEvent,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApprovalRecorded {
+    pub seq: u64,
+    pub decision: String,
+    pub expires_at: String,
+}
+
+/// `POST /v1/approvals/pending`: every held action the caller may decide,
+/// or the one held by the `policy.decision` at `decision_seq`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_seq: Option<u64>,
+}
+
+/// An action the policy held, as a person deciding it sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HeldAction {
+    /// The `policy.decision` that held it.
+    pub decision_seq: u64,
+    pub held_at: String,
+    pub session_did: String,
+    pub session_id: String,
+    pub agent: String,
+    pub context: String,
+    pub delegator: String,
+    pub tool: String,
+    /// The tool's input exactly as the agent gave it.
+    pub input: serde_json::Value,
+    pub cwd: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+    /// The rules that held it.
+    pub rules: Vec<String>,
+    /// `human` or `review`.
+    pub requires: String,
+    pub action_digest: String,
+    /// `pending`, `approved` (an unused approval waits) or `refused`.
+    pub state: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PendingList {
+    pub held: Vec<HeldAction>,
+}
+
+/// `POST /v1/approvals/status`, signed by the session whose call was held.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalStatusQuery {
+    pub action_digest: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApprovalStatus {
+    /// `pending`, `approved` or `refused`.
+    pub state: String,
+    /// The deciding `approval` entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 /// The answer to `POST /v1/checkpoint/cosignature`.

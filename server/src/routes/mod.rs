@@ -13,6 +13,7 @@
 //! | [`export`] | the bundle, payload redaction | admin |
 //! | [`checkpoints`] | sign a checkpoint now | admin |
 //! | [`policy`] | the pre-tool policy's decision | session |
+//! | [`approvals`] | submit an approval, held calls to decide, a held call's status | approver / session |
 //! | [`otlp`] | OTLP/HTTP logs | a session's ingest token |
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use axum::Router;
 
 use crate::state::AppState;
 
+mod approvals;
 mod checkpoints;
 mod events;
 mod export;
@@ -112,6 +114,7 @@ fn routes() -> Routes {
     let r = export::routes(r);
     let r = checkpoints::routes(r);
     let r = policy::routes(r);
+    let r = approvals::routes(r);
     otlp::routes(r)
 }
 
