@@ -364,8 +364,7 @@ impl Demo {
         tool: &str,
         input: &serde_json::Value,
     ) -> anyhow::Result<custody_wire::api::PolicyDecision> {
-        Ok(self
-            .client
+        self.client
             .policy_check(
                 self.session(sess)?,
                 &custody_wire::api::PolicyCheck {
@@ -379,7 +378,7 @@ impl Demo {
                     )),
                 },
             )
-            .await?)
+            .await
     }
 
     /// A person (or the reviewer) decides the call held at `seq`, as

@@ -226,7 +226,7 @@ impl Oversight {
             .iter()
             .rev()
             .filter_map(|s| self.approvals.get(s))
-            .find(|a| at < a.expires && (a.approve && a.used_at.is_none() || !a.approve))?;
+            .find(|a| at < a.expires && !(a.approve && a.used_at.is_some()))?;
         (!latest.approve).then_some(latest)
     }
 

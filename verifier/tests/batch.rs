@@ -179,6 +179,7 @@ fn one_bad_signature_among_thousands_is_named() {
             g.details = TrustRoots {
                 admins: [human.did()].into(),
                 delegators: [human.did()].into(),
+                ..Default::default()
             }
             .to_details();
             g.sign(&ledger).unwrap()
