@@ -4,7 +4,9 @@
 //! the agent side (`custody-agent`: sessions, tokens, log, hooks, git) and to
 //! the broker (`custody-server`: `custody serve`). Beside them, two ways to
 //! try custody without setting anything up: [`dev`] spawns a real OpenBao dev
-//! server and a broker, and [`demo`] runs the whole scenario end to end.
+//! server and a broker (with `--postgres`, on a PostgreSQL cluster of its own
+//! from [`pgcluster`]), and [`demo`] runs the whole scenario end to end.
 
 pub mod demo;
 pub mod dev;
+pub mod pgcluster;
