@@ -452,10 +452,10 @@ impl PgCluster {
     /// '*'`, `synchronous_commit = on`) and waits until one streams
     /// synchronously.
     pub async fn require_synchronous_standby(&self) -> anyhow::Result<()> {
-        self.admin_batch(
-            "ALTER SYSTEM SET synchronous_standby_names = '*'; SELECT pg_reload_conf();",
-        )
-        .await?;
+        // One statement per call: ALTER SYSTEM refuses a multi-statement batch.
+        self.admin_batch("ALTER SYSTEM SET synchronous_standby_names = '*'")
+            .await?;
+        self.admin_batch("SELECT pg_reload_conf()").await?;
         let t0 = Instant::now();
         loop {
             let states = self
