@@ -242,7 +242,7 @@ pub enum OpenError {
     #[error("ledger database: {0}")]
     Migrate(#[from] schema::MigrateError),
     #[error("the ledger database holds the ledger of {found}, but this broker's ledger key is {ours}: point ledger.url at that ledger's database, or give this broker that ledger's key")]
-    OtherLedger { found: Did, ours: Did },
+    OtherLedger { found: Box<Did>, ours: Box<Did> },
 }
 
 /// The ledger DID a database holds, if it holds one (creating the schema if
@@ -292,8 +292,8 @@ impl Postgres {
             .ok_or_else(|| StorageError::Failed("no head row".into()))?;
         if head.ledger != ledger {
             return Err(OpenError::OtherLedger {
-                found: head.ledger,
-                ours: ledger,
+                found: Box::new(head.ledger),
+                ours: Box::new(ledger),
             });
         }
         let authority = rules::load_authority(&tx, &head)
