@@ -119,6 +119,27 @@ async fn a_revocation_on_one_broker_holds_on_every_broker() {
         .expect("allowed before");
     let did = s.did.clone();
 
+    // How long a revocation on A takes to reach C's cached decisions
+    // (LISTEN/NOTIFY; the periodic catch-up bounds it if a notification is
+    // lost): printed, not asserted.
+    let probe = c.session(1, "chat").await;
+    let cc = c.client(2);
+    cc.policy_check(&probe, &check()).await.expect("allowed before");
+    c.client(0)
+        .revoke(&c.admin, &probe.did, "probe")
+        .await
+        .expect("revoke the probe on A");
+    let t0 = std::time::Instant::now();
+    let followed = eventually(Duration::from_secs(10), || async {
+        cc.policy_check(&probe, &check()).await.is_err()
+    })
+    .await;
+    assert!(followed, "broker C still allows the revoked probe's tool calls");
+    eprintln!(
+        "revocation on A reached C's cached decisions {:?} after A answered",
+        t0.elapsed()
+    );
+
     let r = c
         .client(0)
         .revoke(&c.admin, &did, "kill switch")
