@@ -124,7 +124,9 @@ async fn a_revocation_on_one_broker_holds_on_every_broker() {
     // lost): printed, not asserted.
     let probe = c.session(1, "chat").await;
     let cc = c.client(2);
-    cc.policy_check(&probe, &check()).await.expect("allowed before");
+    cc.policy_check(&probe, &check())
+        .await
+        .expect("allowed before");
     c.client(0)
         .revoke(&c.admin, &probe.did, "probe")
         .await
@@ -134,7 +136,10 @@ async fn a_revocation_on_one_broker_holds_on_every_broker() {
         cc.policy_check(&probe, &check()).await.is_err()
     })
     .await;
-    assert!(followed, "broker C still allows the revoked probe's tool calls");
+    assert!(
+        followed,
+        "broker C still allows the revoked probe's tool calls"
+    );
     eprintln!(
         "revocation on A reached C's cached decisions {:?} after A answered",
         t0.elapsed()
@@ -145,7 +150,9 @@ async fn a_revocation_on_one_broker_holds_on_every_broker() {
         .revoke(&c.admin, &did, "kill switch")
         .await
         .expect("revoke on A");
-    assert_eq!(r.tokens_revoked, 3, "{r:?}");
+    // At least one token each, or (with `[vault] parent_policy`) one parent
+    // per broker; what counts is that every token is dead (below).
+    assert!(r.tokens_revoked + r.parents_revoked >= 3, "{r:?}");
     // B's next append and C's next mint refuse, at once: the head lock
     // serialized them after the revocation.
     let e = log(&c.client(1), &s, 1).await.unwrap_err();
