@@ -422,8 +422,18 @@ pub fn with_trust(config: &str, key: &str, dids: &[&str]) -> String {
     )
 }
 
-/// `custody dev`: OpenBao + broker, with keys and a config in `dir`.
-pub async fn run(dir: Option<PathBuf>, listen: &str) -> anyhow::Result<()> {
+/// The `[ledger]` table for a broker on PostgreSQL, the URL read from
+/// `url_file` (it holds a password, so it is not written into the config).
+pub fn postgres_config(url_file: &Path) -> String {
+    format!(
+        "\n[ledger]\nbackend = \"postgres\"\nurl_file = \"{}\"\n",
+        url_file.display()
+    )
+}
+
+/// `custody dev`: OpenBao + broker, with keys and a config in `dir`; with
+/// `postgres`, the broker's ledger in a PostgreSQL cluster of its own.
+pub async fn run(dir: Option<PathBuf>, listen: &str, postgres: bool) -> anyhow::Result<()> {
     let dir = match dir {
         Some(d) => d,
         None => std::env::temp_dir().join(format!("custody-dev-{}", std::process::id())),
@@ -446,6 +456,16 @@ pub async fn run(dir: Option<PathBuf>, listen: &str) -> anyhow::Result<()> {
     };
     let admin = key("admin.key")?;
     let developer = key("developer.key")?;
+    let (pg, ledger_table) = if postgres {
+        let pg = crate::pgcluster::PgCluster::start(&dir, "postgres").await?;
+        let url_file = dir.join("pg-url");
+        let _ = std::fs::remove_file(&url_file);
+        write_secret_file(&url_file, &pg.url())?;
+        let table = postgres_config(&url_file);
+        (Some(pg), table)
+    } else {
+        (None, String::new())
+    };
     let cfg_path = dir.join("custody.toml");
     std::fs::write(
         &cfg_path,
@@ -456,7 +476,7 @@ pub async fn run(dir: Option<PathBuf>, listen: &str) -> anyhow::Result<()> {
             &token_file,
             admin.did().as_str(),
             developer.did().as_str(),
-        ),
+        ) + &ledger_table,
     )?;
     let cfg = custody_server::config::Config::load(&cfg_path)?;
     let vault = custody_server::vault_from_config(&cfg)?;
@@ -480,14 +500,25 @@ pub async fn run(dir: Option<PathBuf>, listen: &str) -> anyhow::Result<()> {
            custody revoke --broker {url} --as {d}/admin.key <SESSION DID>\n\
          export and verify:\n  \
            custody export --broker {url} --as {d}/admin.key --out {d}/bundle && custody-verify verify {d}/bundle\n\
-         Ctrl-C stops both.",
+         {}Ctrl-C stops {}.",
         bao.addr,
         bao.pid(),
         state.ledger_key.did(),
         admin.did(),
         developer.did(),
+        match &pg {
+            Some(pg) => format!(
+                "ledger database: PostgreSQL (pid {}) on 127.0.0.1:{}, data {}, URL in {d}/pg-url\n\n",
+                pg.pid().unwrap_or_default(),
+                pg.port,
+                pg.dir.display()
+            ),
+            None => String::new(),
+        },
+        if pg.is_some() { "all three" } else { "both" },
     );
     custody_server::serve(state, listener, custody_server::shutdown_signal()).await?;
+    drop(pg);
     drop(bao);
     Ok(())
 }

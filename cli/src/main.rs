@@ -48,6 +48,20 @@ enum Command {
         dir: Option<PathBuf>,
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7450")]
         listen: String,
+        /// Keep the ledger in a PostgreSQL cluster of its own (initdb in the
+        /// dir, a free loopback port), as several brokers would share it.
+        #[arg(long)]
+        postgres: bool,
+    },
+    /// Copy a stopped broker's embedded ledger and records into an empty
+    /// PostgreSQL database, every entry byte for byte.
+    Migrate {
+        /// The broker's data directory (`data` in its config).
+        #[arg(long, value_name = "DATA")]
+        from: PathBuf,
+        /// The target database: postgres://USER[:PASSWORD]@HOST[:PORT]/DB
+        #[arg(long, value_name = "URL")]
+        to: String,
     },
     /// Run the whole scenario end to end and write a verified bundle.
     Demo {
@@ -370,9 +384,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 server::serve(state, listener, server::shutdown_signal()).await
             })?;
         }
-        Command::Dev { dir, listen } => {
+        Command::Dev {
+            dir,
+            listen,
+            postgres,
+        } => {
             init_tracing();
-            runtime()?.block_on(dev::run(dir, &listen))?;
+            runtime()?.block_on(dev::run(dir, &listen, postgres))?;
+        }
+        Command::Migrate { from, to } => {
+            init_tracing();
+            let url = server::config::PgUrl::new(to);
+            let m = runtime()?
+                .block_on(server::storage::postgres::migrate::migrate(&from, &url))
+                .map_err(|e| anyhow::anyhow!("custody migrate to {}: {e}", url.redacted()))?;
+            println!(
+                "migrated {} entries of ledger {} (root {}) to {}: {} payload bodies, {} checkpoints, {} token accessors, {} ingest credentials",
+                m.entries,
+                m.ledger,
+                m.root,
+                url.redacted(),
+                m.payloads,
+                m.checkpoints,
+                m.accessors,
+                m.ingest
+            );
         }
         Command::Demo { out } => {
             let summary = runtime()?.block_on(custody_cli::demo::run(&out))?;

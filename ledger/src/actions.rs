@@ -461,6 +461,17 @@ pub fn rule_for(action: &str) -> Option<&'static ActionRule> {
     ACTION_TABLE.iter().find(|r| r.pattern.matches(action))
 }
 
+/// Whether an accepted `action` can change the rules' state beyond the
+/// position and the nonces: the rows with a constraint (genesis, trust
+/// update, session start, revocation) and `session.end`. Every other
+/// accepted entry leaves trust, sessions and revocations as they were, which
+/// lets a store that keeps the state beside the ledger fold in only these
+/// ([`crate::authority::Authority::advance_to`] skips the rest).
+pub fn changes_state(action: &str) -> bool {
+    action == SESSION_END
+        || rule_for(action).is_some_and(|r| !matches!(r.constraint, Constraint::None))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -202,6 +202,12 @@ pub struct Authority {
     revocations: HashMap<Did, RevocationRecord>,
     nonces: HashSet<Nonce>,
     oversight: Oversight,
+    /// Whether A2 (no nonce twice) is checked against `nonces`. A state
+    /// built by [`Authority::restore`] leaves it to the store it sequences
+    /// for (the broker's PostgreSQL backend holds the nonces in a unique
+    /// index), so that it needs neither a replay of the ledger to start nor
+    /// memory that grows with every entry.
+    track_nonces: bool,
     next: Seq,
 }
 
@@ -216,6 +222,7 @@ impl Authority {
             revocations: HashMap::new(),
             nonces: HashSet::new(),
             oversight: Oversight::default(),
+            track_nonces: true,
             next: Seq(0),
         }
     }
@@ -223,6 +230,59 @@ impl Authority {
     /// What the rules hold about approvals, decisions and held actions.
     pub fn oversight(&self) -> &Oversight {
         &self.oversight
+    }
+
+    /// The state at position `next` rebuilt from what it holds — the
+    /// ledger DID, the trust roots, the started sessions and the revocation
+    /// that holds for each subject — as a store kept it beside the entries,
+    /// without replaying them. Such a state does not remember nonces: the
+    /// caller must refuse a nonce already in the ledger before asking
+    /// [`check_verified`](Self::check_verified) (see `track_nonces`).
+    /// Otherwise it decides exactly as the state replayed up to `next`.
+    pub fn restore(
+        ledger: Did,
+        trust: TrustRoots,
+        sessions: impl IntoIterator<Item = (Did, SessionGrant)>,
+        revocations: impl IntoIterator<Item = RevocationRecord>,
+        next: Seq,
+    ) -> Self {
+        Self {
+            ledger: Some(ledger),
+            trust,
+            sessions: sessions.into_iter().collect(),
+            revocations: revocations
+                .into_iter()
+                .map(|r| (r.revocation.subject.clone(), r))
+                .collect(),
+            nonces: HashSet::new(),
+            // Approvals, decisions and holds are not kept beside the
+            // entries: a restored state knows those recorded after `next`
+            // only, and refuses a claim on an earlier one (fail closed).
+            oversight: Oversight::default(),
+            track_nonces: false,
+            next,
+        }
+    }
+
+    /// Whether this state checks nonces itself (false after
+    /// [`restore`](Self::restore)).
+    pub fn tracks_nonces(&self) -> bool {
+        self.track_nonces
+    }
+
+    /// Moves a restored state past entries that change nothing in it (see
+    /// [`crate::actions::changes_state`]): a broker that shares its ledger
+    /// with others folds in only the entries that change the rules' state
+    /// and skips the rest. Refused for a state that tracks nonces, whose
+    /// nonce set would miss the skipped entries', and never moves back.
+    pub fn advance_to(&mut self, next: Seq) {
+        assert!(
+            !self.track_nonces,
+            "advance_to is for a restored state, which does not track nonces"
+        );
+        if next > self.next {
+            self.next = next;
+        }
     }
 
     pub fn ledger(&self) -> Option<&Did> {
@@ -310,8 +370,8 @@ impl Authority {
     /// [`check`](Self::check) for an event whose signature was already
     /// verified: the part that depends on the ledger's state.
     pub fn check_verified(&self, ev: &Event, at: Timestamp) -> Result<Admitted, Denial> {
-        // A2: nonces.
-        if self.nonces.contains(&ev.nonce) {
+        // A2: nonces (a restored state's store checks them).
+        if self.track_nonces && self.nonces.contains(&ev.nonce) {
             return Err(deny(
                 DenialCode::ReplayedNonce,
                 format!("nonce {} was already used", ev.nonce),
@@ -878,7 +938,9 @@ impl Authority {
     /// admitted, at the next position.
     pub fn apply(&mut self, entry: &Entry, admitted: Admitted) {
         let here = self.next;
-        self.nonces.insert(entry.event.nonce);
+        if self.track_nonces {
+            self.nonces.insert(entry.event.nonce);
+        }
         self.next = here.next();
         self.oversight.prune(entry.received_at);
         let actor = &entry.event.actor;

@@ -69,7 +69,7 @@ fn auth_code(e: &RequestAuthError) -> ErrorCode {
 }
 
 /// Checks a signed request: headers, signature, freshness, budget, replay.
-fn authenticate(
+async fn authenticate(
     s: &AppState,
     method: &Method,
     uri: &Uri,
@@ -94,12 +94,26 @@ fn authenticate(
         .check(&did, || s.rules(|a| a.knows(&did)))
         .map_err(|e: RateError| ApiError::new(ErrorCode::RateLimited, e.to_string()))?;
     // A nonce only needs remembering while its timestamp is acceptable.
-    s.nonces
-        .insert(nonce, ts + skew + 1, now)
-        .map_err(|e| match e {
-            ReplayError::Replayed => ApiError::new(ErrorCode::ReplayedRequest, e.to_string()),
-            ReplayError::Full => ApiError::new(ErrorCode::Busy, e.to_string()),
-        })?;
+    // Brokers sharing a ledger share the set, so a request replayed to
+    // another broker is refused too.
+    let forget_at = ts + skew + 1;
+    match s.storage.remember_request_nonce(nonce, forget_at).await {
+        Some(Ok(true)) => {}
+        Some(Ok(false)) => {
+            return Err(ApiError::new(
+                ErrorCode::ReplayedRequest,
+                ReplayError::Replayed.to_string(),
+            ))
+        }
+        Some(Err(e)) => return Err(e.into()),
+        None => s
+            .nonces
+            .insert(nonce, forget_at, now)
+            .map_err(|e| match e {
+                ReplayError::Replayed => ApiError::new(ErrorCode::ReplayedRequest, e.to_string()),
+                ReplayError::Full => ApiError::new(ErrorCode::Busy, e.to_string()),
+            })?,
+    }
     Ok(did)
 }
 
@@ -122,7 +136,7 @@ where
         let bytes = axum::body::to_bytes(body, s.cfg.limits.max_body)
             .await
             .map_err(|e| ApiError::new(ErrorCode::MalformedBody, e.to_string()))?;
-        let caller = authenticate(s, &parts.method, &parts.uri, &parts.headers, &bytes)?;
+        let caller = authenticate(s, &parts.method, &parts.uri, &parts.headers, &bytes).await?;
         let body = parse_body(&bytes)?;
         let roles = s.rules(|a| a.roles_of(&caller));
         Ok(Signed {

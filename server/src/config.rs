@@ -19,6 +19,9 @@
 //! file = "policy.cedar"                 # optional; the shipped default otherwise
 //! [witnesses]
 //! keys = ["did:key:z6Mk…"]               # whose checkpoint cosignatures are kept
+//! [ledger]
+//! backend = "postgres"                  # default "embedded" (DATA/ledger + DATA/broker)
+//! url_file = "pg-url"                   # or url = "postgres://…" (may hold a password)
 //! ```
 //!
 //! Parsing validates everything up front (DIDs, scope names, durations,
@@ -71,6 +74,16 @@ struct RawConfig {
     policy: Option<RawPolicy>,
     #[serde(default)]
     witnesses: Option<RawWitnesses>,
+    #[serde(default)]
+    ledger: Option<RawLedger>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLedger {
+    backend: Option<String>,
+    url: Option<String>,
+    url_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -236,6 +249,83 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Witnesses whose cosignatures are accepted and kept with the checkpoints.
     pub witnesses: Vec<custody_ledger::witness::WitnessKey>,
+    /// Where the ledger and the broker's records live.
+    pub backend: Backend,
+}
+
+/// Where the ledger and every record of the broker live (`[ledger]`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// The segment log and sled under `data` (one broker).
+    Embedded,
+    /// A PostgreSQL database shared by any number of brokers.
+    Postgres(PgUrl),
+}
+
+/// A PostgreSQL connection string. It may hold a password, so it has no
+/// `Display` and its `Debug` shows only where it points.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgUrl(String);
+
+impl PgUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The secret text, for the driver only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`: what logs and errors
+    /// may show.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl std::fmt::Debug for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PgUrl({})", self.redacted())
+    }
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Embedded => write!(f, "Embedded"),
+            Backend::Postgres(u) => write!(f, "Postgres({u:?})"),
+        }
+    }
+}
+
+/// Replaces the password of a `postgres://user:password@host/…` URL, and
+/// any `password=…` key of a key-value connection string, with `***`.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = &out[scheme_end + 3..];
+        if let Some(at) = rest.rfind('@') {
+            let userinfo = &rest[..at];
+            if let Some(colon) = userinfo.find(':') {
+                let start = scheme_end + 3 + colon + 1;
+                let end = scheme_end + 3 + at;
+                out.replace_range(start..end, "***");
+            }
+        }
+    }
+    // `password=…` in a query string or a key-value string, up to the next
+    // separator.
+    let lower = out.to_ascii_lowercase();
+    if let Some(p) = lower.find("password=") {
+        let start = p + "password=".len();
+        let end = out[start..]
+            .find(['&', ' '])
+            .map(|e| start + e)
+            .unwrap_or(out.len());
+        out.replace_range(start..end, "***");
+    }
+    out
 }
 
 /// The pre-tool policy's source.
@@ -408,6 +498,54 @@ impl Config {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
+        let backend = match raw.ledger {
+            None => Backend::Embedded,
+            Some(l) => match l.backend.as_deref().unwrap_or("embedded") {
+                "embedded" => {
+                    if l.url.is_some() || l.url_file.is_some() {
+                        return Err(invalid(
+                            "ledger.url and ledger.url_file are for backend = \"postgres\"".into(),
+                        ));
+                    }
+                    Backend::Embedded
+                }
+                "postgres" => {
+                    let url = match (l.url, l.url_file) {
+                        (Some(u), None) => u,
+                        (None, Some(f)) => {
+                            let f = resolve(f);
+                            std::fs::read_to_string(&f)
+                                .map_err(|e| {
+                                    invalid(format!("ledger.url_file {}: {e}", f.display()))
+                                })?
+                                .trim()
+                                .to_string()
+                        }
+                        (Some(_), Some(_)) => {
+                            return Err(invalid("ledger: give url or url_file, not both".into()))
+                        }
+                        (None, None) => {
+                            return Err(invalid(
+                                "ledger: backend = \"postgres\" needs url or url_file".into(),
+                            ))
+                        }
+                    };
+                    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                        // Never echo the text: it may hold a password.
+                        return Err(invalid(
+                            "ledger.url must be a postgres:// or postgresql:// URL".into(),
+                        ));
+                    }
+                    Backend::Postgres(PgUrl::new(url))
+                }
+                other => {
+                    return Err(invalid(format!(
+                        "ledger.backend = {other:?}: expected \"embedded\" or \"postgres\""
+                    )))
+                }
+            },
+        };
+
         let tls = match raw.tls {
             None => TlsConfig {
                 enabled: !listen.ip().is_loopback(),
@@ -420,6 +558,7 @@ impl Config {
         };
         Ok(Self {
             listen,
+            backend,
             tls,
             policy,
             witnesses,
@@ -500,6 +639,35 @@ contexts = ["ci", "chat"]
         assert_eq!(c.checkpoint.keep_recent, DEFAULT_KEEP_RECENT);
         let c = parse("[checkpoint]\nkeep_recent = 0").unwrap();
         assert_eq!(c.checkpoint.keep_recent, 0);
+    }
+
+    #[test]
+    fn ledger_backend() {
+        assert_eq!(parse("").unwrap().backend, Backend::Embedded);
+        let c = parse(
+            "[ledger]\nbackend = \"postgres\"\nurl = \"postgres://custody:s3cret@db/custody\"",
+        )
+        .unwrap();
+        let Backend::Postgres(url) = &c.backend else {
+            panic!("postgres expected")
+        };
+        assert_eq!(url.expose(), "postgres://custody:s3cret@db/custody");
+        assert_eq!(url.redacted(), "postgres://custody:***@db/custody");
+        assert!(!format!("{:?}", c.backend).contains("s3cret"));
+        assert_eq!(
+            redact_url("postgresql://h/db?user=u&password=p4ss&sslmode=require"),
+            "postgresql://h/db?user=u&password=***&sslmode=require"
+        );
+        for bad in [
+            "[ledger]\nbackend = \"postgres\"",
+            "[ledger]\nbackend = \"mysql\"",
+            "[ledger]\nurl = \"postgres://x\"",
+            "[ledger]\nbackend = \"postgres\"\nurl = \"mysql://u:topsecret@h\"",
+            "[ledger]\nbackend = \"postgres\"\nurl_file = \"/nonexistent/pg-url\"",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(!e.contains("topsecret"), "{e}");
+        }
     }
 
     #[test]

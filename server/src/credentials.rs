@@ -218,7 +218,21 @@ pub async fn record(s: &Arc<AppState>, m: Minted) -> ApiResult<Recorded> {
     let stored = AccessorRecord::Token(m.token.accessor.clone()).encode();
     let keep_accessor = s.storage.record_accessor(&session_did, &stored, expires);
     let append = append_mint(s, a.request.clone(), rec);
-    let (kept, appended) = tokio::join!(keep_accessor, append);
+    // With other brokers on the same ledger, the accessor is durable before
+    // the entries are appended: a revocation elsewhere reads the accessors
+    // once its own entry has committed, so it finds this token if this
+    // mint's entries precede it, and if they follow it the rules refuse
+    // them (and the token is revoked below).
+    let (kept, appended) = if s.storage.shared() {
+        let kept = keep_accessor.await;
+        if kept.is_ok() {
+            (kept, append.await)
+        } else {
+            (kept, Ok((0, 0)))
+        }
+    } else {
+        tokio::join!(keep_accessor, append)
+    };
     if let Err(why) = kept {
         // Not revocable by the kill switch: the token must not live.
         revoke_unrecorded(s, &m, &acc_hash).await;

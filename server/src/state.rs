@@ -18,12 +18,12 @@ use custody_ledger::{Event, SignedEvent, Timestamp};
 use time::OffsetDateTime;
 
 use crate::attest::Attest;
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::error::{ApiError, ApiResult};
 use crate::policy::Policy;
 use crate::ratelimit::RateLimiter;
 use crate::replay::ReplayCache;
-use crate::storage::{self, embedded::Embedded, AppendFailure, AppendResults, Storage};
+use crate::storage::{self, embedded::Embedded, postgres, AppendFailure, AppendResults, Storage};
 use crate::vault::Vault;
 
 /// Refusals of identities the ledger does not know, recorded per minute.
@@ -127,19 +127,45 @@ pub fn vault_from_config(cfg: &Config) -> anyhow::Result<Option<Vault>> {
 }
 
 impl AppState {
-    /// Opens the data directory with the embedded storage (segment log +
-    /// sled).
+    /// Opens the broker on the backend `[ledger]` names: the data directory's
+    /// segment log and sled (embedded), or a PostgreSQL database shared with
+    /// other brokers.
     pub async fn open(cfg: Config, vault: Option<Vault>) -> anyhow::Result<Arc<Self>> {
-        let ledger_key = Self::ledger_key(&cfg)?;
-        // Opening replays the ledger through the rules: blocking work.
-        let (data, did, keep) = (
-            cfg.data.clone(),
-            ledger_key.did(),
-            cfg.checkpoint.keep_recent,
-        );
-        let storage =
-            tokio::task::spawn_blocking(move || Embedded::open(&data, did, keep)).await??;
-        Self::with_storage(cfg, vault, ledger_key, Arc::new(storage)).await
+        let (ledger_key, storage): (KeyPair, Arc<dyn Storage>) = match &cfg.backend {
+            Backend::Embedded => {
+                let ledger_key = Self::ledger_key(&cfg)?;
+                // Opening replays the ledger through the rules: blocking work.
+                let (data, did, keep) = (
+                    cfg.data.clone(),
+                    ledger_key.did(),
+                    cfg.checkpoint.keep_recent,
+                );
+                let storage =
+                    tokio::task::spawn_blocking(move || Embedded::open(&data, did, keep)).await??;
+                (ledger_key, Arc::new(storage))
+            }
+            Backend::Postgres(url) => {
+                // A new key may only start a new ledger: never for a database
+                // that already holds one.
+                let key_path = cfg.data.join("ledger.key");
+                if !key_path.exists() {
+                    if let Some(found) = postgres::ledger_of(url).await? {
+                        anyhow::bail!(
+                            "the ledger database ({}) holds the ledger of {found}, but {} is missing: give this broker that ledger's key (every broker of a ledger holds the same key; see docs/DEPLOYMENT.md)",
+                            url.redacted(),
+                            key_path.display()
+                        );
+                    }
+                }
+                let ledger_key = Self::ledger_key(&cfg)?;
+                let pg =
+                    postgres::Postgres::open(url, ledger_key.did(), cfg.checkpoint.keep_recent)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e} ({})", url.redacted()))?;
+                (ledger_key, Arc::new(pg))
+            }
+        };
+        Self::with_storage(cfg, vault, ledger_key, storage).await
     }
 
     /// The ledger key in the data directory, created on the first start. A
@@ -190,6 +216,12 @@ impl AppState {
             let appended = storage.append(vec![event]).await;
             match appended.into_iter().next() {
                 Some(Ok(_)) => {}
+                // Another broker of the same ledger, starting with the same
+                // configuration, wrote them first.
+                Some(Err(AppendFailure::Refused(_)))
+                    if storage.shared()
+                        && storage.size() > 0
+                        && storage::rules(&*storage, |a| a.trust() == &want) => {}
                 Some(Err(e)) => anyhow::bail!("writing the trust roots: {e}"),
                 None => anyhow::bail!("writing the trust roots: no result"),
             }
@@ -376,7 +408,28 @@ impl AppState {
     /// Signs a checkpoint if the period says one is due (or `force`), and
     /// entries were appended since the last.
     pub async fn maybe_checkpoint(self: &Arc<Self>, force: bool) -> anyhow::Result<()> {
+        // Brokers sharing a ledger sign one at a time: the one the storage
+        // elected. Its period starts from the newest stored checkpoint,
+        // whoever signed it.
+        if !self.storage.signs_checkpoints() {
+            return Ok(());
+        }
         let head = self.storage.head().await?;
+        if self.storage.shared() {
+            if let Some((size, note)) = self.storage.latest_checkpoint().await? {
+                let at = SignedCheckpoint::parse(&note)
+                    .map(|c| c.time())
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+                let age = (OffsetDateTime::now_utc() - at)
+                    .try_into()
+                    .unwrap_or(Duration::ZERO);
+                let mut last = self.checkpointed.lock().unwrap_or_else(|p| p.into_inner());
+                *last = (
+                    size,
+                    Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+                );
+            }
+        }
         let due = {
             let last = self.checkpointed.lock().unwrap_or_else(|p| p.into_inner());
             head.size > last.0

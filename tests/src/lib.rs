@@ -4,6 +4,7 @@
 //! kind of tampering.
 
 pub mod broker;
+pub mod cluster;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

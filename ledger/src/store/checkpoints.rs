@@ -71,16 +71,16 @@ impl Default for RetentionPolicy {
 
 /// What retention knows of one stored checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct CheckpointInfo {
+pub struct CheckpointInfo {
     /// UTC day of the note's `time` line; `None` for a file that does not
     /// parse as the checkpoint of its size, which is always kept.
-    pub(crate) day: Option<Date>,
+    pub day: Option<Date>,
     /// The note carries more than the ledger's own signature line.
-    pub(crate) cosigned: bool,
+    pub cosigned: bool,
 }
 
 impl CheckpointInfo {
-    const UNREADABLE: Self = Self {
+    pub const UNREADABLE: Self = Self {
         day: None,
         cosigned: false,
     };
@@ -88,7 +88,7 @@ impl CheckpointInfo {
     /// Reads a note's day and cosignature count. Signatures are not checked
     /// (the store does not hold the witnesses' keys); a cosignature line
     /// only ever makes a checkpoint more likely to be kept.
-    fn of(size: u64, note: &[u8]) -> Result<Self, String> {
+    pub fn of(size: u64, note: &[u8]) -> Result<Self, String> {
         let cp = SignedCheckpoint::parse(note).map_err(|e| e.to_string())?;
         if cp.head().size != size {
             return Err(format!("the note is for tree size {}", cp.head().size));
@@ -103,7 +103,7 @@ impl CheckpointInfo {
 /// The sizes the retention rule does not keep. `checkpoints` must be in
 /// ascending order of size (a `BTreeMap`'s order), since the newest are the
 /// last [`RetentionPolicy::keep_recent`] of them.
-pub(crate) fn unkept<I>(checkpoints: I, policy: &RetentionPolicy) -> Vec<u64>
+pub fn unkept<I>(checkpoints: I, policy: &RetentionPolicy) -> Vec<u64>
 where
     I: ExactSizeIterator<Item = (u64, CheckpointInfo)> + Clone,
 {

@@ -66,7 +66,11 @@ use crate::time::Timestamp;
 use crate::types::{EntryHash, PayloadDigest, Seq};
 
 use checkpoints::Checkpoints;
-pub use checkpoints::{RetentionPolicy, DEFAULT_KEEP_RECENT, MAX_KEEP_RECENT};
+// Public for stores kept elsewhere (the broker's PostgreSQL backend), which
+// keep checkpoints by the same rule.
+pub use checkpoints::{
+    unkept, CheckpointInfo, RetentionPolicy, DEFAULT_KEEP_RECENT, MAX_KEEP_RECENT,
+};
 use indexer::{run_indexer, Index, INDEX_QUEUE};
 use recovery::scan_segments;
 use segments::{list_segments, segment_name, SegmentLines};

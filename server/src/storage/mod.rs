@@ -8,6 +8,8 @@
 //! [`embedded::Embedded`] is the single-node backend: the segment-log store
 //! of `custody-ledger` (fdatasync group commit) and a sled database for the
 //! broker's records, each call run on the blocking pool.
+//! [`postgres::Postgres`] keeps all of it in a PostgreSQL database that any
+//! number of brokers share (`[ledger] backend = "postgres"`).
 
 use std::path::Path;
 
@@ -20,6 +22,7 @@ use custody_ledger::store::Appended;
 use custody_ledger::{PayloadDigest, SignedEvent};
 
 pub mod embedded;
+pub mod postgres;
 
 /// Why storage could not do what it was asked. Nothing of the request was
 /// stored in either case.
@@ -111,6 +114,34 @@ pub trait Storage: Send + Sync {
     /// Tidies the ingest credentials of sessions that may no longer act (the
     /// rules' state refuses them anyway).
     async fn forget_ingest_of(&self, sessions: &[Did]) -> Result<(), StorageError>;
+
+    // ---- sharing the ledger with other brokers ---------------------------------------
+
+    /// Remembers a signed request's nonce where every broker of this ledger
+    /// sees it: `Some(Ok(true))` if it is new, `Some(Ok(false))` if it was
+    /// already used. `None` (the default): this backend has one broker,
+    /// whose own memory holds them ([`crate::replay`]).
+    async fn remember_request_nonce(
+        &self,
+        _nonce: [u8; 16],
+        _forget_at_ms: i64,
+    ) -> Option<Result<bool, StorageError>> {
+        None
+    }
+
+    /// Whether other brokers append to the same ledger. A token's accessor
+    /// is then recorded before its entries are appended (not beside them):
+    /// a revocation on another broker reads the accessors after its own
+    /// entry commits, so it finds every token whose mint entry precedes it.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Whether this broker signs the periodic checkpoints. With one broker,
+    /// always; brokers sharing a ledger elect one.
+    fn signs_checkpoints(&self) -> bool {
+        true
+    }
 
     /// Drains what is queued and makes everything durable (shutdown).
     async fn close(&self) -> Result<(), StorageError>;

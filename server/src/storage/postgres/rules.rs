@@ -1,0 +1,207 @@
+//! The rules' state of a broker on PostgreSQL: restored from the tables on
+//! start (no replay), and caught up with what other brokers append.
+//!
+//! Each broker keeps an [`Authority`] in memory for its cached decisions
+//! (policy checks, OTLP ingest, admin checks) and for admitting its own
+//! batches. It is built with [`Authority::restore`] from `custody_head`,
+//! `custody_sessions` and `custody_revocations`, which the sequencer writes
+//! in the same transaction as the entries that change them; the nonce set is
+//! the unique index of `custody_entries`, never broker memory. Catching up
+//! reads only the entries that change the state (`changes`) and skips the
+//! rest ([`Authority::advance_to`]).
+
+use custody_identity::{Delegation, Did, Revocation};
+use custody_ledger::authority::{Authority, RevocationRecord, SessionGrant, TrustRoots};
+use custody_ledger::{Entry, EntryHash, Seq, Timestamp};
+use tokio_postgres::GenericClient;
+
+use super::cause;
+
+/// What `custody_head` says.
+#[derive(Clone, Debug)]
+pub(crate) struct Head {
+    pub ledger: Did,
+    pub size: u64,
+    pub prev: EntryHash,
+    pub root: [u8; 32],
+    pub last_received_at: Option<Timestamp>,
+    pub trust: TrustRoots,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LoadError {
+    #[error("{0}")]
+    Db(String),
+    #[error("the ledger database is damaged: {0}")]
+    Corrupt(String),
+}
+
+impl From<tokio_postgres::Error> for LoadError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        LoadError::Db(cause(&e))
+    }
+}
+
+fn corrupt(what: impl Into<String>) -> LoadError {
+    LoadError::Corrupt(what.into())
+}
+
+fn bytes32(v: &[u8], what: &str) -> Result<[u8; 32], LoadError> {
+    v.try_into()
+        .map_err(|_| corrupt(format!("{what} is {} bytes, not 32", v.len())))
+}
+
+pub(crate) fn millis(t: Timestamp) -> i64 {
+    t.unix_millis() as i64
+}
+
+pub(crate) fn timestamp(ms: i64) -> Result<Timestamp, LoadError> {
+    Timestamp::from_unix_millis(ms as i128).map_err(|e| corrupt(e.to_string()))
+}
+
+pub(crate) fn trust_text(t: &TrustRoots) -> String {
+    serde_json::Value::Object(t.to_details()).to_string()
+}
+
+fn parse_trust(text: &str) -> Result<TrustRoots, LoadError> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| corrupt(format!("custody_head.trust: {e}")))?;
+    match v.as_object() {
+        Some(m) if m.is_empty() => Ok(TrustRoots::default()),
+        Some(m) => TrustRoots::from_details(m)
+            .map_err(|d| corrupt(format!("custody_head.trust: {}", d.message))),
+        None => Err(corrupt("custody_head.trust is not an object")),
+    }
+}
+
+/// Reads the head row (`FOR UPDATE` when `lock`).
+pub(crate) async fn read_head(
+    c: &impl GenericClient,
+    lock: bool,
+) -> Result<Option<Head>, LoadError> {
+    let sql = if lock {
+        "SELECT ledger, size, prev, root, last_received_at, trust FROM custody_head WHERE id = 1 FOR UPDATE"
+    } else {
+        "SELECT ledger, size, prev, root, last_received_at, trust FROM custody_head WHERE id = 1"
+    };
+    let Some(row) = c.query_opt(sql, &[]).await? else {
+        return Ok(None);
+    };
+    let ledger: String = row.get(0);
+    Ok(Some(Head {
+        ledger: Did::parse(&ledger).map_err(|e| corrupt(format!("custody_head.ledger: {e}")))?,
+        size: row.get::<_, i64>(1) as u64,
+        prev: EntryHash(bytes32(row.get(2), "custody_head.prev")?),
+        root: bytes32(row.get(3), "custody_head.root")?,
+        last_received_at: row.get::<_, Option<i64>>(4).map(timestamp).transpose()?,
+        trust: parse_trust(row.get(5))?,
+    }))
+}
+
+/// The rules' state as of `head`, from the tables. Call it in a transaction
+/// that holds the head lock, or in a repeatable-read snapshot, so the three
+/// reads agree.
+pub(crate) async fn load_authority(
+    c: &impl GenericClient,
+    head: &Head,
+) -> Result<Authority, LoadError> {
+    let mut sessions = Vec::new();
+    for row in c
+        .query(
+            "SELECT did, delegation, started_at, ended_at FROM custody_sessions",
+            &[],
+        )
+        .await?
+    {
+        let did: String = row.get(0);
+        let did = Did::parse(&did).map_err(|e| corrupt(format!("custody_sessions.did: {e}")))?;
+        let jws: String = row.get(1);
+        let delegation = Delegation::verify(&jws)
+            .map_err(|e| corrupt(format!("the delegation of session {did}: {e}")))?;
+        sessions.push((
+            did,
+            SessionGrant {
+                delegation,
+                started_at: Seq(row.get::<_, i64>(2) as u64),
+                ended_at: row.get::<_, Option<i64>>(3).map(|s| Seq(s as u64)),
+            },
+        ));
+    }
+    let mut revocations = Vec::new();
+    for row in c
+        .query(
+            "SELECT subject, jws, seq, effective FROM custody_revocations",
+            &[],
+        )
+        .await?
+    {
+        let jws: String = row.get(1);
+        let revocation = Revocation::verify(&jws).map_err(|e| {
+            corrupt(format!(
+                "the revocation of {}: {e}",
+                row.get::<_, String>(0)
+            ))
+        })?;
+        revocations.push(RevocationRecord {
+            revocation,
+            jws,
+            seq: Seq(row.get::<_, i64>(2) as u64),
+            effective: timestamp(row.get(3))?,
+        });
+    }
+    Ok(Authority::restore(
+        head.ledger.clone(),
+        head.trust.clone(),
+        sessions,
+        revocations,
+        Seq(head.size),
+    ))
+}
+
+/// The entries in `from..to` that change the rules' state, parsed.
+pub(crate) async fn state_changes(
+    c: &impl GenericClient,
+    from: u64,
+    to: u64,
+) -> Result<Vec<Entry>, LoadError> {
+    if from >= to {
+        return Ok(Vec::new());
+    }
+    let rows = c
+        .query(
+            "SELECT seq, line FROM custody_entries WHERE changes AND seq >= $1 AND seq < $2 ORDER BY seq",
+            &[&(from as i64), &(to as i64)],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let seq: i64 = row.get(0);
+            let entry =
+                Entry::parse_line(row.get(1)).map_err(|e| corrupt(format!("entry {seq}: {e}")))?;
+            if entry.seq.0 != seq as u64 {
+                return Err(corrupt(format!("entry {seq} says it is {}", entry.seq)));
+            }
+            Ok(entry)
+        })
+        .collect()
+}
+
+/// Folds entries `from..to` into `a` (at `from`): the state-changing ones in
+/// `changes` are checked again and applied, the rest skipped. Returns false
+/// (and changes nothing) when `a` is not in `from..=to`.
+pub(crate) fn fold(a: &mut Authority, changes: &[Entry], from: u64, to: u64) -> bool {
+    let next = a.next_seq().0;
+    if next < from || next > to {
+        return false;
+    }
+    for e in changes.iter().filter(|e| e.seq.0 >= next && e.seq.0 < to) {
+        a.advance_to(e.seq);
+        // Admitted when it was appended; a refusal here (never expected)
+        // folds nothing, as on the embedded backend's reopen.
+        if let Err(d) = a.replay(e) {
+            tracing::warn!(seq = e.seq.0, code = d.code.as_str(), "ledger database: an entry that changes the rules' state is refused on catch-up: {}", d.message);
+        }
+    }
+    a.advance_to(Seq(to));
+    true
+}

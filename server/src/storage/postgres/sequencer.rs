@@ -1,0 +1,536 @@
+//! The sequencer: each broker's group commit into the shared ledger.
+//!
+//! **Durability.** One writer task per broker drains every queued append (up
+//! to [`MAX_BATCH`] events) and commits them in one transaction that:
+//! locks the head row (`SELECT … FROM custody_head FOR UPDATE`), so brokers
+//! sequence one batch at a time; brings this broker's rules' state up to the
+//! locked head (other brokers' entries that change it, see `rules.rs`);
+//! refuses nonces already in `custody_entries` or twice in the batch; admits
+//! each event with [`Authority::check_verified`] at `received_at = max(now,
+//! last received_at)`; builds each line exactly as the embedded writer does
+//! (`Entry::to_line_with_event` around the event's canonical bytes), so the
+//! entries are byte-identical to the embedded backend's; inserts the lines,
+//! the new Merkle stored hashes and the rules' state they change; moves the
+//! head; `NOTIFY custody_changes` if the rules' state changed; and commits.
+//! Only after the commit returns is any event of the batch acknowledged. The
+//! commit is as durable as the server's `synchronous_commit` makes it (on:
+//! the WAL is flushed locally; with a synchronous standby and `on` /
+//! `remote_apply`, also on the standby before the commit returns).
+//!
+//! **Failure.** If any statement or the commit fails (the database is down,
+//! a failover, a full disk), every event of the batch is answered
+//! [`StorageError::Unavailable`] naming the cause — nothing of it was
+//! committed, or, if the connection died during `COMMIT` itself, the caller
+//! could not know, exactly as with a lost answer — the connection is dropped,
+//! and the rules' state, which already folded in the batch, is rebuilt from
+//! the database before anything is admitted again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use custody_ledger::actions;
+use custody_ledger::authority::Authority;
+use custody_ledger::denial::{Denial, DenialCode};
+use custody_ledger::merkle::{Hash, HashReader};
+use custody_ledger::store::Appended;
+use custody_ledger::{entry_hash, Entry, EntryHash, Seq, SignedEvent, Timestamp, MAX_ENTRY_BYTES};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Client;
+
+use super::rules::{self, millis, trust_text};
+use super::{cause, Shared};
+use crate::storage::{AppendFailure, StorageError};
+
+/// Most events one transaction sequences: large enough to amortize the
+/// round trips and the commit over many appends, small enough to bound a
+/// batch's memory and how long it holds the head lock.
+pub const MAX_BATCH: usize = 1024;
+
+pub(crate) type Reply = oneshot::Sender<Vec<Result<Appended, AppendFailure>>>;
+
+/// Events that passed the signature check, with their canonical JSON.
+pub(crate) struct Request {
+    pub events: Vec<(SignedEvent, Vec<u8>)>,
+    pub reply: Reply,
+}
+
+/// Stored hashes by index: the right edge of the tree (the roots of its
+/// perfect subtrees, `tlog_tiles::sub_tree_index(0, size)`), which is all
+/// that appending and computing the root read.
+#[derive(Default)]
+struct Frontier {
+    size: Option<u64>,
+    hashes: HashMap<u64, Hash>,
+}
+
+impl HashReader for Frontier {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+        indexes
+            .iter()
+            .map(|i| {
+                self.hashes
+                    .get(i)
+                    .copied()
+                    .ok_or(tlog_tiles::Error::IndexesNotInTree)
+            })
+            .collect()
+    }
+}
+
+impl Frontier {
+    /// Keeps only the right edge of the tree of `size`.
+    fn prune(&mut self, size: u64) {
+        let keep: HashSet<u64> = tlog_tiles::sub_tree_index(0, size, vec![])
+            .into_iter()
+            .collect();
+        self.hashes.retain(|i, _| keep.contains(i));
+        self.size = Some(size);
+    }
+}
+
+/// Appends leaf `n` (its hash `leaf`) to a tree whose right edge is in
+/// `frontier`: returns the stored hashes to write from
+/// `stored_hash_index(0, n)` on, and adds them to `frontier`.
+pub(crate) fn push_leaf(
+    frontier: &mut HashMap<u64, Hash>,
+    n: u64,
+    leaf: Hash,
+) -> Result<Vec<(u64, Hash)>, String> {
+    struct R<'a>(&'a HashMap<u64, Hash>);
+    impl HashReader for R<'_> {
+        fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+            indexes
+                .iter()
+                .map(|i| {
+                    self.0
+                        .get(i)
+                        .copied()
+                        .ok_or(tlog_tiles::Error::IndexesNotInTree)
+                })
+                .collect()
+        }
+    }
+    let new = tlog_tiles::stored_hashes_for_record_hash(n, leaf, &R(frontier))
+        .map_err(|e| format!("stored hashes for entry {n}: {e}"))?;
+    let first = tlog_tiles::stored_hash_index(0, n);
+    let out: Vec<(u64, Hash)> = new
+        .into_iter()
+        .enumerate()
+        .map(|(i, h)| (first + i as u64, h))
+        .collect();
+    for (i, h) in &out {
+        frontier.insert(*i, *h);
+    }
+    Ok(out)
+}
+
+pub(crate) struct Sequencer {
+    pub shared: Arc<Shared>,
+    pub rx: mpsc::Receiver<Request>,
+    client: Option<Client>,
+    frontier: Frontier,
+}
+
+/// What an admitted event adds to the transaction.
+struct Row {
+    seq: i64,
+    line: Vec<u8>,
+    hash: Vec<u8>,
+    nonce: Vec<u8>,
+    received_at: i64,
+    payload: Option<Vec<u8>>,
+    changes: bool,
+}
+
+/// The rules' state an admitted batch changes.
+#[derive(Default)]
+struct StateRows {
+    /// (session DID, delegation JWS, started at)
+    sessions: Vec<(String, String, i64)>,
+    /// (session DID, ended at)
+    ended: Vec<(String, i64)>,
+    /// (subject, JWS, seq, effective)
+    revocations: Vec<(String, String, i64, i64)>,
+    trust: bool,
+}
+
+impl StateRows {
+    fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+            && self.ended.is_empty()
+            && self.revocations.is_empty()
+            && !self.trust
+    }
+}
+
+type Outcome = Result<Appended, Denial>;
+
+impl Sequencer {
+    pub fn new(shared: Arc<Shared>, rx: mpsc::Receiver<Request>) -> Self {
+        Self {
+            shared,
+            rx,
+            client: None,
+            frontier: Frontier::default(),
+        }
+    }
+
+    pub async fn run(mut self) {
+        while let Some(first) = self.rx.recv().await {
+            let mut count = first.events.len();
+            let mut batch = vec![first];
+            while count < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(r) => {
+                        count += r.events.len();
+                        batch.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch).await;
+        }
+    }
+
+    async fn commit(&mut self, batch: Vec<Request>) {
+        let mut events = Vec::new();
+        let mut replies = Vec::with_capacity(batch.len());
+        for r in batch {
+            replies.push((r.reply, r.events.len()));
+            events.extend(r.events);
+        }
+        // The fold lock keeps the catch-up task out while this batch is
+        // admitted and committed.
+        let fold = self.shared.fold.clone();
+        let _folding = fold.lock().await;
+        let outcome = self.try_commit(events).await;
+        let mut outcomes: Box<dyn Iterator<Item = Result<Appended, AppendFailure>>> = match outcome
+        {
+            Ok(results) => Box::new(
+                results
+                    .into_iter()
+                    .map(|r| r.map_err(AppendFailure::Refused)),
+            ),
+            Err(e) => {
+                // Nothing of the batch may be taken as appended: drop the
+                // connection (it may be broken) and rebuild the rules'
+                // state, which folded the batch in, before the next one.
+                self.client = None;
+                self.frontier = Frontier::default();
+                self.shared.local().dirty = true;
+                tracing::warn!("ledger database: appending a batch failed: {e}");
+                Box::new(std::iter::repeat_with(move || {
+                    Err(AppendFailure::Storage(StorageError::Unavailable(
+                        e.to_string(),
+                    )))
+                }))
+            }
+        };
+        for (reply, n) in replies {
+            let answers: Vec<_> = outcomes.by_ref().take(n).collect();
+            let _ = reply.send(answers);
+        }
+    }
+
+    async fn client(&mut self) -> Result<&mut Client, StorageError> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            self.client = Some(self.shared.connect().await?);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    async fn try_commit(
+        &mut self,
+        events: Vec<(SignedEvent, Vec<u8>)>,
+    ) -> Result<Vec<Outcome>, StorageError> {
+        let unavailable = |e: tokio_postgres::Error| {
+            StorageError::Unavailable(format!("ledger database: {}", cause(&e)))
+        };
+        let loaded = |e: rules::LoadError| match e {
+            rules::LoadError::Db(m) => StorageError::Unavailable(format!("ledger database: {m}")),
+            e => StorageError::Failed(e.to_string()),
+        };
+        let shared = self.shared.clone();
+        let mut frontier = std::mem::take(&mut self.frontier);
+        let client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let head = rules::read_head(&tx, true)
+            .await
+            .map_err(loaded)?
+            .ok_or_else(|| StorageError::Failed("the ledger database has no head row".into()))?;
+
+        // This broker's rules' state, as of the locked head.
+        let (dirty, next) = {
+            let l = shared.local();
+            (l.dirty, l.authority.next_seq().0)
+        };
+        if dirty || next > head.size {
+            if next > head.size && !dirty {
+                tracing::error!(
+                    database = head.size,
+                    broker = next,
+                    "ledger database: the database holds fewer entries than this broker saw acknowledged (restored from an older backup, or a failover to a standby that was not synchronous?); rebuilding from the database"
+                );
+            }
+            let a = rules::load_authority(&tx, &head).await.map_err(loaded)?;
+            let mut l = shared.local();
+            l.authority = a;
+            l.dirty = false;
+        } else if next < head.size {
+            let changes = rules::state_changes(&tx, next, head.size)
+                .await
+                .map_err(loaded)?;
+            let mut l = shared.local();
+            rules::fold(&mut l.authority, &changes, next, head.size);
+        }
+        if frontier.size != Some(head.size) {
+            frontier = load_frontier(&tx, head.size).await.map_err(loaded)?;
+        }
+
+        // Nonces already in the ledger (the unique index is the nonce set).
+        let nonces: Vec<Vec<u8>> = events
+            .iter()
+            .map(|(e, _)| e.event.nonce.0.to_vec())
+            .collect();
+        let used: HashSet<Vec<u8>> = tx
+            .query(
+                "SELECT nonce FROM custody_entries WHERE nonce = ANY($1)",
+                &[&nonces],
+            )
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .map(|r| r.get::<_, Vec<u8>>(0))
+            .collect();
+
+        // Admission, in sequence order, with the state as of the head.
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut rows: Vec<Row> = Vec::new();
+        let mut hashes: Vec<(u64, Hash)> = Vec::new();
+        let mut state = StateRows::default();
+        let (mut next, mut prev, mut last) = (head.size, head.prev, head.last_received_at);
+        {
+            let mut l = shared.local();
+            let mut fresh: HashSet<[u8; 16]> = HashSet::new();
+            for (ev, canonical) in events {
+                let nonce = ev.event.nonce;
+                if used.contains(nonce.0.as_slice()) || fresh.contains(&nonce.0) {
+                    outcomes.push(Err(Denial::new(
+                        DenialCode::ReplayedNonce,
+                        format!("nonce {nonce} was already used"),
+                    )));
+                    continue;
+                }
+                let now = Timestamp::now();
+                let at = match last {
+                    Some(t) if t > now => t,
+                    _ => now,
+                };
+                let admitted = match l.authority.check_verified(&ev.event, at) {
+                    Ok(a) => a,
+                    Err(d) => {
+                        outcomes.push(Err(d));
+                        continue;
+                    }
+                };
+                let entry = Entry::new(Seq(next), prev, at, ev);
+                let line = match entry.to_line_with_event(&canonical) {
+                    Ok(l) if l.len() <= MAX_ENTRY_BYTES => l,
+                    Ok(l) => {
+                        outcomes.push(Err(Denial::new(
+                            DenialCode::TooLarge,
+                            format!(
+                                "entry would be {} bytes; the limit is {MAX_ENTRY_BYTES}",
+                                l.len()
+                            ),
+                        )));
+                        continue;
+                    }
+                    Err(e) => {
+                        outcomes.push(Err(Denial::new(DenialCode::Malformed, e.to_string())));
+                        continue;
+                    }
+                };
+                let hash = entry_hash(&line);
+                let stored = push_leaf(&mut frontier.hashes, next, Hash(hash.0))
+                    .map_err(StorageError::Failed)?;
+                hashes.extend(stored);
+                let action = entry.event.action.as_str().to_string();
+                let changes = actions::changes_state(&action);
+                fresh.insert(nonce.0);
+                l.authority.apply(&entry, admitted);
+                if changes {
+                    collect_state(&l.authority, &entry, &action, &mut state);
+                }
+                rows.push(Row {
+                    seq: next as i64,
+                    line,
+                    hash: hash.0.to_vec(),
+                    nonce: nonce.0.to_vec(),
+                    received_at: millis(at),
+                    payload: entry.event.payload.as_ref().map(|p| p.digest.0.to_vec()),
+                    changes,
+                });
+                outcomes.push(Ok(Appended {
+                    seq: entry.seq,
+                    hash,
+                    entry,
+                }));
+                prev = hash;
+                last = Some(at);
+                next += 1;
+            }
+        }
+        if rows.is_empty() {
+            // Every event was refused: nothing to write (the rollback only
+            // releases the head lock).
+            tx.rollback().await.map_err(unavailable)?;
+            self.frontier = frontier;
+            return Ok(outcomes);
+        }
+        let root = tlog_tiles::tree_hash(next, &frontier)
+            .map_err(|e| StorageError::Failed(format!("the root at {next}: {e}")))?;
+
+        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        let lines: Vec<&[u8]> = rows.iter().map(|r| r.line.as_slice()).collect();
+        let entry_hashes: Vec<&[u8]> = rows.iter().map(|r| r.hash.as_slice()).collect();
+        let row_nonces: Vec<&[u8]> = rows.iter().map(|r| r.nonce.as_slice()).collect();
+        let times: Vec<i64> = rows.iter().map(|r| r.received_at).collect();
+        let payloads: Vec<Option<&[u8]>> = rows.iter().map(|r| r.payload.as_deref()).collect();
+        let changes: Vec<bool> = rows.iter().map(|r| r.changes).collect();
+        tx.execute(
+            "INSERT INTO custody_entries (seq, line, hash, nonce, received_at, payload, changes)
+             SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bytea[], $5::bigint[], $6::bytea[], $7::boolean[])",
+            &[&seqs, &lines, &entry_hashes, &row_nonces, &times, &payloads, &changes],
+        )
+        .await
+        .map_err(unavailable)?;
+        let idx: Vec<i64> = hashes.iter().map(|(i, _)| *i as i64).collect();
+        let hs: Vec<&[u8]> = hashes.iter().map(|(_, h)| h.0.as_slice()).collect();
+        tx.execute(
+            "INSERT INTO custody_hashes (idx, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
+            &[&idx, &hs],
+        )
+        .await
+        .map_err(unavailable)?;
+        for (did, jws, at) in &state.sessions {
+            tx.execute(
+                "INSERT INTO custody_sessions (did, delegation, started_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (did) DO UPDATE SET delegation = EXCLUDED.delegation, started_at = EXCLUDED.started_at, ended_at = NULL",
+                &[did, jws, at],
+            )
+            .await
+            .map_err(unavailable)?;
+        }
+        for (did, at) in &state.ended {
+            tx.execute(
+                "UPDATE custody_sessions SET ended_at = $2 WHERE did = $1 AND ended_at IS NULL",
+                &[did, at],
+            )
+            .await
+            .map_err(unavailable)?;
+        }
+        for (subject, jws, seq, effective) in &state.revocations {
+            tx.execute(
+                "INSERT INTO custody_revocations (subject, jws, seq, effective) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (subject) DO UPDATE SET jws = EXCLUDED.jws, seq = EXCLUDED.seq, effective = EXCLUDED.effective",
+                &[subject, jws, seq, effective],
+            )
+            .await
+            .map_err(unavailable)?;
+        }
+        let trust = trust_text(shared.local().authority.trust());
+        let last_ms = last.map(millis);
+        tx.execute(
+            "UPDATE custody_head SET size = $1, prev = $2, root = $3, last_received_at = $4, trust = $5 WHERE id = 1",
+            &[&(next as i64), &prev.0.as_slice(), &root.0.as_slice(), &last_ms, &trust],
+        )
+        .await
+        .map_err(unavailable)?;
+        if !state.is_empty() {
+            // Other brokers' cached decisions catch up on this (and, if the
+            // notification is lost, on their periodic check).
+            tx.execute(
+                "SELECT pg_notify('custody_changes', $1)",
+                &[&next.to_string()],
+            )
+            .await
+            .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        frontier.prune(next);
+        self.frontier = frontier;
+        shared.acknowledged(next);
+        Ok(outcomes)
+    }
+}
+
+/// The rows an admitted, state-changing entry adds, read from the state it
+/// was just folded into (so what is written is what the rules hold).
+fn collect_state(a: &Authority, entry: &Entry, action: &str, state: &mut StateRows) {
+    let actor = &entry.event.actor;
+    match action {
+        actions::GENESIS | actions::TRUST_UPDATE => state.trust = true,
+        actions::SESSION_START => {
+            if let (Some(g), Some(jws)) = (a.session(actor), entry.event.detail_str("delegation")) {
+                state
+                    .sessions
+                    .push((actor.to_string(), jws.to_string(), g.started_at.0 as i64));
+            }
+        }
+        actions::SESSION_END => state.ended.push((actor.to_string(), entry.seq.0 as i64)),
+        actions::IDENTITY_REVOKE => {
+            // Only if it is now the revocation that holds for its subject
+            // (the earliest effective one wins).
+            if let Some((subject, r)) = a.revocations().find(|(_, r)| r.seq == entry.seq) {
+                state.revocations.push((
+                    subject.to_string(),
+                    r.jws.clone(),
+                    r.seq.0 as i64,
+                    millis(r.effective),
+                ));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The right edge of the tree of `size`, from `custody_hashes`.
+async fn load_frontier(
+    c: &impl tokio_postgres::GenericClient,
+    size: u64,
+) -> Result<Frontier, rules::LoadError> {
+    let want: Vec<i64> = tlog_tiles::sub_tree_index(0, size, vec![])
+        .into_iter()
+        .map(|i| i as i64)
+        .collect();
+    let mut hashes = HashMap::new();
+    for row in c
+        .query(
+            "SELECT idx, hash FROM custody_hashes WHERE idx = ANY($1)",
+            &[&want],
+        )
+        .await?
+    {
+        let h: &[u8] = row.get(1);
+        let h: [u8; 32] = h
+            .try_into()
+            .map_err(|_| rules::LoadError::Corrupt("a stored hash is not 32 bytes".into()))?;
+        hashes.insert(row.get::<_, i64>(0) as u64, Hash(h));
+    }
+    if hashes.len() != want.len() {
+        return Err(rules::LoadError::Corrupt(format!(
+            "custody_hashes lacks the right edge of the tree of size {size}"
+        )));
+    }
+    Ok(Frontier {
+        size: Some(size),
+        hashes,
+    })
+}
+
+/// The entry hash of nothing: `prev` of entry 0.
+pub(crate) const NO_PREV: EntryHash = EntryHash::ZERO;
