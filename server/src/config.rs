@@ -9,6 +9,7 @@
 //! [trust]
 //! admins = ["did:key:z6Mk…"]            # may revoke and export
 //! delegators = ["did:key:z6Mk…"]        # humans / CI identities that may start sessions
+//! auditors = ["did:key:z6Mk…"]          # may read the entry feed (GET /v1/entries), nothing else
 //! [scopes.ci-read]
 //! policies = ["ci-read"]
 //! max_ttl = "15m"
@@ -114,6 +115,11 @@ struct RawTrust {
     admins: Vec<String>,
     #[serde(default)]
     delegators: Vec<String>,
+    /// Read-only: the entry feed (`GET /v1/entries`) and nothing else. Not
+    /// written into the ledger's trust roots, so the rules give them no role
+    /// to append with.
+    #[serde(default)]
+    auditors: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,6 +214,8 @@ pub struct Config {
     pub vault: Option<VaultConfig>,
     pub admins: Vec<Did>,
     pub delegators: Vec<Did>,
+    /// May read the entry feed; hold no role in the ledger.
+    pub auditors: Vec<Did>,
     pub scopes: BTreeMap<String, ScopeConfig>,
     pub checkpoint: CheckpointPolicy,
     pub limits: Limits,
@@ -262,6 +270,7 @@ impl Config {
         };
         let admins = dids("admins", &raw.trust.admins)?;
         let delegators = dids("delegators", &raw.trust.delegators)?;
+        let auditors = dids("auditors", &raw.trust.auditors)?;
 
         let mut scopes = BTreeMap::new();
         for (name, s) in raw.scopes {
@@ -408,6 +417,7 @@ impl Config {
             }),
             admins,
             delegators,
+            auditors,
             scopes,
             checkpoint,
             limits,
@@ -464,6 +474,10 @@ contexts = ["ci", "chat"]
         assert_eq!(c.checkpoint.keep_recent, DEFAULT_KEEP_RECENT);
         let c = parse("[checkpoint]\nkeep_recent = 0").unwrap();
         assert_eq!(c.checkpoint.keep_recent, 0);
+        assert!(c.auditors.is_empty());
+        let c = parse(&format!("[trust]\nauditors = [\"{DID}\"]")).unwrap();
+        assert_eq!(c.auditors.len(), 1);
+        assert!(c.admins.is_empty() && c.delegators.is_empty());
     }
 
     #[test]
@@ -472,6 +486,9 @@ contexts = ["ci", "chat"]
             "listen = 7",
             "bogus = 1",
             "[trust]\nadmins = [\"did:web:x\"]",
+            "[trust]\nauditors = [\"did:web:x\"]",
+            "[trust]\nauditors = \"did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp\"",
+            "[trust]\nauditor = []",
             "[scopes.x]\npolicies=[\"a\"]\nmax_ttl=\"forever\"\ncontexts=[\"ci\"]",
             "[scopes.x]\npolicies=[\"root\"]\nmax_ttl=\"1m\"\ncontexts=[\"ci\"]",
             "[scopes.x]\npolicies=[]\nmax_ttl=\"1m\"\ncontexts=[\"ci\"]",

@@ -18,6 +18,8 @@ pub struct Harness {
     pub broker: Option<BrokerProcess>,
     pub developer: KeyPair,
     pub admin: KeyPair,
+    /// Listed in `[trust] auditors`: may read the entry feed, nothing else.
+    pub auditor: KeyPair,
     pub url: String,
 }
 
@@ -81,8 +83,10 @@ impl Harness {
         write_secret_file(&dir.path().join("vault-token"), &token).unwrap();
         let developer = KeyPair::generate();
         let admin = KeyPair::generate();
+        let auditor = KeyPair::generate();
         developer.save(&dir.path().join("developer.key")).unwrap();
         admin.save(&dir.path().join("admin.key")).unwrap();
+        auditor.save(&dir.path().join("auditor.key")).unwrap();
         let port = free_port().unwrap();
         let scheme = if extra.contains("enabled = true") {
             "https"
@@ -97,6 +101,11 @@ impl Harness {
             &dir.path().join("vault-token"),
             admin.did().as_str(),
             developer.did().as_str(),
+        )
+        .replacen(
+            "[trust]\n",
+            &format!("[trust]\nauditors = [\"{}\"]\n", auditor.did()),
+            1,
         ) + extra;
         std::fs::write(dir.path().join("custody.toml"), config).unwrap();
         Self {
@@ -105,6 +114,7 @@ impl Harness {
             broker: None,
             developer,
             admin,
+            auditor,
             url,
         }
     }
