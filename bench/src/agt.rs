@@ -23,16 +23,64 @@ const BATCH: usize = 100;
 /// Which toolkit version `scripts/bench` installs (keep the two in step).
 pub const AGT_VERSION: &str = "5.0.0";
 
+/// Callers in the concurrent comparison (both sides).
+const THREADS: usize = 64;
+
+/// The pairs: (custody key, AGT key, ratio key). Each pair is the same
+/// shape on both sides (README of docs/PERFORMANCE.md's method table).
+const PAIRS: &[(&str, &str, &str)] = &[
+    (
+        "custody_single_append_per_s",
+        "agt_append_single_per_s",
+        "custody_vs_agt_single_ratio",
+    ),
+    (
+        "custody_single_append_per_s",
+        "agt_append_single_fsync_per_s",
+        "custody_vs_agt_single_fsync_ratio",
+    ),
+    (
+        "custody_threads_append_per_s",
+        "agt_append_threads_per_s",
+        "custody_vs_agt_threads_ratio",
+    ),
+    (
+        "custody_batch_append_per_s",
+        "agt_append_batch_per_s",
+        "custody_vs_agt_batch_ratio",
+    ),
+    (
+        "custody_verify_1core_per_s",
+        "agt_verify_1core_per_s",
+        "custody_vs_agt_verify_1core_ratio",
+    ),
+    (
+        "custody_verify_1core_per_s",
+        "agt_verify_chain_1core_per_s",
+        "custody_vs_agt_hash_only_1core_ratio",
+    ),
+    (
+        "custody_verify_2core_per_s",
+        "agt_verify_1core_per_s",
+        "custody_2core_vs_agt_verify_ratio",
+    ),
+];
+
 pub fn bench(a: &Args, r: &mut Results) -> anyhow::Result<()> {
     let n = a.agt_events.max(1);
     custody_side(n, r)?;
-    match agt_side(n) {
+    // The toolkit pinned to one core, so its verification is per core like
+    // custody's pinned figure (its appends are single-threaded Python anyway).
+    match agt_side(n, true) {
         Ok(v) => {
             for (k, key) in [
-                ("append_per_s", "agt_append_per_s"),
-                ("verify_per_s", "agt_verify_per_s"),
+                ("append_single_per_s", "agt_append_single_per_s"),
+                ("append_single_fsync_per_s", "agt_append_single_fsync_per_s"),
+                ("append_threads_per_s", "agt_append_threads_per_s"),
+                ("append_batch_per_s", "agt_append_batch_per_s"),
+                ("verify_per_s", "agt_verify_1core_per_s"),
                 ("append_inmemory_per_s", "agt_append_inmemory_per_s"),
-                ("verify_chain_per_s", "agt_verify_chain_per_s"),
+                ("verify_chain_per_s", "agt_verify_chain_1core_per_s"),
                 ("version", "agt_version"),
                 ("python", "agt_python"),
                 ("tamper_detected", "agt_tamper_detected"),
@@ -41,11 +89,11 @@ pub fn bench(a: &Args, r: &mut Results) -> anyhow::Result<()> {
                     r.insert(key.into(), x.clone());
                 }
             }
-            let f = |k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(0.0);
-            let append = ratio(f("custody_10k_append_per_s"), f("agt_append_per_s"));
-            let verify = ratio(f("custody_10k_verify_per_s"), f("agt_verify_per_s"));
-            r.insert("custody_vs_agt_append_ratio".into(), json!(append));
-            r.insert("custody_vs_agt_verify_ratio".into(), json!(verify));
+            for (ours, theirs, key) in PAIRS {
+                let f = |k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+                let x = ratio(f(ours), f(theirs));
+                r.insert((*key).into(), json!(x));
+            }
         }
         Err(e) => {
             let msg = format!("{e:#}");
@@ -56,33 +104,77 @@ pub fn bench(a: &Args, r: &mut Results) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `n` events by 64 human identities: each built, signed (Ed25519), checked
-/// (signature, authorization) and made durable (fdatasync) through the store,
-/// by one producer in batches of [`BATCH`]; then the export of that ledger
-/// verified by `custody_verifier::verify_bundle` in process (and, beside it,
-/// by the `custody-verify` process, wall time).
+/// Events signed (Ed25519) by 64 human identities, each checked (signature,
+/// the ledger's rules) and made durable (fdatasync) through the store, in
+/// three shapes: one thread one event per call, [`THREADS`] threads one event
+/// per call, one producer in batches of [`BATCH`]. Then the export of the
+/// batch ledger verified by the `custody-verify` process pinned to one core
+/// (`taskset -c 0`) and on every core, and in process.
 fn custody_side(n: usize, r: &mut Results) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let ledger = KeyPair::generate();
     let keys: Vec<KeyPair> = (0..64).map(|_| KeyPair::generate()).collect();
     let refs: Vec<&KeyPair> = keys.iter().collect();
+    let event = |i: usize| {
+        let k = &keys[i % keys.len()];
+        tool_call(k, ActorKind::Human, i).sign(k)
+    };
+
+    // One thread, one event per call: each append its own fdatasync. Fewer
+    // events, as on the toolkit's fsync side.
+    let n_single = (n / 10).max(1);
+    let store = open_ledger(&tmp.path().join("single"), &ledger, &refs)?;
+    let t0 = Instant::now();
+    for i in 0..n_single {
+        append_all(&store, vec![event(i)?])?;
+    }
+    let single = n_single as f64 / t0.elapsed().as_secs_f64();
+    drop(store);
+
+    // Many callers, one event per call: group commit.
+    let store = std::sync::Arc::new(open_ledger(&tmp.path().join("threads"), &ledger, &refs)?);
+    let signed: Vec<_> = (0..n).map(event).collect::<Result<_, _>>()?;
+    let mut shares: Vec<Vec<_>> = (0..THREADS).map(|_| Vec::new()).collect();
+    for (i, e) in signed.into_iter().enumerate() {
+        shares[i % THREADS].push(e);
+    }
+    let t0 = Instant::now();
+    let handles: Vec<_> = shares
+        .into_iter()
+        .map(|share| {
+            let s = store.clone();
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                for e in share {
+                    append_all(&s, vec![e])?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("a caller panicked"))??;
+    }
+    let threads = n as f64 / t0.elapsed().as_secs_f64();
+    drop(store);
+
+    // One producer, batches of BATCH (signing included, as the toolkit's
+    // batch side builds and HMACs its entries inside the timed loop).
     let store = open_ledger(&tmp.path().join("data"), &ledger, &refs)?;
     let t0 = Instant::now();
     let mut batch = Vec::with_capacity(BATCH);
     for i in 0..n {
-        let k = &keys[i % keys.len()];
-        batch.push(tool_call(k, ActorKind::Human, i).sign(k)?);
+        batch.push(event(i)?);
         if batch.len() == BATCH {
             append_all(&store, std::mem::take(&mut batch))?;
         }
     }
     append_all(&store, batch)?;
-    let append_rate = n as f64 / t0.elapsed().as_secs_f64();
+    let batched = n as f64 / t0.elapsed().as_secs_f64();
     let bundle = tmp.path().join("bundle");
     export_bundle(&store, &ledger, &Origin::for_ledger(&ledger.did()), &bundle)?;
     drop(store);
-    // In-process, like AGT's verify_integrity() inside Python (whose import is
-    // not timed either); the process wall time is recorded beside it.
+
     let t1 = Instant::now();
     let v = custody_verifier::verify_bundle(
         &bundle,
@@ -91,27 +183,50 @@ fn custody_side(n: usize, r: &mut Results) -> anyhow::Result<()> {
             ..Default::default()
         },
     )?;
-    let took = t1.elapsed();
+    let in_process = t1.elapsed();
     anyhow::ensure!(v.valid, "the 10k bundle did not verify");
-    let (_, took_process) = run_verifier(&bundle, ledger.did().as_str())?;
-    r.insert(
-        "custody_10k_verify_process_per_s".into(),
-        json!(((n + 1) as f64 / took_process.as_secs_f64()).round()),
-    );
+    let (_, two_cores) = run_verifier(&bundle, ledger.did().as_str())?;
+    let one_core = run_verifier_pinned(&bundle, ledger.did().as_str())?;
+    let per_s = |d: std::time::Duration| json!(((n + 1) as f64 / d.as_secs_f64()).round());
     r.insert("custody_10k_events".into(), json!(n));
+    r.insert("custody_single_append_per_s".into(), json!(single.round()));
     r.insert(
-        "custody_10k_append_per_s".into(),
-        json!(append_rate.round()),
+        "custody_threads_append_per_s".into(),
+        json!(threads.round()),
     );
-    r.insert(
-        "custody_10k_verify_per_s".into(),
-        json!(((n + 1) as f64 / took.as_secs_f64()).round()),
-    );
+    r.insert("custody_batch_append_per_s".into(), json!(batched.round()));
+    r.insert("custody_verify_2core_per_s".into(), per_s(two_cores));
+    r.insert("custody_verify_1core_per_s".into(), per_s(one_core));
+    r.insert("custody_10k_verify_per_s".into(), per_s(in_process));
     r.insert(
         "custody_10k_verify_seconds".into(),
-        json!(round(took.as_secs_f64(), 3)),
+        json!(round(in_process.as_secs_f64(), 3)),
     );
     Ok(())
+}
+
+/// `custody-verify verify` pinned to one core (`taskset -c 0`), wall time.
+fn run_verifier_pinned(
+    bundle: &std::path::Path,
+    ledger: &str,
+) -> anyhow::Result<std::time::Duration> {
+    let verifier = crate::util::verifier_exe()?;
+    let t = Instant::now();
+    let out = std::process::Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(&verifier)
+        .arg("verify")
+        .arg(bundle)
+        .arg("--ledger-key")
+        .arg(ledger)
+        .output()?;
+    let took = t.elapsed();
+    anyhow::ensure!(
+        out.status.success(),
+        "pinned custody-verify did not verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(took)
 }
 
 /// The workspace root (this crate's parent directory).
@@ -122,7 +237,7 @@ fn root() -> PathBuf {
         .unwrap_or_default()
 }
 
-fn agt_side(n: usize) -> anyhow::Result<Value> {
+fn agt_side(n: usize, pinned: bool) -> anyhow::Result<Value> {
     let python = root().join(".venv/bin/python");
     let script = root().join("bench/agt_bench.py");
     anyhow::ensure!(
@@ -132,10 +247,21 @@ fn agt_side(n: usize) -> anyhow::Result<Value> {
     );
     anyhow::ensure!(script.is_file(), "{} not found", script.display());
     let tmp = tempfile::tempdir()?;
-    let out = std::process::Command::new(&python)
+    let mut cmd = if pinned {
+        let mut c = std::process::Command::new("taskset");
+        c.args(["-c", "0"]).arg(&python);
+        c
+    } else {
+        std::process::Command::new(&python)
+    };
+    let out = cmd
         .arg(&script)
         .arg("--events")
         .arg(n.to_string())
+        .arg("--threads")
+        .arg(THREADS.to_string())
+        .arg("--batch")
+        .arg(BATCH.to_string())
         .arg("--dir")
         .arg(tmp.path())
         .output()?;

@@ -1,7 +1,10 @@
 //! `custody-bench`: the figures of the benchmark issues, each measured next to
 //! its baseline in the same run (the machine is shared and noisy, so ratios
 //! matter more than absolute numbers). Prints a table and writes
-//! `bench/results.json`. `--only a,b` runs a subset.
+//! `bench/results.json`. `--only a,b` runs a subset. Each benchmark runs
+//! `--repeat` times (3 by default): a figure is the median of its runs and
+//! `ranges` holds each figure's lowest and highest; a `_ratio` whose range
+//! holds 1 is called parity (listed under `parity`).
 //!
 //! | bench | module | figure vs baseline |
 //! |---|---|---|
@@ -27,7 +30,7 @@ use std::time::Instant;
 use clap::{Parser, ValueEnum};
 use serde_json::{json, Map, Value};
 
-use crate::util::{ratio, round};
+use crate::util::{ratio, round, Results};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Bench {
@@ -75,7 +78,7 @@ pub struct Args {
     #[arg(long, default_value_t = 200)]
     pub mints: usize,
     /// Kill-switch repetitions, each with a fresh session and fresh tokens.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 30)]
     pub killswitch_runs: usize,
     /// Live tokens the session holds when it is revoked.
     #[arg(long, default_value_t = 100)]
@@ -104,6 +107,9 @@ pub struct Args {
     /// Events in the comparison with the Agent Governance Toolkit.
     #[arg(long, default_value_t = 10_000)]
     pub agt_events: usize,
+    /// Runs of each benchmark; figures are medians, with ranges.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
     /// Where to write results.json.
     #[arg(long, default_value = "bench/results.json")]
     out: PathBuf,
@@ -131,7 +137,22 @@ const ROWS: &[(&str, &str, &str)] = &[
         "",
         "of 2 cores, during the 64-writer run",
     ),
-    ("append_p99_ms", "≤ 10 ms", "ack latency p99, 32 writers"),
+    (
+        "append_64w_p99_ms",
+        "",
+        "ack latency p99, the 64 closed-loop writers (p50 in append_64w_p50_ms)",
+    ),
+    (
+        "append_open_loop_rate_per_s",
+        "",
+        "open loop: arrivals/s on a fixed schedule, half the 64-writer rate",
+    ),
+    (
+        "append_p50_ms",
+        "",
+        "ack latency p50 at that rate, from scheduled arrival",
+    ),
+    ("append_p99_ms", "≤ 10 ms", "the same, p99"),
     (
         "verify_per_s",
         "≥ 70% raw",
@@ -183,7 +204,7 @@ const ROWS: &[(&str, &str, &str)] = &[
     ),
     (
         "killswitch_p99_ms",
-        "",
+        "≤ 20",
         "the same, p99 (ms; of killswitch_runs runs)",
     ),
     (
@@ -203,13 +224,18 @@ const ROWS: &[(&str, &str, &str)] = &[
     ),
     (
         "revoke_direct_100_parallel_ms",
-        "",
-        "the same with 8 revocations in flight, p50 (ms)",
+        "(baseline)",
+        "the best direct: 16 revocations in flight (the broker's per-token concurrency), p50 (ms)",
     ),
     (
         "killswitch_vs_direct_ratio",
+        "≤ 0.5",
+        "kill switch / best direct, p50",
+    ),
+    (
+        "killswitch_vs_serial_ratio",
         "",
-        "kill switch / direct, p50",
+        "kill switch / one-by-one direct, p50",
     ),
     (
         "http_append_per_s",
@@ -243,36 +269,91 @@ const ROWS: &[(&str, &str, &str)] = &[
     ("policy_cedar_vs_baseline_p99", "", "Cedar / baseline, p99"),
     ("policy_denied_share", "", "share of the mix Cedar denied"),
     (
-        "custody_10k_append_per_s",
+        "custody_single_append_per_s",
         "",
-        "custody: sign + check + durable append, 1 producer, batches of 100",
+        "custody: 1 thread, 1 event per call, signed + checked + fdatasync each",
     ),
     (
-        "agt_append_per_s",
+        "agt_append_single_per_s",
         "(compare)",
-        "AGT AuditLog + FileAuditSink (HMAC, no fsync)",
+        "AGT: 1 thread, 1 log() per event, FileAuditSink (HMAC, no fsync)",
     ),
-    ("custody_vs_agt_append_ratio", "", "custody / AGT"),
+    (
+        "custody_vs_agt_single_ratio",
+        "",
+        "custody / AGT (AGT not durable)",
+    ),
+    (
+        "agt_append_single_fsync_per_s",
+        "(compare)",
+        "AGT: the same with an fsync per entry (added by the harness)",
+    ),
+    (
+        "custody_vs_agt_single_fsync_ratio",
+        "",
+        "custody / AGT, both durable",
+    ),
+    (
+        "custody_threads_append_per_s",
+        "",
+        "custody: 64 threads, 1 event per call (group commit)",
+    ),
+    (
+        "agt_append_threads_per_s",
+        "(compare)",
+        "AGT: 64 threads, 1 log() per event, one FileAuditSink",
+    ),
+    ("custody_vs_agt_threads_ratio", "", "custody / AGT"),
+    (
+        "custody_batch_append_per_s",
+        "",
+        "custody: 1 producer, batches of 100 (append_many)",
+    ),
+    (
+        "agt_append_batch_per_s",
+        "(compare)",
+        "AGT: batches of 100 (FileAuditSink.write_batch)",
+    ),
+    ("custody_vs_agt_batch_ratio", "", "custody / AGT"),
+    (
+        "custody_verify_1core_per_s",
+        "",
+        "custody-verify process pinned to 1 core (taskset), 10k entries",
+    ),
+    (
+        "agt_verify_1core_per_s",
+        "(compare)",
+        "AGT FileAuditSink.verify_integrity(), pinned to 1 core",
+    ),
+    (
+        "custody_vs_agt_verify_1core_ratio",
+        "",
+        "custody / AGT, per core",
+    ),
+    (
+        "agt_verify_chain_1core_per_s",
+        "(compare)",
+        "AGT in-memory AuditLog.verify_integrity() (hashes only), 1 core",
+    ),
+    (
+        "custody_vs_agt_hash_only_1core_ratio",
+        "≥ 2",
+        "custody (Ed25519 signatures) / AGT hash-only, per core",
+    ),
+    (
+        "custody_verify_2core_per_s",
+        "",
+        "custody-verify process on both cores",
+    ),
+    (
+        "custody_2core_vs_agt_verify_ratio",
+        "",
+        "custody on 2 cores / AGT on 1",
+    ),
     (
         "custody_10k_verify_per_s",
         "",
-        "verify_bundle of those entries in process (as AGT verifies inside Python)",
-    ),
-    (
-        "custody_10k_verify_process_per_s",
-        "",
-        "the same through the custody-verify process, wall time",
-    ),
-    (
-        "agt_verify_per_s",
-        "(compare)",
-        "AGT FileAuditSink.verify_integrity()",
-    ),
-    ("custody_vs_agt_verify_ratio", "", "custody / AGT"),
-    (
-        "agt_verify_chain_per_s",
-        "",
-        "AGT in-memory AuditLog.verify_integrity() (hashes only)",
+        "verify_bundle of the batch ledger in process",
     ),
     (
         "feed_per_s",
@@ -317,21 +398,35 @@ fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()),
     );
     let mut seconds = Map::new();
-    let mut time = |name: &str,
-                    r: &mut Map<String, Value>,
-                    f: &dyn Fn(&mut Map<String, Value>) -> anyhow::Result<()>| {
-        eprintln!("{name}…");
-        let t = Instant::now();
-        if let Err(e) = f(r) {
-            eprintln!("{name} benchmark failed: {e:#}");
-            r.insert(format!("{name}_error"), json!(format!("{e:#}")));
-        }
-        let s = round(t.elapsed().as_secs_f64(), 1);
-        eprintln!("{name}: {s} s");
-        seconds.insert(name.into(), json!(s));
+    let mut ranges = Map::new();
+    let repeat = a.repeat.max(1);
+    // Runs one benchmark `repeat` times (or once when it repeats itself and
+    // returns its runs), then keeps medians and ranges.
+    let mut time =
+        |name: &str, r: &mut Map<String, Value>, f: &dyn Fn() -> anyhow::Result<Vec<Results>>| {
+            eprintln!("{name}…");
+            let t = Instant::now();
+            match f() {
+                Ok(runs) => merge_runs(&runs, r, &mut ranges),
+                Err(e) => {
+                    eprintln!("{name} benchmark failed: {e:#}");
+                    r.insert(format!("{name}_error"), json!(format!("{e:#}")));
+                }
+            }
+            let s = round(t.elapsed().as_secs_f64(), 1);
+            eprintln!("{name}: {s} s");
+            seconds.insert(name.into(), json!(s));
+        };
+    let times = |f: &dyn Fn(&mut Results) -> anyhow::Result<()>| -> anyhow::Result<Vec<Results>> {
+        (0..repeat)
+            .map(|_| {
+                let mut r = Results::new();
+                f(&mut r).map(|()| r)
+            })
+            .collect()
     };
     if on(Bench::Append) {
-        time("append", &mut r, &|r| append::bench(&a, r));
+        time("append", &mut r, &|| times(&|r| append::bench(&a, r)));
     }
     if on(Bench::Verify) || on(Bench::Proof) {
         let name = match (on(Bench::Verify), on(Bench::Proof)) {
@@ -339,30 +434,32 @@ fn main() -> anyhow::Result<()> {
             (true, false) => "verify",
             _ => "proof",
         };
-        time(name, &mut r, &|r| {
-            verify::bench(&a, r, on(Bench::Verify), on(Bench::Proof))
+        time(name, &mut r, &|| {
+            verify::bench(&a, on(Bench::Verify), on(Bench::Proof))
         });
     }
     if on(Bench::Mint) {
-        time("mint", &mut r, &|r| broker::bench_mint(&a, r));
+        time("mint", &mut r, &|| times(&|r| broker::bench_mint(&a, r)));
     }
     if on(Bench::Killswitch) {
-        time("killswitch", &mut r, &|r| broker::bench_killswitch(&a, r));
+        time("killswitch", &mut r, &|| {
+            times(&|r| broker::bench_killswitch(&a, r))
+        });
     }
     if on(Bench::Http) {
-        time("http", &mut r, &|r| broker::bench_http(&a, r));
+        time("http", &mut r, &|| times(&|r| broker::bench_http(&a, r)));
     }
     if on(Bench::Policy) {
-        time("policy", &mut r, &|r| policy::bench(&a, r));
+        time("policy", &mut r, &|| times(&|r| policy::bench(&a, r)));
     }
     if on(Bench::Hook) {
-        time("hook", &mut r, &|r| broker::bench_hook(&a, r));
+        time("hook", &mut r, &|| times(&|r| broker::bench_hook(&a, r)));
     }
     if on(Bench::Feed) {
         time("feed", &mut r, &|r| feed::bench(&a, r));
     }
     if on(Bench::Agt) {
-        time("agt", &mut r, &|r| agt::bench(&a, r));
+        time("agt", &mut r, &|| times(&|r| agt::bench(&a, r)));
     }
     for (key, num, den) in [
         (
@@ -384,6 +481,18 @@ fn main() -> anyhow::Result<()> {
     let total = round(t_all.elapsed().as_secs_f64(), 1);
     seconds.insert("total".into(), json!(total));
     r.insert("seconds".into(), Value::Object(seconds));
+    r.insert("repeat".into(), json!(repeat));
+    let parity: Vec<String> = ranges
+        .iter()
+        .filter(|(k, v)| {
+            k.ends_with("_ratio")
+                && matches!(v.as_array().map(|x| (x[0].as_f64(), x[1].as_f64())),
+                    Some((Some(lo), Some(hi))) if lo <= 1.0 && 1.0 <= hi)
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    r.insert("parity".into(), json!(parity));
+    r.insert("ranges".into(), Value::Object(ranges));
 
     println!("{:<32} {:>14}  {:<11} what", "key", "value", "target");
     for (k, target, what) in ROWS {
@@ -393,7 +502,16 @@ fn main() -> anyhow::Result<()> {
             None if k.starts_with("agt_error") => continue,
             None => "-".into(),
         };
-        println!("{k:<32} {v:>14}  {target:<11} {what}");
+        let spread = match r["ranges"].get(*k).and_then(Value::as_array) {
+            Some(x) if repeat > 1 => format!(" [{} – {}]", x[0], x[1]),
+            _ => String::new(),
+        };
+        let par = if parity.iter().any(|p| p == k) {
+            " (parity)"
+        } else {
+            ""
+        };
+        println!("{k:<32} {v:>14}  {target:<11} {what}{spread}{par}");
     }
     for (k, v) in &r {
         if k.ends_with("_error") && k != "agt_error" {
@@ -442,4 +560,37 @@ fn main() -> anyhow::Result<()> {
     println!("wrote {}", a.out.display());
     anyhow::ensure!(failed.is_empty(), "failed: {}", failed.join(", "));
     Ok(())
+}
+
+/// The median of each numeric figure over `runs` into `r`, its lowest and
+/// highest into `ranges`; other values from the first run.
+fn merge_runs(runs: &[Results], r: &mut Results, ranges: &mut Map<String, Value>) {
+    let Some(first) = runs.first() else { return };
+    for (k, v0) in first {
+        let mut xs: Vec<f64> = runs
+            .iter()
+            .filter_map(|run| run.get(k).and_then(Value::as_f64))
+            .collect();
+        if v0.is_number() && xs.len() == runs.len() {
+            xs.sort_by(f64::total_cmp);
+            let mid = xs.len() / 2;
+            let median = if xs.len() % 2 == 1 {
+                xs[mid]
+            } else {
+                (xs[mid - 1] + xs[mid]) / 2.0
+            };
+            let keep_int = v0.is_i64() || v0.is_u64();
+            let m = if keep_int {
+                json!(median.round() as i64)
+            } else {
+                json!(round(median, 3))
+            };
+            r.insert(k.clone(), m);
+            if runs.len() > 1 {
+                ranges.insert(k.clone(), json!([xs[0], xs[xs.len() - 1]]));
+            }
+        } else {
+            r.insert(k.clone(), v0.clone());
+        }
+    }
 }

@@ -125,18 +125,25 @@ fn build_bundle(n: usize, r: &mut Results) -> anyhow::Result<Bundle> {
     })
 }
 
-/// `verify` and/or `proof`, over one bundle of `--verify-entries` entries.
-pub fn bench(a: &Args, r: &mut Results, verify: bool, proof: bool) -> anyhow::Result<()> {
+/// `verify` and/or `proof`, over one bundle of `--verify-entries` entries
+/// built once; the measurements are taken `repeat` times, one map each.
+pub fn bench(a: &Args, verify: bool, proof: bool) -> anyhow::Result<Vec<Results>> {
     let n = a.verify_entries;
-    let b = build_bundle(n, r)?;
-    r.insert("verify_entries".into(), json!(n + 1));
-    if verify {
-        bench_verify(&b, r)?;
+    let mut base = Results::new();
+    let b = build_bundle(n, &mut base)?;
+    base.insert("verify_entries".into(), json!(n + 1));
+    let mut runs = Vec::new();
+    for _ in 0..a.repeat.max(1) {
+        let mut r = base.clone();
+        if verify {
+            bench_verify(&b, &mut r)?;
+        }
+        if proof {
+            bench_proof(&b, n, &mut r)?;
+        }
+        runs.push(r);
     }
-    if proof {
-        bench_proof(&b, n, r)?;
-    }
-    Ok(())
+    Ok(runs)
 }
 
 fn bench_verify(b: &Bundle, r: &mut Results) -> anyhow::Result<()> {

@@ -44,6 +44,10 @@ pub const EXAMPLE_SECRETS: &[(&str, &str, &str)] = &[
 /// The token role the broker mints through.
 pub const BROKER_ROLE: &str = "custody-agents";
 
+/// The policy of each session's parent token: it may mint through the role
+/// and nothing else (`[vault] parent_policy`).
+pub const PARENT_POLICY: &str = "custody-session-parent";
+
 pub fn find_bao() -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("CUSTODY_BAO") {
         let p = PathBuf::from(p);
@@ -217,7 +221,22 @@ impl OpenBao {
                 bail!("writing secret {path}: HTTP {}", r.status());
             }
         }
-        let allowed: Vec<&str> = EXAMPLE_POLICIES.iter().map(|p| p.0).collect();
+        let parent_policy = format!(
+            r#"path "auth/token/create/{BROKER_ROLE}" {{ capabilities = ["create", "update"] }}"#
+        );
+        let r = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("sys/policies/acl/{PARENT_POLICY}"),
+                Some(serde_json::json!({"policy": parent_policy})),
+                &root,
+            )
+            .await?;
+        if !r.status().is_success() {
+            bail!("writing policy {PARENT_POLICY}: HTTP {}", r.status());
+        }
+        let mut allowed: Vec<&str> = EXAMPLE_POLICIES.iter().map(|p| p.0).collect();
+        allowed.push(PARENT_POLICY);
         let r = self
             .call(
                 reqwest::Method::POST,
@@ -362,6 +381,7 @@ data = "{data}"
 addr = "{vault_addr}"
 token_file = "{token_file}"
 role = "{BROKER_ROLE}"
+parent_policy = "{PARENT_POLICY}"
 
 [trust]
 admins = ["{admin}"]

@@ -8,12 +8,14 @@
 //! credentials built on them: compact JWS with EdDSA ([`jws`]), delegations — W3C
 //! VC 2.0 secured with JOSE, binding an agent session key to a delegator, scopes,
 //! context and a validity window ([`Delegation`]) — and admin-signed revocation
-//! statements ([`Revocation`]). With the `x509` feature it also issues
+//! statements ([`Revocation`]). [`batch`] verifies many signatures at once for
+//! the offline verifier, with the strict pre-checks. With the `x509` feature it also issues
 //! short-lived session certificates whose SAN URI is the session DID.
 //!
 //! It is the lean path: the ledger and the offline verifier depend on it with no
 //! network, async runtime or JSON-LD processing.
 
+pub mod batch;
 #[cfg(feature = "x509")]
 pub mod cert;
 pub mod delegation;

@@ -168,6 +168,17 @@ impl Entry {
     /// `canonical: true`), instead of serializing the event again: the
     /// verifier's hot path. For a line that is not canonical the event's
     /// bytes in it are not the signed bytes: use [`Entry::verify_signature`].
+    /// The bytes the actor signed (`custody/event/v1\n ‖ JCS(event)`),
+    /// taken from `line` when it is this entry's canonical line (as
+    /// [`Entry::verify_signature_in`] does), computed otherwise. For checking
+    /// many signatures at once.
+    pub fn signed_message(&self, line: &[u8], canonical: bool) -> Result<Vec<u8>, LedgerError> {
+        match event_json(line).filter(|_| canonical) {
+            Some(event) => crate::event::signing_message(event),
+            None => crate::event::signing_message(&crate::canonical::to_canonical(&self.event)?),
+        }
+    }
+
     pub fn verify_signature_in(&self, line: &[u8]) -> Result<(), LedgerError> {
         match event_json(line) {
             Some(event) => self.event.verify_signature_canonical(&self.sig, event),

@@ -177,7 +177,7 @@ impl Event {
 
 /// What an actor signs, given the event's canonical bytes:
 /// `EVENT_SIGNING_PREFIX ‖ canonical`, within [`MAX_EVENT_BYTES`].
-fn signing_message(canonical: &[u8]) -> Result<Vec<u8>, LedgerError> {
+pub(crate) fn signing_message(canonical: &[u8]) -> Result<Vec<u8>, LedgerError> {
     if canonical.len() > MAX_EVENT_BYTES {
         return Err(LedgerError::TooLarge {
             what: "event",

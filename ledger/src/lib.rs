@@ -21,8 +21,6 @@ pub mod authority;
 pub mod bundle;
 pub mod canonical;
 pub mod checkpoint;
-#[cfg(feature = "store")]
-mod checkpoint_store;
 pub mod denial;
 pub mod entry;
 mod error;

@@ -9,7 +9,7 @@
 //!
 //! A table holds nothing the segments cannot rebuild. It is not synced per
 //! write: the store syncs it before recording in sled how far the index goes,
-//! and on open checks that claim against the segments (see `store.rs`).
+//! and on open checks that claim against the segments (see `store/indexer.rs`).
 
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;

@@ -2,7 +2,7 @@
 //! and of the older ones at most two per UTC day (the day's last, and its
 //! last cosigned); cosignatures merged later count; reopening keeps the same
 //! set; the latest is always the newest. The five-year bound is a unit test
-//! in `ledger/src/checkpoint_store.rs` (no need for 2.6 million files).
+//! in `ledger/src/store/checkpoints.rs` (no need for 2.6 million files).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -29,7 +29,13 @@ pub struct MintRecord<'a> {
     pub scope: &'a str,
     pub policies: &'a [String],
     pub ttl_seconds: u64,
-    pub accessor_sha256: &'a str,
+    /// The token's own accessor hash: known when the entry is written after
+    /// OpenBao answered (tokens minted without a parent).
+    pub accessor_sha256: Option<&'a str>,
+    /// The session's parent token's accessor hash: a token minted under a
+    /// parent is recorded while OpenBao creates it, before its own accessor
+    /// exists; the kill switch reaches it through this parent.
+    pub parent_accessor_sha256: Option<&'a str>,
     /// The nonce of the session's `credential.request`.
     pub request_nonce: String,
 }
@@ -43,6 +49,8 @@ pub struct RevokeRecord<'a> {
     pub sessions: &'a [Did],
     pub accessor_sha256: &'a [String],
     pub tokens_revoked: u64,
+    /// Parent tokens revoked, each with every child.
+    pub parents_revoked: u64,
     pub failures: &'a [String],
 }
 
@@ -120,7 +128,12 @@ impl Attest {
         d.insert("scope".into(), m.scope.into());
         d.insert("policies".into(), json!(m.policies));
         d.insert("ttl_seconds".into(), m.ttl_seconds.into());
-        d.insert("accessor_sha256".into(), m.accessor_sha256.into());
+        if let Some(h) = m.accessor_sha256 {
+            d.insert("accessor_sha256".into(), h.into());
+        }
+        if let Some(h) = m.parent_accessor_sha256 {
+            d.insert("parent_accessor_sha256".into(), h.into());
+        }
         d.insert("request_nonce".into(), m.request_nonce.clone().into());
         e
     }
@@ -139,6 +152,9 @@ impl Attest {
         );
         d.insert("accessor_sha256".into(), json!(r.accessor_sha256));
         d.insert("tokens_revoked".into(), r.tokens_revoked.into());
+        if r.parents_revoked > 0 {
+            d.insert("parents_revoked".into(), r.parents_revoked.into());
+        }
         if !r.failures.is_empty() {
             d.insert("failures".into(), json!(r.failures));
         }
@@ -276,7 +292,8 @@ mod tests {
                 scope: "repo-read",
                 policies: &[],
                 ttl_seconds: 60,
-                accessor_sha256: "00",
+                accessor_sha256: Some("00"),
+                parent_accessor_sha256: None,
                 request_nonce: "00".into(),
             }),
             a.credential_revoke(&RevokeRecord {
@@ -286,6 +303,7 @@ mod tests {
                 sessions: &[],
                 accessor_sha256: &[],
                 tokens_revoked: 0,
+                parents_revoked: 0,
                 failures: &[],
             }),
             a.policy_decision(

@@ -106,6 +106,9 @@ struct RawVault {
     token_file: Option<PathBuf>,
     /// Token role to mint through (recommended in production).
     role: Option<String>,
+    /// Policy of the per-session parent tokens (needs `role`); see
+    /// [`VaultConfig::parent_policy`].
+    parent_policy: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +164,12 @@ pub struct VaultConfig {
     pub addr: String,
     pub token_file: Option<PathBuf>,
     pub role: Option<String>,
+    /// When set, each session's tokens are children of one parent token per
+    /// session and broker process, created through `role` with only this
+    /// policy (which must allow `update` on `auth/token/create/<role>`); the
+    /// kill switch revokes the parents, each a tree. Unset: every token is
+    /// recorded and revoked on its own.
+    pub parent_policy: Option<String>,
 }
 
 /// When the broker signs checkpoints on its own, and how many it keeps.
@@ -410,11 +419,22 @@ impl Config {
             policy,
             witnesses,
             data: resolve(raw.data.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA))),
-            vault: raw.vault.map(|v| VaultConfig {
-                addr: v.addr,
-                token_file: v.token_file.map(resolve),
-                role: v.role,
-            }),
+            vault: match raw.vault {
+                None => None,
+                Some(v) => {
+                    if v.parent_policy.is_some() && v.role.is_none() {
+                        return Err(invalid(
+                            "[vault] parent_policy needs role: the children of a parent token are minted through the token role".into(),
+                        ));
+                    }
+                    Some(VaultConfig {
+                        addr: v.addr,
+                        token_file: v.token_file.map(resolve),
+                        role: v.role,
+                        parent_policy: v.parent_policy,
+                    })
+                }
+            },
             admins,
             delegators,
             auditors,

@@ -17,6 +17,17 @@
 //! mint holds the mint lock shared from [`authorize`] until [`record`] ends,
 //! and a revocation takes it exclusively, so every token is either recorded
 //! before a revocation (and revoked by it) or refused after it.
+//!
+//! With per-session parent tokens ([`crate::parents`]), [`issue`] runs the
+//! mint and the record side by side instead: the accessor the kill switch
+//! needs is the parent's, durable before the session's first token, so the
+//! entry (naming the parent) is made durable while OpenBao creates the child.
+//!
+//! | step | failure | answer | left behind |
+//! |---|---|---|---|
+//! | parent | OpenBao refuses, or its accessor cannot be kept | 502 / 500 | nothing (the parent revoked) |
+//! | child + record | OpenBao refuses, the entries were recorded | 502 `vault` | a `credential.revoke` citing the mint: no token was made |
+//! | child + record | the ledger refuses or cannot append | 403 / 503 | the child revoked |
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,12 +44,13 @@ use tokio::sync::OwnedRwLockReadGuard;
 
 use crate::attest::{MintRecord, RevokeRecord};
 use crate::error::{ApiError, ApiResult};
+use crate::parents::{AccessorRecord, Parent};
 use crate::state::AppState;
 use crate::storage::AppendFailure;
-use crate::vault::{accessor_hash, MintedToken};
+use crate::vault::{accessor_hash, MintedToken, Vault};
 
 /// Token revocations in flight at once during a kill switch.
-const REVOKE_CONCURRENCY: usize = 16;
+pub const REVOKE_CONCURRENCY: usize = 16;
 
 /// A mint the rules and the configuration allow: this session, this scope,
 /// this TTL. Holds the mint lock shared.
@@ -140,20 +152,42 @@ pub async fn authorize(s: &Arc<AppState>, caller: &Did, req: MintRequest) -> Api
     })
 }
 
-/// Step 2: OpenBao creates the token (exactly the scope's policies, no
-/// default policy, TTL as authorized).
-pub async fn mint(s: &Arc<AppState>, a: Authorized) -> ApiResult<Minted> {
-    let vault = s.vault.as_ref().ok_or_else(|| {
-        ApiError::new(ErrorCode::NoVault, "this broker has no [vault] configured")
-    })?;
-    let meta = HashMap::from([
+/// Steps 2 and 3 for this broker's configuration: [`mint`] then [`record`],
+/// or both at once under the session's parent token.
+pub async fn issue(s: &Arc<AppState>, a: Authorized) -> ApiResult<Recorded> {
+    match s.vault.as_ref() {
+        Some(v) if v.uses_parents() => issue_under_parent(s, v, a).await,
+        _ => record(s, mint(s, a).await?).await,
+    }
+}
+
+fn vault(s: &AppState) -> ApiResult<&Vault> {
+    s.vault
+        .as_ref()
+        .ok_or_else(|| ApiError::new(ErrorCode::NoVault, "this broker has no [vault] configured"))
+}
+
+/// Metadata OpenBao keeps with the token, naming the session and the request.
+fn token_meta(a: &Authorized) -> HashMap<String, String> {
+    HashMap::from([
         (
             "custody_session_did".to_string(),
             a.session.session.to_string(),
         ),
         ("custody_session_id".to_string(), a.session.id.clone()),
         ("custody_scope".to_string(), a.scope.clone()),
-    ]);
+        (
+            "custody_request_nonce".to_string(),
+            a.request.event.nonce.to_hex(),
+        ),
+    ])
+}
+
+/// Step 2: OpenBao creates the token (exactly the scope's policies, no
+/// default policy, TTL as authorized).
+pub async fn mint(s: &Arc<AppState>, a: Authorized) -> ApiResult<Minted> {
+    let vault = vault(s)?;
+    let meta = token_meta(&a);
     let token = vault
         .mint(&a.policies, a.ttl, meta, &format!("custody-{}", a.scope))
         .await
@@ -175,25 +209,14 @@ pub async fn record(s: &Arc<AppState>, m: Minted) -> ApiResult<Recorded> {
         scope: &a.scope,
         policies: &m.token.policies,
         ttl_seconds: m.token.ttl.as_secs(),
-        accessor_sha256: &acc_hash,
+        accessor_sha256: Some(&acc_hash),
+        parent_accessor_sha256: None,
         request_nonce: a.request.event.nonce.to_hex(),
     });
     let expires = OffsetDateTime::now_utc().unix_timestamp() + m.token.ttl.as_secs() as i64;
-    let keep_accessor = s
-        .storage
-        .record_accessor(&session_did, &m.token.accessor, expires);
-    let s2 = s.clone();
-    let request = a.request.clone();
-    let append = async move {
-        let rec = tokio::task::spawn_blocking({
-            let s2 = s2.clone();
-            move || rec.sign(&s2.ledger_key)
-        })
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-        Ok::<_, ApiError>(s2.append(vec![request, rec]).await)
-    };
+    let stored = AccessorRecord::Token(m.token.accessor.clone()).encode();
+    let keep_accessor = s.storage.record_accessor(&session_did, &stored, expires);
+    let append = append_mint(s, a.request.clone(), rec);
     let (kept, appended) = tokio::join!(keep_accessor, append);
     if let Err(why) = kept {
         // Not revocable by the kill switch: the token must not live.
@@ -205,6 +228,7 @@ pub async fn record(s: &Arc<AppState>, m: Minted) -> ApiResult<Recorded> {
             sessions: std::slice::from_ref(&session_did),
             accessor_sha256: std::slice::from_ref(&acc_hash),
             tokens_revoked: 1,
+            parents_revoked: 0,
             failures: &[],
         });
         let _ = s.append_attested(vec![rev]).await;
@@ -212,29 +236,173 @@ pub async fn record(s: &Arc<AppState>, m: Minted) -> ApiResult<Recorded> {
             "recording the token's accessor failed; token revoked: {why}"
         )));
     }
-    let mut results = appended?.into_iter();
-    match (results.next(), results.next()) {
-        (Some(Ok(r)), Some(Ok(mint))) => Ok(Recorded {
+    match appended {
+        Ok((request_seq, mint_seq)) => Ok(Recorded {
             minted: m,
             accessor_sha256: acc_hash,
-            request_seq: r.seq.0,
-            mint_seq: mint.seq.0,
+            request_seq,
+            mint_seq,
         }),
-        (first, _) => {
+        Err(refused) => {
             // Not recorded: the token must not live.
             revoke_unrecorded(s, &m, &acc_hash).await;
             let _ = s
                 .storage
-                .forget_accessor(&session_did, &m.token.accessor)
+                .forget_accessor(
+                    &session_did,
+                    &AccessorRecord::Token(m.token.accessor.clone()).encode(),
+                )
                 .await;
-            Err(match first {
-                Some(Err(AppendFailure::Refused(d))) => {
-                    s.refuse(&session_did, actions::CREDENTIAL_MINT, d.code, d.message)
-                        .await
-                }
-                Some(Err(AppendFailure::Storage(e))) => e.into(),
-                _ => ApiError::internal("the mint could not be recorded; token revoked"),
+            Err(refused.into_error(s, &session_did).await)
+        }
+    }
+}
+
+/// Why the session's request and the ledger's `credential.mint` were not
+/// recorded.
+enum NotRecorded {
+    Api(ApiError),
+    Append(AppendFailure),
+}
+
+impl NotRecorded {
+    async fn into_error(self, s: &Arc<AppState>, session: &Did) -> ApiError {
+        match self {
+            Self::Api(e) => e,
+            Self::Append(AppendFailure::Refused(d)) => {
+                s.refuse(session, actions::CREDENTIAL_MINT, d.code, d.message)
+                    .await
+            }
+            Self::Append(AppendFailure::Storage(e)) => e.into(),
+        }
+    }
+}
+
+/// Signs the ledger's `credential.mint` and appends it after the session's
+/// request; returns both seqs once durable.
+async fn append_mint(
+    s: &Arc<AppState>,
+    request: SignedEvent,
+    rec: custody_ledger::Event,
+) -> Result<(u64, u64), NotRecorded> {
+    let internal = |e: String| NotRecorded::Api(ApiError::internal(e));
+    let rec = tokio::task::spawn_blocking({
+        let s = s.clone();
+        move || rec.sign(&s.ledger_key)
+    })
+    .await
+    .map_err(|e| internal(e.to_string()))?
+    .map_err(|e| internal(e.to_string()))?;
+    let mut results = s.append(vec![request, rec]).await.into_iter();
+    match (results.next(), results.next()) {
+        (Some(Ok(r)), Some(Ok(m))) => Ok((r.seq.0, m.seq.0)),
+        (Some(Err(e)), _) | (_, Some(Err(e))) => Err(NotRecorded::Append(e)),
+        _ => Err(internal("the mint could not be recorded".into())),
+    }
+}
+
+/// The session's parent token in this process, made (and its accessor made
+/// durable) on the session's first mint here.
+async fn parent_for(s: &Arc<AppState>, v: &Vault, a: &Authorized) -> ApiResult<Arc<Parent>> {
+    let session = &a.session.session;
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    if let Some(p) = s.parents.get(session, now) {
+        return Ok(p);
+    }
+    let _one = s.parents.creating.lock().await;
+    if let Some(p) = s.parents.get(session, now) {
+        return Ok(p);
+    }
+    // As long as the session: every child's TTL is within it.
+    let life = (a.session.not_after - OffsetDateTime::now_utc()).whole_seconds();
+    let ttl = Duration::from_secs(life.max(1) as u64);
+    let mut meta = token_meta(a);
+    meta.remove("custody_scope");
+    meta.remove("custody_request_nonce");
+    meta.insert("custody_parent".into(), "true".into());
+    let t = v
+        .create_parent(ttl, meta)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Vault, e.to_string()))?;
+    let expires = now + t.ttl.as_secs() as i64;
+    let record = AccessorRecord::Parent(t.accessor.clone()).encode();
+    if let Err(why) = s.storage.record_accessor(session, &record, expires).await {
+        // Not revocable by the kill switch: it must not live.
+        if let Err(e) = v.revoke_accessor(&t.accessor).await {
+            tracing::error!(
+                accessor_sha256 = accessor_hash(&t.accessor),
+                "revoking an unrecorded parent token failed: {e}"
+            );
+        }
+        return Err(ApiError::internal(format!(
+            "recording the session's parent token failed; it was revoked: {why}"
+        )));
+    }
+    let p = Arc::new(Parent::new(t.token, t.accessor, expires));
+    s.parents.insert(session.clone(), p.clone(), now);
+    Ok(p)
+}
+
+/// Steps 2 and 3 at once under the session's parent: the entries naming the
+/// parent are made durable while OpenBao creates the child.
+async fn issue_under_parent(s: &Arc<AppState>, v: &Vault, a: Authorized) -> ApiResult<Recorded> {
+    let parent = parent_for(s, v, &a).await?;
+    let session_did = a.session.session.clone();
+    let rec = s.attest.credential_mint(&MintRecord {
+        session: &a.session,
+        scope: &a.scope,
+        policies: &a.policies,
+        ttl_seconds: a.ttl.as_secs(),
+        accessor_sha256: None,
+        parent_accessor_sha256: Some(&parent.accessor_sha256),
+        request_nonce: a.request.event.nonce.to_hex(),
+    });
+    let display = format!("custody-{}", a.scope);
+    let create = v.mint_child(parent.token(), &a.policies, a.ttl, token_meta(&a), &display);
+    let append = append_mint(s, a.request.clone(), rec);
+    let (created, appended) = tokio::join!(create, append);
+    match (created, appended) {
+        (Ok(token), Ok((request_seq, mint_seq))) => {
+            let accessor_sha256 = accessor_hash(&token.accessor);
+            parent.add_child(accessor_sha256.clone());
+            Ok(Recorded {
+                minted: Minted {
+                    authorized: a,
+                    token,
+                },
+                accessor_sha256,
+                request_seq,
+                mint_seq,
             })
+        }
+        (Ok(token), Err(refused)) => {
+            // Not recorded: the token must not live.
+            let m = Minted {
+                authorized: a,
+                token,
+            };
+            revoke_unrecorded(s, &m, &accessor_hash(&m.token.accessor)).await;
+            Err(refused.into_error(s, &session_did).await)
+        }
+        (Err(e), Ok((_, mint_seq))) => {
+            // Recorded, never made: the ledger says so.
+            let why = format!("OpenBao did not create the token: {e}");
+            let rev = s.attest.credential_revoke(&RevokeRecord {
+                subject: &session_did,
+                because_seq: Some(mint_seq),
+                reason: &why,
+                sessions: std::slice::from_ref(&session_did),
+                accessor_sha256: &[],
+                tokens_revoked: 0,
+                parents_revoked: 0,
+                failures: &[],
+            });
+            let _ = s.append_attested(vec![rev]).await;
+            Err(ApiError::new(ErrorCode::Vault, e.to_string()))
+        }
+        (Err(e), Err(refused)) => {
+            tracing::warn!("OpenBao refused a mint the ledger also refused: {e}");
+            Err(refused.into_error(s, &session_did).await)
         }
     }
 }
@@ -271,7 +439,12 @@ pub fn hand_out(r: Recorded) -> api::Minted {
 
 /// What [`kill`] did.
 pub struct Killed {
+    /// Tokens revoked: those recorded one by one, and the children this
+    /// process minted under the parents it revoked.
     pub revoked: u64,
+    /// Parent tokens revoked (each with all its children, including any a
+    /// restarted or other broker process minted).
+    pub parents: u64,
     pub failures: Vec<String>,
 }
 
@@ -292,6 +465,7 @@ pub async fn kill(
         Vec::new()
     });
     let mut revoked = 0u64;
+    let mut parents = 0u64;
     let mut hashes = Vec::new();
     match &s.vault {
         None if !pending.is_empty() => failures.push("no vault configured".to_string()),
@@ -301,32 +475,43 @@ pub async fn kill(
         Some(_) => {
             for chunk in pending.chunks(REVOKE_CONCURRENCY) {
                 let mut set = tokio::task::JoinSet::new();
-                for (did, accessor) in chunk.iter().cloned() {
+                for (did, stored) in chunk.iter().cloned() {
                     let s2 = s.clone();
                     set.spawn(async move {
+                        let record = AccessorRecord::decode(&stored);
                         let r = match &s2.vault {
                             Some(v) => v
-                                .revoke_accessor(&accessor)
+                                .revoke_accessor(record.accessor())
                                 .await
                                 .map_err(|e| e.to_string()),
                             None => Err("no vault configured".to_string()),
                         };
-                        (did, accessor, r)
+                        (did, stored, record, r)
                     });
                 }
                 while let Some(done) = set.join_next().await {
                     match done {
-                        Ok((did, accessor, Ok(()))) => {
-                            revoked += 1;
-                            hashes.push(accessor_hash(&accessor));
-                            let _ = s.storage.forget_accessor(&did, &accessor).await;
+                        Ok((did, stored, record, Ok(()))) => {
+                            match record {
+                                AccessorRecord::Token(_) => revoked += 1,
+                                AccessorRecord::Parent(_) => parents += 1,
+                            }
+                            hashes.push(accessor_hash(record.accessor()));
+                            let _ = s.storage.forget_accessor(&did, &stored).await;
                         }
-                        Ok((_, _, Err(e))) => failures.push(e),
+                        Ok((_, _, _, Err(e))) => failures.push(e),
                         Err(e) => failures.push(e.to_string()),
                     }
                 }
             }
         }
+    }
+    // The children of the parents just revoked are revoked with them; those
+    // this process minted are named and counted.
+    for p in s.parents.take(targets) {
+        let children = p.children();
+        revoked += children.len() as u64;
+        hashes.extend(children);
     }
     hashes.sort();
     // The targets' ingest credentials are refused from now on by the
@@ -339,8 +524,13 @@ pub async fn kill(
         sessions: targets,
         accessor_sha256: &hashes,
         tokens_revoked: revoked,
+        parents_revoked: parents,
         failures: &failures,
     });
     let _ = s.append_attested(vec![rec]).await;
-    Killed { revoked, failures }
+    Killed {
+        revoked,
+        parents,
+        failures,
+    }
 }

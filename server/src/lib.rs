@@ -16,7 +16,8 @@
 //! - [`state`] is what routes share: configuration ([`config`]), the ledger
 //!   key, the session CA, OpenBao ([`vault`]), the Cedar pre-tool policy
 //!   ([`policy`]); refusals are typed ([`error`]) and recorded;
-//! - [`credentials`] mints tokens as explicit steps and revokes them;
+//! - [`credentials`] mints tokens as explicit steps and revokes them, with
+//!   each session's tokens under a parent token ([`parents`]) when configured;
 //!   [`attest`] builds every event the ledger key signs; [`otlp`] reads
 //!   agents' telemetry;
 //! - [`storage`] is the one interface to everything kept: the ledger (whose
@@ -30,6 +31,7 @@ pub mod credentials;
 pub mod error;
 pub mod listener;
 pub mod otlp;
+pub mod parents;
 pub mod policy;
 pub mod ratelimit;
 pub mod replay;

@@ -48,6 +48,8 @@ pub struct AppState {
     /// recorded; a revocation or a session's end takes it exclusively, so no
     /// token minted before or during either survives it.
     pub(crate) mint_lock: Arc<tokio::sync::RwLock<()>>,
+    /// Sessions' parent tokens held by this process (`[vault] parent_policy`).
+    pub(crate) parents: crate::parents::Parents,
     /// Size and time of the last checkpoint signed.
     checkpointed: Mutex<(u64, Instant)>,
     /// What the entry feed's readers wait on and share.
@@ -148,7 +150,9 @@ pub fn vault_from_config(cfg: &Config) -> anyhow::Result<Option<Vault>> {
         None => std::env::var("VAULT_TOKEN")
             .map_err(|_| anyhow::anyhow!("[vault] needs token_file or VAULT_TOKEN"))?,
     };
-    Ok(Some(Vault::new(&v.addr, &token, v.role.clone())?))
+    Ok(Some(
+        Vault::new(&v.addr, &token, v.role.clone())?.with_parent_policy(v.parent_policy.clone())?,
+    ))
 }
 
 impl AppState {
@@ -240,6 +244,7 @@ impl AppState {
             rate,
             stranger_denials: Mutex::new((Instant::now(), 0)),
             mint_lock: Arc::new(tokio::sync::RwLock::new(())),
+            parents: Default::default(),
             checkpointed: Mutex::new((size, Instant::now())),
             feed: FeedSignals {
                 appended: tokio::sync::watch::Sender::new(size),

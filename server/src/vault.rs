@@ -67,8 +67,31 @@ fn describe(e: ClientError) -> String {
 pub struct Vault {
     client: VaultClient,
     role: Option<String>,
+    /// See [`crate::config::VaultConfig::parent_policy`].
+    parent_policy: Option<String>,
     addr: String,
     http: reqwest::Client,
+}
+
+/// OpenBao's answer to a token creation (the parts custody reads).
+#[derive(serde::Deserialize)]
+struct CreateAnswer {
+    auth: CreateAuth,
+}
+
+#[derive(serde::Deserialize)]
+struct CreateAuth {
+    client_token: String,
+    accessor: String,
+    #[serde(default)]
+    policies: Vec<String>,
+    lease_duration: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorAnswer {
+    #[serde(default)]
+    errors: Vec<String>,
 }
 
 impl Vault {
@@ -89,9 +112,27 @@ impl Vault {
         Ok(Self {
             client,
             role,
+            parent_policy: None,
             addr: addr.trim_end_matches('/').to_string(),
             http,
         })
+    }
+
+    /// Mint each session's tokens under a parent token with this policy
+    /// (see [`crate::config::VaultConfig::parent_policy`]); needs a role.
+    pub fn with_parent_policy(mut self, policy: Option<String>) -> Result<Self, VaultError> {
+        if policy.is_some() && self.role.is_none() {
+            return Err(VaultError::Client(
+                "parent tokens need a token role to mint through".into(),
+            ));
+        }
+        self.parent_policy = policy;
+        Ok(self)
+    }
+
+    /// Whether sessions' tokens are minted under per-session parents.
+    pub fn uses_parents(&self) -> bool {
+        self.parent_policy.is_some()
     }
 
     /// Checks that Vault is up, initialized and unsealed. vaultrs 0.8 cannot
@@ -163,6 +204,90 @@ impl Vault {
         if got != want {
             // Never hand out a token whose policies differ from the scope's.
             let _ = vaultrs::token::revoke_accessor(&self.client, &auth.accessor).await;
+            return Err(VaultError::Refused(format!(
+                "vault returned policies {got:?}, expected {want:?}; token revoked"
+            )));
+        }
+        Ok(MintedToken {
+            token: auth.client_token,
+            accessor: auth.accessor,
+            ttl: Duration::from_secs(auth.lease_duration),
+            policies: auth.policies,
+        })
+    }
+
+    /// Creates a session's parent token with the broker's token: only the
+    /// parent policy (it can mint through the role and do nothing else), no
+    /// `default` policy, not renewable, living as long as the session.
+    pub async fn create_parent(
+        &self,
+        ttl: Duration,
+        meta: HashMap<String, String>,
+    ) -> Result<MintedToken, VaultError> {
+        let policy = self
+            .parent_policy
+            .clone()
+            .ok_or_else(|| VaultError::Client("no parent_policy configured".into()))?;
+        self.mint(&[policy], ttl, meta, "custody-session").await
+    }
+
+    /// Mints a token as a child of `parent` (the session's parent token)
+    /// through the role: revoking the parent revokes it too. Same rules as
+    /// [`Vault::mint`]: exactly `policies`, no `default`, not renewable.
+    pub async fn mint_child(
+        &self,
+        parent: &str,
+        policies: &[String],
+        ttl: Duration,
+        meta: HashMap<String, String>,
+        display_name: &str,
+    ) -> Result<MintedToken, VaultError> {
+        let role = self
+            .role
+            .as_deref()
+            .ok_or_else(|| VaultError::Client("parent tokens need a token role".into()))?;
+        let ttl_s = format!("{}s", ttl.as_secs().max(1));
+        let body = serde_json::json!({
+            "policies": policies,
+            "no_default_policy": true,
+            "ttl": ttl_s,
+            "explicit_max_ttl": ttl_s,
+            "renewable": false,
+            "meta": meta,
+            "display_name": display_name,
+        });
+        let answer = self
+            .http
+            .post(format!("{}/v1/auth/token/create/{role}", self.addr))
+            .header("X-Vault-Token", parent)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|_| VaultError::Unavailable("connection failed".into()))?;
+        let status = answer.status();
+        if !status.is_success() {
+            let errors = answer
+                .json::<ErrorAnswer>()
+                .await
+                .map(|e| e.errors.join("; "))
+                .unwrap_or_default();
+            return Err(VaultError::Refused(format!(
+                "HTTP {}: {}",
+                status.as_u16(),
+                errors.chars().take(200).collect::<String>()
+            )));
+        }
+        let auth = answer
+            .json::<CreateAnswer>()
+            .await
+            .map_err(|e| VaultError::Client(format!("unreadable answer: {e}")))?
+            .auth;
+        let mut got = auth.policies.clone();
+        got.sort();
+        let mut want = policies.to_vec();
+        want.sort();
+        if got != want {
+            let _ = self.revoke_accessor(&auth.accessor).await;
             return Err(VaultError::Refused(format!(
                 "vault returned policies {got:?}, expected {want:?}; token revoked"
             )));

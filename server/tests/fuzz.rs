@@ -145,7 +145,7 @@ fn value_for(key: &'static str) -> BoxedStrategy<String> {
 
 const SECTIONS: &[(&str, &[&str])] = &[
     ("", &["listen", "data"]),
-    ("[vault]", &["addr", "token_file", "role"]),
+    ("[vault]", &["addr", "token_file", "role", "parent_policy"]),
     ("[trust]", &["admins", "delegators", "auditors"]),
     ("[scopes.ci-read]", &["policies", "max_ttl", "contexts"]),
     (

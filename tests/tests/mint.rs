@@ -1,9 +1,15 @@
 //! Each failure path of the mint (server/src/credentials.rs), against a real
-//! OpenBao: when OpenBao is down, nothing is recorded and no token exists;
-//! when the accessor cannot be kept, the token is revoked and the revocation
-//! recorded; when the ledger cannot record the mint, the token is revoked and
-//! its accessor forgotten. In no case does a live token remain that the
-//! ledger does not record. Storage failures are injected by wrapping the
+//! OpenBao, in both modes: tokens recorded one by one (no `parent_policy`)
+//! and tokens minted under a per-session parent. Tokens one by one: when
+//! OpenBao is down, nothing is recorded and no token exists; when the
+//! accessor cannot be kept, the token is revoked and the revocation recorded;
+//! when the ledger cannot record the mint, the token is revoked and its
+//! accessor forgotten. Under a parent: when the parent's accessor cannot be
+//! kept, the parent is revoked and nothing is minted; when the ledger cannot
+//! record, the child is revoked; when OpenBao refuses the child after the
+//! mint was recorded, the ledger says no token was made. In no case does a
+//! live token remain that the ledger does not record or the kill switch
+//! cannot reach. Storage failures are injected by wrapping the
 //! broker's real storage (the only stand-in here: OpenBao, HTTP and the
 //! ledger are real).
 
@@ -124,9 +130,20 @@ struct Broker {
     _server: tokio::task::JoinHandle<()>,
 }
 
-async fn broker() -> Broker {
+/// A broker on the faulty storage; `parents` keeps the example config's
+/// `parent_policy`, otherwise tokens are recorded one by one.
+async fn broker(parents: bool) -> Broker {
     let h = Harness::prepare("").await;
-    let cfg = Config::load(&h.config()).unwrap();
+    let mut cfg = Config::load(&h.config()).unwrap();
+    if !parents {
+        if let Some(v) = cfg.vault.as_mut() {
+            v.parent_policy = None;
+        }
+    }
+    assert_eq!(
+        cfg.vault.as_ref().map(|v| v.parent_policy.is_some()),
+        Some(parents)
+    );
     let key = AppState::ledger_key(&cfg).unwrap();
     let faulty = Arc::new(Faulty {
         inner: Embedded::open(&cfg.data, key.did(), cfg.checkpoint.keep_recent).unwrap(),
@@ -149,8 +166,25 @@ async fn broker() -> Broker {
     }
 }
 
-/// Every live OpenBao token minted for `session` (looked up as root).
+/// Every live OpenBao token minted for `session` (looked up as root), its
+/// parent token included.
 async fn live_tokens_of(h: &Harness, session: &Did) -> Vec<String> {
+    live_of(h, session, |_| true).await
+}
+
+/// The live tokens of `session` that are not its parent.
+async fn live_children_of(h: &Harness, session: &Did) -> Vec<String> {
+    live_of(h, session, |meta| {
+        meta["custody_parent"].as_str() != Some("true")
+    })
+    .await
+}
+
+async fn live_of(
+    h: &Harness,
+    session: &Did,
+    keep: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<String> {
     let http = reqwest::Client::new();
     let root = h.bao.root_token();
     let list: serde_json::Value = http
@@ -174,7 +208,8 @@ async fn live_tokens_of(h: &Harness, session: &Did) -> Vec<String> {
             .json()
             .await
             .unwrap();
-        if r["data"]["meta"]["custody_session_did"].as_str() == Some(session.as_str()) {
+        let meta = &r["data"]["meta"];
+        if meta["custody_session_did"].as_str() == Some(session.as_str()) && keep(meta) {
             out.push(a.as_str().unwrap_or_default().to_string());
         }
     }
@@ -195,7 +230,7 @@ fn actions_in(h: &Harness, bundle: &str) -> Vec<(String, serde_json::Value)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_whose_accessor_cannot_be_kept_is_revoked_and_the_revocation_recorded() {
-    let b = broker().await;
+    let b = broker(false).await;
     let (s, _) = b.h.session("claude-code", "chat", "s").await;
     b.faulty.accessor_fails.store(true, Ordering::SeqCst);
     let err = b.h.client().mint(&s, "repo-read").await.unwrap_err();
@@ -228,7 +263,7 @@ async fn a_token_whose_accessor_cannot_be_kept_is_revoked_and_the_revocation_rec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_the_ledger_cannot_record_is_revoked_and_its_accessor_forgotten() {
-    let b = broker().await;
+    let b = broker(false).await;
     let (s, _) = b.h.session("claude-code", "chat", "s").await;
     b.faulty.mint_entry_fails.store(true, Ordering::SeqCst);
     let err = b.h.client().mint(&s, "repo-read").await.unwrap_err();
@@ -253,7 +288,13 @@ async fn a_token_the_ledger_cannot_record_is_revoked_and_its_accessor_forgotten(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_openbao_is_down_nothing_is_minted_or_recorded() {
-    let b = broker().await;
+    for parents in [false, true] {
+        when_openbao_is_down(parents).await;
+    }
+}
+
+async fn when_openbao_is_down(parents: bool) {
+    let b = broker(parents).await;
     let (s, _) = b.h.session("claude-code", "chat", "s").await;
     let before = b.h.client().health().await.unwrap().entries;
     // Kill OpenBao by its PID.
@@ -270,4 +311,115 @@ async fn when_openbao_is_down_nothing_is_minted_or_recorded() {
         .await
         .unwrap()
         .is_empty());
+}
+
+fn kill_bao(h: &Harness) {
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &h.bao.pid().to_string()])
+        .status();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_whose_accessor_cannot_be_kept_is_revoked_and_nothing_is_minted() {
+    let b = broker(true).await;
+    let (s, _) = b.h.session("claude-code", "chat", "s").await;
+    let before = b.h.client().health().await.unwrap().entries;
+    b.faulty.accessor_fails.store(true, Ordering::SeqCst);
+    let err = b.h.client().mint(&s, "repo-read").await.unwrap_err();
+    assert!(format!("{err:#}").contains("500 internal"), "{err:#}");
+    assert!(
+        live_tokens_of(&b.h, &s.did).await.is_empty(),
+        "neither the parent nor a child lives"
+    );
+    assert_eq!(b.h.client().health().await.unwrap().entries, before);
+    b.faulty.accessor_fails.store(false, Ordering::SeqCst);
+    // The next mint makes a parent, records it, and hands out a child.
+    b.h.client().mint(&s, "repo-read").await.unwrap();
+    assert_eq!(live_children_of(&b.h, &s.did).await.len(), 1);
+    assert_eq!(live_tokens_of(&b.h, &s.did).await.len(), 2);
+    let recorded = b
+        .faulty
+        .accessors_of(std::slice::from_ref(&s.did))
+        .await
+        .unwrap();
+    assert_eq!(recorded.len(), 1, "only the parent is recorded");
+    assert!(recorded[0].1.starts_with("parent:"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_the_ledger_cannot_record_is_revoked() {
+    let b = broker(true).await;
+    let (s, _) = b.h.session("claude-code", "chat", "s").await;
+    b.faulty.mint_entry_fails.store(true, Ordering::SeqCst);
+    let err = b.h.client().mint(&s, "repo-read").await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("503 ledger_unavailable"),
+        "{err:#}"
+    );
+    assert!(live_children_of(&b.h, &s.did).await.is_empty());
+    b.faulty.mint_entry_fails.store(false, Ordering::SeqCst);
+    // The parent stays recorded, so the kill switch still reaches anything
+    // minted under it; revoking the session leaves nothing alive.
+    let m = b.h.client().mint(&s, "repo-read").await.unwrap();
+    let r =
+        b.h.client()
+            .revoke(&b.h.admin, &s.did, "test")
+            .await
+            .unwrap();
+    assert_eq!((r.tokens_revoked, r.parents_revoked), (1, 1));
+    assert!(live_tokens_of(&b.h, &s.did).await.is_empty());
+    let (code, v) = b.h.export_and_verify("bundle").await;
+    assert_eq!(code, 0, "{v:#}");
+    let entries = actions_in(&b.h, "bundle");
+    let mints: Vec<_> = entries
+        .iter()
+        .filter(|(a, _)| a == "credential.mint")
+        .collect();
+    assert_eq!(mints.len(), 1, "the refused mint is not on the record");
+    let parent = mints[0].1["parent_accessor_sha256"].as_str().unwrap();
+    let revoke = entries
+        .iter()
+        .find(|(a, _)| a == "credential.revoke")
+        .unwrap();
+    let named: Vec<&str> = revoke.1["accessor_sha256"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x.as_str())
+        .collect();
+    assert!(named.contains(&parent), "the revocation names the parent");
+    assert!(named.contains(&m.accessor_sha256.as_str()), "and the child");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mint_openbao_refuses_after_it_was_recorded_is_marked_as_never_made() {
+    let b = broker(true).await;
+    let (s, _) = b.h.session("claude-code", "chat", "s").await;
+    // The parent exists; then OpenBao goes away while the next mint is
+    // recorded side by side with the child's creation.
+    b.h.client().mint(&s, "repo-read").await.unwrap();
+    kill_bao(&b.h);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let err = b.h.client().mint(&s, "repo-read").await.unwrap_err();
+    assert!(format!("{err:#}").contains("502 vault"), "{err:#}");
+    let (code, v) = b.h.export_and_verify("bundle").await;
+    assert_eq!(code, 0, "{v:#}");
+    let entries = actions_in(&b.h, "bundle");
+    let mint_seqs: Vec<usize> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, (a, _))| a == "credential.mint")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(mint_seqs.len(), 2);
+    let (_, rev) = entries
+        .iter()
+        .find(|(a, _)| a == "credential.revoke")
+        .expect("the failed mint is answered on the record");
+    assert_eq!(rev["revocation_seq"], mint_seqs[1] as u64);
+    assert_eq!(rev["tokens_revoked"], 0);
+    assert!(rev["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("OpenBao did not create the token"));
 }

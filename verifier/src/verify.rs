@@ -507,26 +507,72 @@ struct PreparedLine {
     read: Result<ReadEntry, LineError>,
 }
 
-fn prepare_line(n: u64, line: &[u8]) -> PreparedLine {
-    let read = Entry::read_line(line).map(|Decoded { value, canonical }| {
-        let sig = if canonical {
-            value.verify_signature_in(line)
-        } else {
-            // The event's bytes in a re-encoded line are not the bytes its
-            // actor signed; the signature is over their JCS form.
-            value.verify_signature()
-        };
-        ReadEntry {
-            entry: value,
-            canonical,
-            sig,
-        }
+/// Signatures checked together in one batch equation.
+const SIGNATURE_BATCH: usize = 64;
+
+/// Parses and hashes a line; its signature is checked by [`check_signatures`].
+fn read_line(n: u64, line: &[u8]) -> PreparedLine {
+    let read = Entry::read_line(line).map(|Decoded { value, canonical }| ReadEntry {
+        entry: value,
+        canonical,
+        sig: Ok(()),
     });
     PreparedLine {
         n,
         hash: entry_hash(line),
         read,
     }
+}
+
+/// Checks the signatures of parsed lines in batches
+/// (`custody_identity::batch::verify_batch_strict`); when a batch fails, each
+/// of its signatures is checked on its own with `verify_strict`, so every
+/// failing line is named. A re-encoded line's signature is checked over its
+/// event's JCS form, not the bytes in the line (they are not what was signed).
+fn check_signatures(lines: &[(u64, Vec<u8>)], prepared: &mut [PreparedLine]) {
+    use custody_identity::batch::{verify_batch_strict, BatchItem, TorsionFreeKeys};
+    thread_local! {
+        static KEYS: std::cell::RefCell<TorsionFreeKeys> = Default::default();
+    }
+    // (index into `prepared`, key, message) of every line that parsed.
+    let mut pending = Vec::with_capacity(prepared.len());
+    for (i, (p, (_, line))) in prepared.iter_mut().zip(lines).enumerate() {
+        if let Ok(r) = &mut p.read {
+            match r.entry.signed_message(line, r.canonical) {
+                Ok(msg) => pending.push((i, r.entry.event.actor.public_key(), msg)),
+                Err(e) => r.sig = Err(e),
+            }
+        }
+    }
+    KEYS.with(|keys| {
+        let mut keys = keys.borrow_mut();
+        for batch in pending.chunks(SIGNATURE_BATCH) {
+            let items: Vec<BatchItem<'_>> = batch
+                .iter()
+                .filter_map(|(i, key, msg)| {
+                    let r = prepared[*i].read.as_ref().ok()?;
+                    Some(BatchItem {
+                        key,
+                        msg,
+                        sig: &r.entry.sig,
+                    })
+                })
+                .collect();
+            if verify_batch_strict(&items, &mut keys).is_ok() {
+                continue;
+            }
+            for (i, _, _) in batch {
+                if let Ok(r) = &mut prepared[*i].read {
+                    let line = &lines[*i].1;
+                    r.sig = if r.canonical {
+                        r.entry.verify_signature_in(line)
+                    } else {
+                        r.entry.verify_signature()
+                    };
+                }
+            }
+        }
+    });
 }
 
 /// Lines read ahead and prepared on every core: the per-line work that does
@@ -598,11 +644,16 @@ fn prepare_chunk(raw: &[(u64, Vec<u8>)]) -> Vec<PreparedLine> {
         .unwrap_or(1)
         .min(16);
     let per = raw.len().div_ceil(workers).max(1);
-    let prepare = |(n, line): &(u64, Vec<u8>)| prepare_line(*n, line);
+    let prepare = |part: &[(u64, Vec<u8>)]| {
+        let mut prepared: Vec<PreparedLine> =
+            part.iter().map(|(n, line)| read_line(*n, line)).collect();
+        check_signatures(part, &mut prepared);
+        prepared
+    };
     std::thread::scope(|s| {
         let handles: Vec<_> = raw
             .chunks(per)
-            .map(|part| s.spawn(move || part.iter().map(prepare).collect::<Vec<_>>()))
+            .map(|part| s.spawn(move || prepare(part)))
             .collect();
         handles
             .into_iter()

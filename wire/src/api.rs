@@ -161,6 +161,10 @@ pub struct Revoked {
     /// Sessions cut by the revocation (the subject itself, or those it delegated).
     pub sessions: Vec<String>,
     pub tokens_revoked: u64,
+    /// Per-session parent tokens revoked, each with all its children
+    /// (`[vault] parent_policy`); 0 when tokens are revoked one by one.
+    #[serde(default)]
+    pub parents_revoked: u64,
 }
 
 /// `POST /v1/export`, signed by an admin. The answer is a tar of the bundle.

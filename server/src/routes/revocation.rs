@@ -65,8 +65,11 @@ async fn revoke(
             }
         }
     });
-    let Killed { revoked, failures } =
-        credentials::kill(&s, &subject, &targets, appended.seq.0, "identity revoked").await;
+    let Killed {
+        revoked,
+        parents,
+        failures,
+    } = credentials::kill(&s, &subject, &targets, appended.seq.0, "identity revoked").await;
     if !failures.is_empty() {
         return Err(ApiError::new(
             ErrorCode::Vault,
@@ -83,5 +86,6 @@ async fn revoke(
         subject: subject.to_string(),
         sessions: targets.iter().map(|d| d.to_string()).collect(),
         tokens_revoked: revoked,
+        parents_revoked: parents,
     }))
 }

@@ -23,7 +23,6 @@ pub(super) fn routes(r: Routes) -> Routes {
 async fn mint(State(s): State<Arc<AppState>>, req: Signed<MintRequest>) -> ApiResult<Json<Minted>> {
     let (caller, req) = req.into_parts();
     let authorized = credentials::authorize(&s, &caller, req).await?;
-    let minted = credentials::mint(&s, authorized).await?;
-    let recorded = credentials::record(&s, minted).await?;
+    let recorded = credentials::issue(&s, authorized).await?;
     Ok(Json(credentials::hand_out(recorded)))
 }
