@@ -363,8 +363,9 @@ fn grant_of(jws: &str) -> Option<Grant> {
 }
 
 /// Maps one canonical entry line to its OCSF event. `ledger` is the ledger's
-/// DID and `tree_size` the size of the ledger when the entry was read (both
-/// go into `unmapped.custody`, with `seq` and the entry hash).
+/// DID and `tree_size` a size of the ledger that holds the entry; both go
+/// into `unmapped.custody`, with `seq` and the entry hash. `custody tail`
+/// names the smallest, `seq + 1`, so an entry always maps to the same event.
 pub fn to_ocsf(line: &[u8], ledger: &Did, tree_size: u64) -> Result<Value, SiemError> {
     let entry = Entry::parse_line(line).map_err(|e| SiemError::Entry(e.to_string()))?;
     let entry_json: Value =

@@ -419,16 +419,29 @@ async fn custody_tail_killed_at_random_leaves_every_entry_exactly_once_in_hec_an
         cmd
     };
 
-    let appender = tokio::spawn(append_mix(c, s.clone(), h.developer.clone(), 240, seed));
+    // CI: 240 entries and at least 3 kills; CUSTODY_SIEM_SOAK=N multiplies
+    // both (a longer run of the same test).
+    let soak: u64 = std::env::var("CUSTODY_SIEM_SOAK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let appender = tokio::spawn(append_mix(
+        c,
+        s.clone(),
+        h.developer.clone(),
+        240 * soak,
+        seed,
+    ));
     let mut kills = 0;
-    while !appender.is_finished() || kills < 3 {
+    while !appender.is_finished() || kills < 3 * soak {
         let mut child = tail(true).spawn().unwrap();
         tokio::time::sleep(Duration::from_millis(50 + rng.below(500))).await;
         // SIGKILL: no chance to finish a delivery or write its state.
         child.kill().unwrap();
         let _ = child.wait();
         kills += 1;
-        if kills > 40 {
+        if kills > 40 * soak {
             break;
         }
     }
@@ -644,7 +657,20 @@ async fn tail_jsonl_is_entries_jsonl_and_a_resumed_tail_adds_nothing() {
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .collect();
-    assert_eq!(got, lines[4..]);
+    // The export's entries from 4 on, then what was recorded since: the
+    // developer's refused read.
+    assert_eq!(got[..lines.len() - 4], lines[4..]);
+    let since: Vec<Value> = got[lines.len() - 4..]
+        .iter()
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert!(
+        !since.is_empty()
+            && since
+                .iter()
+                .all(|e| e["event"]["action"] == "request.denied"),
+        "{since:?}"
+    );
 }
 
 /// One synthetic entry per row of the mapping, by a real key of the right

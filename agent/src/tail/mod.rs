@@ -485,6 +485,10 @@ fn retryable(e: &ClientError) -> bool {
     }
 }
 
+/// The page's entries as events. The tree size each event names is the
+/// smallest tree holding its entry (`seq + 1`), not the page's: a page
+/// redelivered after a restart is read at another size, and the same key
+/// must always carry the same event. Any later tree proves it as well.
 fn render(c: &Checked, ledger: &Did, format: Format) -> Result<Vec<Event>, TailError> {
     c.entries
         .iter()
@@ -494,7 +498,7 @@ fn render(c: &Checked, ledger: &Did, format: Format) -> Result<Vec<Event>, TailE
             let json = match format {
                 Format::Jsonl => line.clone(),
                 Format::Ocsf => {
-                    let v = custody_siem::to_ocsf(line, ledger, c.size)
+                    let v = custody_siem::to_ocsf(line, ledger, seq + 1)
                         .map_err(|e| TailError::Inconsistent(format!("entry {seq}: {e}")))?;
                     serde_json::to_vec(&v)
                         .map_err(|e| TailError::Inconsistent(format!("entry {seq}: {e}")))?
@@ -504,7 +508,7 @@ fn render(c: &Checked, ledger: &Did, format: Format) -> Result<Vec<Event>, TailE
                 seq: *seq,
                 hash: hash.clone(),
                 ledger: ledger.to_string(),
-                tree_size: c.size,
+                tree_size: seq + 1,
                 received_ms: i64::try_from(entry.received_at.unix_millis()).unwrap_or(i64::MAX),
                 failure: matches!(
                     entry.event.action.as_str(),

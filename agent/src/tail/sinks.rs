@@ -31,6 +31,7 @@ pub struct Event {
     pub seq: u64,
     pub hash: String,
     pub ledger: String,
+    /// The smallest tree holding the entry (`seq + 1`).
     pub tree_size: u64,
     /// The ledger's receive time, Unix milliseconds.
     pub received_ms: i64,
