@@ -456,7 +456,7 @@ fn main() -> anyhow::Result<()> {
         time("hook", &mut r, &|| times(&|r| broker::bench_hook(&a, r)));
     }
     if on(Bench::Feed) {
-        time("feed", &mut r, &|r| feed::bench(&a, r));
+        time("feed", &mut r, &|| times(&|r| feed::bench(&a, r)));
     }
     if on(Bench::Agt) {
         time("agt", &mut r, &|| times(&|r| agt::bench(&a, r)));
