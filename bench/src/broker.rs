@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use custody_agent::client::{session_event, Client, ClientError};
 use custody_agent::sessionfile::SessionFile;
-use custody_cli::dev::{example_config, write_secret_file, OpenBao, BROKER_ROLE};
+use custody_cli::dev::{example_config, write_secret_file, OpenBao, BROKER_ROLE, PARENT_POLICY};
 use custody_identity::KeyPair;
 use custody_ledger::SignedEvent;
 use custody_server::credentials::REVOKE_CONCURRENCY;
@@ -137,21 +137,40 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// `custody token` through the broker vs vaultrs direct, interleaved.
+/// `custody token` through the broker vs OpenBao direct, interleaved: the
+/// same call the broker makes (a batch token created with a parent token
+/// through the role), and vaultrs creating a service token with the
+/// broker's token through the role (what a broker without parents does).
 pub fn bench_mint(a: &Args, r: &mut Results) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let b = Broker::start().await?;
         let c = b.client()?;
         let session = b.session(&c, "bench").await?;
         let direct = b.direct()?;
+        let batch = b.direct()?.with_parent_policy(Some(PARENT_POLICY.into()))?;
+        let parent = batch
+            .create_parent(Duration::from_secs(3600), Default::default())
+            .await?;
         let policies = vec!["ci-read".to_string()];
         let mut broker_lat = Vec::new();
         let mut direct_lat = Vec::new();
-        // Interleaved, so both see the same machine load.
+        let mut batch_lat = Vec::new();
+        // Interleaved, so all see the same machine load.
         for _ in 0..a.mints {
             let t = Instant::now();
             c.mint(&session, "ci-read").await?;
             broker_lat.push(t.elapsed());
+            let t = Instant::now();
+            batch
+                .mint_child(
+                    &parent.token,
+                    &policies,
+                    Duration::from_secs(60),
+                    Default::default(),
+                    "bench",
+                )
+                .await?;
+            batch_lat.push(t.elapsed());
             let t = Instant::now();
             direct
                 .mint(
@@ -165,11 +184,18 @@ pub fn bench_mint(a: &Args, r: &mut Results) -> anyhow::Result<()> {
         }
         broker_lat.sort();
         direct_lat.sort();
-        let (p50, d50) = (percentile(&broker_lat, 0.5), percentile(&direct_lat, 0.5));
+        batch_lat.sort();
+        let (p50, d50, b50) = (
+            percentile(&broker_lat, 0.5),
+            percentile(&direct_lat, 0.5),
+            percentile(&batch_lat, 0.5),
+        );
         r.insert("mint_p50_ms".into(), json!(p50));
         r.insert("mint_p99_ms".into(), json!(percentile(&broker_lat, 0.99)));
         r.insert("mint_direct_p50_ms".into(), json!(d50));
-        r.insert("mint_overhead_ratio".into(), json!(ratio(p50, d50)));
+        r.insert("mint_direct_batch_p50_ms".into(), json!(b50));
+        r.insert("mint_overhead_ratio".into(), json!(ratio(p50, b50)));
+        r.insert("mint_vs_service_ratio".into(), json!(ratio(p50, d50)));
         b.stop().await
     })
 }

@@ -21,13 +21,14 @@
 //! With per-session parent tokens ([`crate::parents`]), [`issue`] runs the
 //! mint and the record side by side instead: the accessor the kill switch
 //! needs is the parent's, durable before the session's first token, so the
-//! entry (naming the parent) is made durable while OpenBao creates the child.
+//! entry (naming the parent) is made durable while OpenBao creates the child
+//! (a batch token, which cannot be revoked alone).
 //!
 //! | step | failure | answer | left behind |
 //! |---|---|---|---|
 //! | parent | OpenBao refuses, or its accessor cannot be kept | 502 / 500 | nothing (the parent revoked) |
 //! | child + record | OpenBao refuses, the entries were recorded | 502 `vault` | a `credential.revoke` citing the mint: no token was made |
-//! | child + record | the ledger refuses or cannot append | 403 / 503 | the child revoked |
+//! | child + record | the ledger refuses or cannot append | 403 / 503 | the parent revoked with every child (the session's next mint makes a new one), recorded if the ledger can |
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -343,6 +344,38 @@ async fn parent_for(s: &Arc<AppState>, v: &Vault, a: &Authorized) -> ApiResult<A
     Ok(p)
 }
 
+/// Revokes a session's parent (and so every token under it) outside a kill
+/// switch: a child exists that must not live. Recorded as a
+/// `credential.revoke` when the ledger can take it.
+async fn drop_parent(s: &Arc<AppState>, v: &Vault, parent: &Parent, session: &Did) {
+    s.parents.take(std::slice::from_ref(session));
+    let failures: Vec<String> = match v.revoke_accessor(&parent.accessor).await {
+        Ok(()) => {
+            let stored = AccessorRecord::Parent(parent.accessor.clone()).encode();
+            let _ = s.storage.forget_accessor(session, &stored).await;
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::error!(
+                accessor_sha256 = parent.accessor_sha256,
+                "revoking a session's parent token failed: {e}"
+            );
+            vec![e.to_string()]
+        }
+    };
+    let rev = s.attest.credential_revoke(&RevokeRecord {
+        subject: session,
+        because_seq: None,
+        reason: "a token under this parent could not be recorded",
+        sessions: std::slice::from_ref(session),
+        accessor_sha256: std::slice::from_ref(&parent.accessor_sha256),
+        tokens_revoked: parent.children(),
+        parents_revoked: u64::from(failures.is_empty()),
+        failures: &failures,
+    });
+    let _ = s.append_attested(vec![rev]).await;
+}
+
 /// Steps 2 and 3 at once under the session's parent: the entries naming the
 /// parent are made durable while OpenBao creates the child.
 async fn issue_under_parent(s: &Arc<AppState>, v: &Vault, a: Authorized) -> ApiResult<Recorded> {
@@ -363,28 +396,29 @@ async fn issue_under_parent(s: &Arc<AppState>, v: &Vault, a: Authorized) -> ApiR
     let (created, appended) = tokio::join!(create, append);
     match (created, appended) {
         (Ok(token), Ok((request_seq, mint_seq))) => {
-            let accessor_sha256 = accessor_hash(&token.accessor);
-            parent.add_child(accessor_sha256.clone());
+            parent.add_child();
             Ok(Recorded {
                 minted: Minted {
                     authorized: a,
                     token,
                 },
-                accessor_sha256,
+                // A batch token has no accessor: the one that reaches it.
+                accessor_sha256: parent.accessor_sha256.clone(),
                 request_seq,
                 mint_seq,
             })
         }
-        (Ok(token), Err(refused)) => {
-            // Not recorded: the token must not live.
-            let m = Minted {
-                authorized: a,
-                token,
-            };
-            revoke_unrecorded(s, &m, &accessor_hash(&m.token.accessor)).await;
+        (Ok(_unrecorded), Err(refused)) => {
+            // Not recorded: the token must not live, and only its parent
+            // can take it down — with the session's other tokens.
+            drop_parent(s, v, &parent, &session_did).await;
             Err(refused.into_error(s, &session_did).await)
         }
         (Err(e), Ok((_, mint_seq))) => {
+            if matches!(e, crate::vault::VaultError::WrongPolicies { .. }) {
+                // OpenBao made a token unlike the one asked for.
+                drop_parent(s, v, &parent, &session_did).await;
+            }
             // Recorded, never made: the ledger says so.
             let why = format!("OpenBao did not create the token: {e}");
             let rev = s.attest.credential_revoke(&RevokeRecord {
@@ -507,11 +541,9 @@ pub async fn kill(
         }
     }
     // The children of the parents just revoked are revoked with them; those
-    // this process minted are named and counted.
+    // this process minted are counted.
     for p in s.parents.take(targets) {
-        let children = p.children();
-        revoked += children.len() as u64;
-        hashes.extend(children);
+        revoked += p.children();
     }
     hashes.sort();
     // The targets' ingest credentials are refused from now on by the

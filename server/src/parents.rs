@@ -1,10 +1,11 @@
 //! Per-session parent tokens: with `[vault] parent_policy` set, every token a
-//! session is handed is a child of one parent token this broker process made
-//! for that session, so the kill switch is one tree revocation per parent in
-//! OpenBao instead of one revocation per token, and a mint no longer has to
-//! wait for its own accessor to be durable before the token may leave — the
-//! parent's accessor, recorded once before the session's first token, already
-//! reaches it.
+//! session is handed is a batch-token child of one parent token this broker
+//! process made for that session, so the kill switch is one revocation per
+//! parent in OpenBao — constant time: OpenBao checks a batch token's parent
+//! at every use — instead of one revocation per token, and a mint no longer
+//! has to wait for its own accessor to be durable before the token may leave:
+//! the parent's accessor, recorded once before the session's first token,
+//! already reaches it.
 //!
 //! The parent token is a secret that never leaves this process's memory: it is
 //! never stored, logged or sent anywhere but to OpenBao. A broker that
@@ -60,9 +61,8 @@ pub struct Parent {
     /// SHA-256 of the accessor, as the ledger records it.
     pub accessor_sha256: String,
     pub expires_unix: i64,
-    /// Accessor hashes of the children this process minted under it, for
-    /// the kill switch's record (bounded by the session's mint rate and life).
-    children: Mutex<Vec<String>>,
+    /// Children this process minted under it, for the kill switch's record.
+    children: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Parent {
@@ -82,7 +82,7 @@ impl Parent {
             accessor_sha256: crate::vault::accessor_hash(&accessor),
             accessor,
             expires_unix,
-            children: Mutex::new(Vec::new()),
+            children: Default::default(),
         }
     }
 
@@ -91,14 +91,13 @@ impl Parent {
         &self.token
     }
 
-    pub fn add_child(&self, accessor_sha256: String) {
-        if let Ok(mut c) = self.children.lock() {
-            c.push(accessor_sha256);
-        }
+    pub fn add_child(&self) {
+        self.children
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub fn children(&self) -> Vec<String> {
-        self.children.lock().map(|c| c.clone()).unwrap_or_default()
+    pub fn children(&self) -> u64 {
+        self.children.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -135,8 +134,8 @@ impl Parents {
         }
     }
 
-    /// Forgets the parents of `sessions` (they have just been revoked) and
-    /// returns them, with what they knew of their children.
+    /// Forgets the parents of `sessions` (they have just been revoked, or
+    /// are about to be) and returns them, with how many children they had.
     pub fn take(&self, sessions: &[Did]) -> Vec<Arc<Parent>> {
         let Ok(mut map) = self.map.lock() else {
             return Vec::new();

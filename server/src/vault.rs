@@ -50,6 +50,9 @@ pub enum VaultError {
     Refused(String),
     #[error("vault is not reachable or not ready: {0}")]
     Unavailable(String),
+    /// A token was made, with other policies than asked for.
+    #[error("vault made a token with policies {got:?}, expected {want:?}")]
+    WrongPolicies { got: Vec<String>, want: Vec<String> },
 }
 
 /// Keeps secrets out of messages: vaultrs errors can echo request bodies.
@@ -82,6 +85,8 @@ struct CreateAnswer {
 #[derive(serde::Deserialize)]
 struct CreateAuth {
     client_token: String,
+    /// Empty for a batch token: it has none.
+    #[serde(default)]
     accessor: String,
     #[serde(default)]
     policies: Vec<String>,
@@ -231,9 +236,15 @@ impl Vault {
         self.mint(&[policy], ttl, meta, "custody-session").await
     }
 
-    /// Mints a token as a child of `parent` (the session's parent token)
-    /// through the role: revoking the parent revokes it too. Same rules as
-    /// [`Vault::mint`]: exactly `policies`, no `default`, not renewable.
+    /// Mints a **batch** token as a child of `parent` (the session's parent
+    /// token) through the role. Batch tokens are not stored by OpenBao and
+    /// have no accessor: OpenBao refuses one as soon as its parent is
+    /// revoked (it checks the parent at every use), so revoking the parent
+    /// is one constant-time operation whatever the number of children,
+    /// where a tree of service tokens is deleted token by token. They also
+    /// cannot be revoked one by one — only with their parent, or by TTL.
+    /// Same rules as [`Vault::mint`]: exactly `policies`, no `default`, not
+    /// renewable. The returned [`MintedToken::accessor`] is empty.
     pub async fn mint_child(
         &self,
         parent: &str,
@@ -250,9 +261,11 @@ impl Vault {
         let body = serde_json::json!({
             "policies": policies,
             "no_default_policy": true,
+            // Batch tokens are never renewable; OpenBao refuses an
+            // explicit_max_ttl for them.
             "ttl": ttl_s,
-            "explicit_max_ttl": ttl_s,
             "renewable": false,
+            "type": "batch",
             "meta": meta,
             "display_name": display_name,
         });
@@ -287,10 +300,9 @@ impl Vault {
         let mut want = policies.to_vec();
         want.sort();
         if got != want {
-            let _ = self.revoke_accessor(&auth.accessor).await;
-            return Err(VaultError::Refused(format!(
-                "vault returned policies {got:?}, expected {want:?}; token revoked"
-            )));
+            // A batch token cannot be revoked alone; the caller revokes the
+            // parent on this error.
+            return Err(VaultError::WrongPolicies { got, want });
         }
         Ok(MintedToken {
             token: auth.client_token,

@@ -6,7 +6,8 @@
 //! when the ledger cannot record the mint, the token is revoked and its
 //! accessor forgotten. Under a parent: when the parent's accessor cannot be
 //! kept, the parent is revoked and nothing is minted; when the ledger cannot
-//! record, the child is revoked; when OpenBao refuses the child after the
+//! record, the parent is revoked with every child (a batch token cannot be
+//! revoked alone); when OpenBao refuses the child after the
 //! mint was recorded, the ledger says no token was made. In no case does a
 //! live token remain that the ledger does not record or the kill switch
 //! cannot reach. Storage failures are injected by wrapping the
@@ -166,25 +167,10 @@ async fn broker(parents: bool) -> Broker {
     }
 }
 
-/// Every live OpenBao token minted for `session` (looked up as root), its
-/// parent token included.
+/// Every live OpenBao token with an accessor minted for `session` (looked up
+/// as root): tokens recorded one by one, or the session's parent (batch
+/// children have no accessor; they are checked by using them).
 async fn live_tokens_of(h: &Harness, session: &Did) -> Vec<String> {
-    live_of(h, session, |_| true).await
-}
-
-/// The live tokens of `session` that are not its parent.
-async fn live_children_of(h: &Harness, session: &Did) -> Vec<String> {
-    live_of(h, session, |meta| {
-        meta["custody_parent"].as_str() != Some("true")
-    })
-    .await
-}
-
-async fn live_of(
-    h: &Harness,
-    session: &Did,
-    keep: impl Fn(&serde_json::Value) -> bool,
-) -> Vec<String> {
     let http = reqwest::Client::new();
     let root = h.bao.root_token();
     let list: serde_json::Value = http
@@ -208,8 +194,7 @@ async fn live_of(
             .json()
             .await
             .unwrap();
-        let meta = &r["data"]["meta"];
-        if meta["custody_session_did"].as_str() == Some(session.as_str()) && keep(meta) {
+        if r["data"]["meta"]["custody_session_did"].as_str() == Some(session.as_str()) {
             out.push(a.as_str().unwrap_or_default().to_string());
         }
     }
@@ -334,9 +319,9 @@ async fn a_parent_whose_accessor_cannot_be_kept_is_revoked_and_nothing_is_minted
     assert_eq!(b.h.client().health().await.unwrap().entries, before);
     b.faulty.accessor_fails.store(false, Ordering::SeqCst);
     // The next mint makes a parent, records it, and hands out a child.
-    b.h.client().mint(&s, "repo-read").await.unwrap();
-    assert_eq!(live_children_of(&b.h, &s.did).await.len(), 1);
-    assert_eq!(live_tokens_of(&b.h, &s.did).await.len(), 2);
+    let m = b.h.client().mint(&s, "repo-read").await.unwrap();
+    assert_eq!(reads(&b.h, &m.token).await, 200);
+    assert_eq!(live_tokens_of(&b.h, &s.did).await.len(), 1, "the parent");
     let recorded = b
         .faulty
         .accessors_of(std::slice::from_ref(&s.did))
@@ -347,27 +332,36 @@ async fn a_parent_whose_accessor_cannot_be_kept_is_revoked_and_nothing_is_minted
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_child_the_ledger_cannot_record_is_revoked() {
+async fn a_child_the_ledger_cannot_record_takes_its_parent_down() {
     let b = broker(true).await;
     let (s, _) = b.h.session("claude-code", "chat", "s").await;
+    let earlier = b.h.client().mint(&s, "repo-read").await.unwrap();
+    assert_eq!(reads(&b.h, &earlier.token).await, 200);
     b.faulty.mint_entry_fails.store(true, Ordering::SeqCst);
     let err = b.h.client().mint(&s, "repo-read").await.unwrap_err();
     assert!(
         format!("{err:#}").contains("503 ledger_unavailable"),
         "{err:#}"
     );
-    assert!(live_children_of(&b.h, &s.did).await.is_empty());
+    // The unrecorded child is a batch token: only its parent can take it
+    // down, and it did, with the session's earlier token.
+    assert!(live_tokens_of(&b.h, &s.did).await.is_empty());
+    assert_eq!(reads(&b.h, &earlier.token).await, 403);
+    assert!(b
+        .faulty
+        .accessors_of(std::slice::from_ref(&s.did))
+        .await
+        .unwrap()
+        .is_empty());
     b.faulty.mint_entry_fails.store(false, Ordering::SeqCst);
-    // The parent stays recorded, so the kill switch still reaches anything
-    // minted under it; revoking the session leaves nothing alive.
+    // The next mint makes a new parent; revoking the session kills it.
     let m = b.h.client().mint(&s, "repo-read").await.unwrap();
-    let r =
-        b.h.client()
-            .revoke(&b.h.admin, &s.did, "test")
-            .await
-            .unwrap();
+    assert_eq!(reads(&b.h, &m.token).await, 200);
+    let r = b.h.client().revoke(&b.h.admin, &s.did, "test").await;
+    let r = r.unwrap();
     assert_eq!((r.tokens_revoked, r.parents_revoked), (1, 1));
     assert!(live_tokens_of(&b.h, &s.did).await.is_empty());
+    assert_eq!(reads(&b.h, &m.token).await, 403);
     let (code, v) = b.h.export_and_verify("bundle").await;
     assert_eq!(code, 0, "{v:#}");
     let entries = actions_in(&b.h, "bundle");
@@ -375,20 +369,31 @@ async fn a_child_the_ledger_cannot_record_is_revoked() {
         .iter()
         .filter(|(a, _)| a == "credential.mint")
         .collect();
-    assert_eq!(mints.len(), 1, "the refused mint is not on the record");
-    let parent = mints[0].1["parent_accessor_sha256"].as_str().unwrap();
-    let revoke = entries
+    assert_eq!(mints.len(), 2, "the refused mint is not on the record");
+    let revokes: Vec<_> = entries
         .iter()
-        .find(|(a, _)| a == "credential.revoke")
-        .unwrap();
-    let named: Vec<&str> = revoke.1["accessor_sha256"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|x| x.as_str())
+        .filter(|(a, _)| a == "credential.revoke")
         .collect();
-    assert!(named.contains(&parent), "the revocation names the parent");
-    assert!(named.contains(&m.accessor_sha256.as_str()), "and the child");
+    assert_eq!(revokes.len(), 2, "the dropped parent, then the kill switch");
+    for ((_, mint), (_, revoke)) in mints.iter().zip(&revokes) {
+        let parent = mint["parent_accessor_sha256"].as_str().unwrap();
+        assert_eq!(revoke["accessor_sha256"][0], parent);
+        assert_eq!(revoke["parents_revoked"], 1);
+    }
+    assert_eq!(
+        revokes[0].1["reason"],
+        "a token under this parent could not be recorded"
+    );
+    assert_eq!(
+        m.accessor_sha256,
+        mints[1].1["parent_accessor_sha256"].as_str().unwrap(),
+        "a batch token is reached through its parent's accessor"
+    );
+}
+
+/// The status of reading the example secret the `repo-read` scope may read.
+async fn reads(h: &Harness, token: &str) -> u16 {
+    h.bao.read_secret(token, "repo/github").await.unwrap().0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
