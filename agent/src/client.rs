@@ -51,6 +51,7 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
@@ -167,6 +168,24 @@ impl Client {
         let resp = self
             .http
             .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        self.decode(resp).await
+    }
+
+    /// One page of the entry feed, as an auditor or admin: a `GET` whose
+    /// method, path and query are signed with an empty body.
+    pub async fn feed(&self, key: &KeyPair, query: &FeedQuery) -> Result<FeedPage, ClientError> {
+        let path = query.path_and_query();
+        let h = signing::sign_request(key, "GET", &path, b"");
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header(signing::HEADER_DID, h.did)
+            .header(signing::HEADER_TIMESTAMP, h.timestamp)
+            .header(signing::HEADER_NONCE, h.nonce)
+            .header(signing::HEADER_SIGNATURE, h.signature)
             .send()
             .await
             .map_err(|e| self.transport(e))?;

@@ -4,8 +4,10 @@
 //! session file an agent runs with ([`sessionfile`]), the client that signs
 //! every request with the session's or a person's did:key and speaks the
 //! broker's API ([`client`]), the Claude Code and Codex hook adapters with
-//! their spool for when the broker is unreachable ([`hook`]), and the git
-//! integration that binds commits to sessions ([`git`]).
+//! their spool for when the broker is unreachable ([`hook`]), the git
+//! integration that binds commits to sessions ([`git`]), and `custody tail`,
+//! which follows the ledger's entry feed as an auditor and forwards it to a
+//! SIEM ([`tail`]).
 //!
 //! `custody hook` runs on every tool call of every agent, so this crate links
 //! no HTTP server, no storage engine, no Vault client and no policy engine
@@ -16,3 +18,4 @@ pub mod client;
 pub mod git;
 pub mod hook;
 pub mod sessionfile;
+pub mod tail;

@@ -32,26 +32,29 @@ max_body = 8388608
 "#;
 
 /// OpenBao + a broker serving in this process, with the keys it trusts.
-struct Broker {
-    tmp: tempfile::TempDir,
+pub(crate) struct Broker {
+    pub(crate) tmp: tempfile::TempDir,
     bao: OpenBao,
     /// The broker's own OpenBao token (mint through the role, revoke by accessor).
     vault_token: String,
-    url: String,
-    dev: KeyPair,
+    pub(crate) url: String,
+    pub(crate) dev: KeyPair,
     admin: KeyPair,
+    /// In `[trust] auditors`: reads the entry feed.
+    pub(crate) auditor: KeyPair,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Broker {
-    async fn start() -> anyhow::Result<Self> {
+    pub(crate) async fn start() -> anyhow::Result<Self> {
         let tmp = tempfile::tempdir()?;
         let bao = OpenBao::start(tmp.path()).await?;
         let vault_token = bao.configure_examples().await?;
         write_secret_file(&tmp.path().join("vault-token"), &vault_token)?;
         let dev = KeyPair::generate();
         let admin = KeyPair::generate();
+        let auditor = KeyPair::generate();
         let cfgp = tmp.path().join("custody.toml");
         std::fs::write(
             &cfgp,
@@ -62,6 +65,11 @@ impl Broker {
                 &tmp.path().join("vault-token"),
                 admin.did().as_str(),
                 dev.did().as_str(),
+            )
+            .replacen(
+                "[trust]\n",
+                &format!("[trust]\nauditors = [\"{}\"]\n", auditor.did()),
+                1,
             ) + BENCH_LIMITS,
         )?;
         let cfg = custody_server::config::Config::load(&cfgp)?;
@@ -80,12 +88,13 @@ impl Broker {
             url,
             dev,
             admin,
+            auditor,
             stop: Some(tx),
             server,
         })
     }
 
-    fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
         Client::new(&self.url, None)
     }
 
@@ -98,7 +107,7 @@ impl Broker {
         )?)
     }
 
-    async fn session(&self, c: &Client, agent: &str) -> anyhow::Result<SessionFile> {
+    pub(crate) async fn session(&self, c: &Client, agent: &str) -> anyhow::Result<SessionFile> {
         let (s, _) = c
             .start_session(
                 &self.dev,
@@ -111,7 +120,7 @@ impl Broker {
         Ok(s)
     }
 
-    async fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -122,7 +131,7 @@ impl Broker {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)

@@ -14,10 +14,12 @@
 //! | policy | [`policy`] | Cedar `Policy::decide` vs a string check on the same inputs |
 //! | agt | [`agt`] | custody's ledger vs the Agent Governance Toolkit's audit chain on 10k events |
 //! | hook | [`broker`] | `custody hook claude-code` on PreToolUse (policy + durable entry) vs the same process answering without the broker |
+//! | feed | [`feed`] | the entry feed's entries/s; appends/s with a slow follower attached vs none, same run |
 
 mod agt;
 mod append;
 mod broker;
+mod feed;
 mod policy;
 mod util;
 mod verify;
@@ -41,9 +43,10 @@ pub enum Bench {
     Policy,
     Agt,
     Hook,
+    Feed,
 }
 
-const ALL: [Bench; 9] = [
+const ALL: [Bench; 10] = [
     Bench::Append,
     Bench::Verify,
     Bench::Proof,
@@ -53,6 +56,7 @@ const ALL: [Bench; 9] = [
     Bench::Policy,
     Bench::Agt,
     Bench::Hook,
+    Bench::Feed,
 ];
 
 #[derive(Parser)]
@@ -94,6 +98,12 @@ pub struct Args {
     /// `custody hook claude-code` processes timed (PreToolUse, and as many baseline runs).
     #[arg(long, default_value_t = 200)]
     pub hook_calls: usize,
+    /// Entries in the ledger the feed benchmark reads back.
+    #[arg(long, default_value_t = 50_000)]
+    pub feed_entries: usize,
+    /// Events appended per phase of the feed benchmark (with and without a follower).
+    #[arg(long, default_value_t = 30_000)]
+    pub feed_appends: usize,
     /// Events in the comparison with the Agent Governance Toolkit.
     #[arg(long, default_value_t = 10_000)]
     pub agt_events: usize,
@@ -106,6 +116,10 @@ pub struct Args {
     /// Where to write results.json.
     #[arg(long, default_value = "bench/results.json")]
     out: PathBuf,
+    /// Keep the figures already in --out that this run does not measure
+    /// (with --only: update one benchmark's figures in place).
+    #[arg(long)]
+    merge: bool,
 }
 
 /// The printed table: key, target, what it is. Baselines follow their figure.
@@ -383,6 +397,26 @@ const ROWS: &[(&str, &str, &str)] = &[
         "",
         "verify_bundle of the batch ledger in process",
     ),
+    (
+        "feed_per_s",
+        "",
+        "GET /v1/entries from seq 0, pages of 1000, one auditor (entries/s)",
+    ),
+    (
+        "feed_append_per_s",
+        "(baseline)",
+        "HTTP batch appends/s, no feed reader",
+    ),
+    (
+        "feed_append_slow_follower_per_s",
+        "",
+        "the same with a slow follower long-polling the feed",
+    ),
+    (
+        "feed_follower_vs_none_ratio",
+        "≈ 1",
+        "with follower / without",
+    ),
     ("agt_version", "", "agent-governance-toolkit-core version"),
     ("agt_error", "", "why the AGT figures are missing"),
 ];
@@ -468,6 +502,9 @@ fn main() -> anyhow::Result<()> {
     if on(Bench::Hook) {
         time("hook", &mut r, &|| times(&|r| broker::bench_hook(&a, r)));
     }
+    if on(Bench::Feed) {
+        time("feed", &mut r, &|| times(&|r| feed::bench(&a, r)));
+    }
     if on(Bench::Agt) {
         time("agt", &mut r, &|| times(&|r| agt::bench(&a, r)));
     }
@@ -536,6 +573,32 @@ fn main() -> anyhow::Result<()> {
         .collect();
     if let Some(dir) = a.out.parent() {
         std::fs::create_dir_all(dir)?;
+    }
+    if a.merge {
+        if let Ok(text) = std::fs::read_to_string(&a.out) {
+            if let Ok(Value::Object(old)) = serde_json::from_str::<Value>(&text) {
+                let mut merged = old;
+                if let (Some(Value::Array(was)), Some(Value::Array(now))) =
+                    (merged.get("benches").cloned(), r.get("benches").cloned())
+                {
+                    let mut all = was;
+                    for b in now {
+                        if !all.contains(&b) {
+                            all.push(b);
+                        }
+                    }
+                    r.insert("benches".into(), Value::Array(all));
+                }
+                if let (Some(Value::Object(mut was)), Some(Value::Object(now))) =
+                    (merged.get("seconds").cloned(), r.get("seconds").cloned())
+                {
+                    was.extend(now);
+                    r.insert("seconds".into(), Value::Object(was));
+                }
+                merged.extend(r);
+                r = merged;
+            }
+        }
     }
     std::fs::write(&a.out, serde_json::to_string_pretty(&r)? + "\n")?;
     println!("wrote {}", a.out.display());

@@ -168,6 +168,53 @@ enum Command {
         #[command(subcommand)]
         agent: InstallAgent,
     },
+    /// Follow the ledger's entry feed as an auditor (or admin) and forward it
+    /// to a SIEM: OCSF events or the canonical entry lines, at least once,
+    /// resumable with --state (docs/SIEM.md).
+    Tail {
+        #[arg(long, value_name = "URL")]
+        broker: String,
+        /// An auditor's (`[trust] auditors`) or an admin's key file.
+        #[arg(long = "as", value_name = "KEYFILE")]
+        as_key: PathBuf,
+        /// Keep following new entries (long poll) instead of stopping when caught up.
+        #[arg(long)]
+        follow: bool,
+        #[arg(long, value_enum, default_value = "ocsf")]
+        format: TailFormat,
+        /// Start at this seq (inclusive) instead of 0; not with --state.
+        #[arg(long, value_name = "SEQ", conflicts_with = "state")]
+        since: Option<u64>,
+        /// Resume after the last delivered entry, and record progress after
+        /// each delivery (written atomically).
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+        /// The ledger's DID: refuse a broker serving another ledger, and check
+        /// checkpoints against this key rather than the one the broker names.
+        #[arg(long, value_name = "DID")]
+        ledger_key: Option<String>,
+        /// Write events to stdout (the default when no other sink is given).
+        #[arg(long)]
+        stdout: bool,
+        /// Append events to a file (fsynced before progress is recorded).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Splunk HTTP Event Collector base address (…/services/collector/event is added).
+        #[arg(long, value_name = "URL", requires = "token_file")]
+        splunk_hec: Option<String>,
+        /// File holding the HEC token.
+        #[arg(long, value_name = "FILE", requires = "splunk_hec")]
+        token_file: Option<PathBuf>,
+        /// OTLP/HTTP logs receiver base address (…/v1/logs is added).
+        #[arg(long, value_name = "URL")]
+        otlp: Option<String>,
+        /// A PEM root certificate to trust for the HEC and OTLP sinks.
+        #[arg(long, value_name = "PEM")]
+        sink_ca: Option<PathBuf>,
+        /// Entries asked for per page (at most 1000).
+        #[arg(long, value_name = "N", default_value_t = custody_wire::api::MAX_FEED_PAGE)]
+        page: usize,
+    },
     /// Export the ledger as a bundle directory.
     Export {
         #[arg(long, value_name = "URL")]
@@ -177,6 +224,14 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TailFormat {
+    /// OCSF 1.1.0 events (docs/SIEM.md).
+    Ocsf,
+    /// The canonical entry lines, as in entries.jsonl.
+    Jsonl,
 }
 
 #[derive(Subcommand)]
@@ -700,6 +755,68 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })?,
             };
             print!("{out}");
+        }
+        Command::Tail {
+            broker,
+            as_key,
+            follow,
+            format,
+            since,
+            state,
+            ledger_key,
+            stdout,
+            file,
+            splunk_hec,
+            token_file,
+            otlp,
+            sink_ca,
+            page,
+        } => {
+            use custody_agent::tail::{self, sinks::Sink, sinks::Token, Format, TailOptions};
+            let key = KeyPair::load(&as_key)?;
+            let ledger_key = ledger_key
+                .map(|d| Did::parse(&d).with_context(|| "--ledger-key"))
+                .transpose()?;
+            let ca = sink_ca
+                .map(|p| std::fs::read_to_string(&p).with_context(|| p.display().to_string()))
+                .transpose()?;
+            let mut sinks = Vec::new();
+            if let Some(p) = &file {
+                sinks.push(Sink::file(p).map_err(anyhow::Error::msg)?);
+            }
+            if let (Some(url), Some(tf)) = (&splunk_hec, &token_file) {
+                let token = Token::from_file(tf).map_err(anyhow::Error::msg)?;
+                sinks.push(
+                    Sink::hec(url, token, ca.as_deref())
+                        .map_err(|e| anyhow::anyhow!("--splunk-hec: {e}"))?,
+                );
+            }
+            if let Some(url) = &otlp {
+                sinks.push(
+                    Sink::otlp(url, ca.as_deref()).map_err(|e| anyhow::anyhow!("--otlp: {e}"))?,
+                );
+            }
+            if stdout || sinks.is_empty() {
+                sinks.insert(0, Sink::Stdout);
+            }
+            let opts = TailOptions {
+                key,
+                follow,
+                format: match format {
+                    TailFormat::Ocsf => Format::Ocsf,
+                    TailFormat::Jsonl => Format::Jsonl,
+                },
+                since,
+                state,
+                ledger_key,
+                page,
+            };
+            let client = Client::new(&broker, None)?;
+            let done = runtime()?.block_on(tail::run(&client, &opts, &mut sinks))?;
+            eprintln!(
+                "custody tail: delivered {} entries; next seq {}; {} checkpoint checks passed",
+                done.delivered, done.next, done.checkpoints_checked
+            );
         }
         Command::Export {
             broker,

@@ -86,6 +86,9 @@ pub enum DenialCode {
     TtlTooLong,
     /// A session that may not act now (revoked, expired, ended, unknown).
     SessionInactive,
+    /// A read of the entry feed by someone who is neither an auditor
+    /// (`[trust] auditors`) nor an admin, or who has been revoked.
+    NotAuditor,
 }
 
 impl DenialCode {
@@ -125,6 +128,7 @@ impl DenialCode {
         DenialCode::UnknownScope,
         DenialCode::TtlTooLong,
         DenialCode::SessionInactive,
+        DenialCode::NotAuditor,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -164,6 +168,7 @@ impl DenialCode {
             DenialCode::UnknownScope => "unknown_scope",
             DenialCode::TtlTooLong => "ttl_too_long",
             DenialCode::SessionInactive => "session_inactive",
+            DenialCode::NotAuditor => "not_auditor",
         }
     }
 

@@ -76,6 +76,18 @@ impl CompactRange {
         self.size
     }
 
+    /// The peaks, largest subtree first (one per set bit of the size).
+    pub fn peaks(&self) -> &[Hash] {
+        &self.peaks
+    }
+
+    /// A range saved with [`size`](Self::size) and [`peaks`](Self::peaks)
+    /// (a consumer's state file); `None` unless there is exactly one peak per
+    /// set bit of `size`.
+    pub fn from_parts(size: u64, peaks: Vec<Hash>) -> Option<Self> {
+        (peaks.len() == size.count_ones() as usize).then_some(Self { size, peaks })
+    }
+
     pub fn push(&mut self, leaf: Hash) {
         let mut h = leaf;
         // Each trailing one bit of the old size is a peak that merges with the

@@ -1,7 +1,9 @@
 //! Authentication by type. A route that needs a caller takes a [`Signed<T>`]
-//! (a request signed by its caller's did:key) or an [`Ingest`] (an OTLP
-//! export with a session's bearer token); only this module can build either,
-//! after the checks below. A route that takes neither is public, and the
+//! (a request signed by its caller's did:key, with a JSON body), a
+//! [`SignedQuery<Q>`] (a signed `GET`: the signature covers method, path and
+//! query and an empty body) or an [`Ingest`] (an OTLP export with a session's
+//! bearer token); only this module can build any of them, after the checks
+//! below. A route that takes neither is public, and the
 //! public routes live together in [`crate::routes::public`]; a test walks
 //! every route of the router to hold that.
 //!
@@ -91,7 +93,7 @@ async fn authenticate(
     let (did, ts, nonce) = signing::verify_request(&parts, now, skew)
         .map_err(|e| ApiError::new(auth_code(&e), e.to_string()))?;
     s.rate
-        .check(&did, || s.rules(|a| a.knows(&did)))
+        .check(&did, || s.knows(&did))
         .map_err(|e: RateError| ApiError::new(ErrorCode::RateLimited, e.to_string()))?;
     // A nonce only needs remembering while its timestamp is acceptable.
     // Brokers sharing a ledger share the set, so a request replayed to
@@ -123,6 +125,21 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
         .map_err(|e| ApiError::new(ErrorCode::MalformedJson, format!("request body: {e}")))
 }
 
+/// Reads the body (within its limits) and authenticates the request.
+async fn authenticated(
+    req: Request,
+    s: &AppState,
+) -> Result<(Parts, Did, axum::body::Bytes), ApiError> {
+    let (parts, body) = req.into_parts();
+    // The whole body was read, within its limits, by the listener
+    // (`crate::listener::read_body_in_time`).
+    let bytes = axum::body::to_bytes(body, s.cfg.limits.max_body)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::MalformedBody, e.to_string()))?;
+    let caller = authenticate(s, &parts.method, &parts.uri, &parts.headers, &bytes).await?;
+    Ok((parts, caller, bytes))
+}
+
 impl<T> FromRequest<Arc<AppState>> for Signed<T>
 where
     T: DeserializeOwned + Send,
@@ -130,13 +147,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, s: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let (parts, body) = req.into_parts();
-        // The whole body was read, within its limits, by the listener
-        // (`crate::listener::read_body_in_time`).
-        let bytes = axum::body::to_bytes(body, s.cfg.limits.max_body)
-            .await
-            .map_err(|e| ApiError::new(ErrorCode::MalformedBody, e.to_string()))?;
-        let caller = authenticate(s, &parts.method, &parts.uri, &parts.headers, &bytes).await?;
+        let (_, caller, bytes) = authenticated(req, s).await?;
         let body = parse_body(&bytes)?;
         let roles = s.rules(|a| a.roles_of(&caller));
         Ok(Signed {
@@ -144,6 +155,48 @@ where
             roles,
             body,
         })
+    }
+}
+
+/// A signed request without a body (a `GET`): the caller signed its method,
+/// path and query and the empty body, so the query it carries is the one it
+/// signed. Only [`FromRequest`] below builds one; the query is parsed only
+/// once the caller is authenticated, so an unsigned request learns nothing
+/// about what a well-formed query looks like.
+pub struct SignedQuery<Q> {
+    caller: Did,
+    query: Q,
+}
+
+impl<Q> SignedQuery<Q> {
+    /// The DID whose key signed the request.
+    pub fn caller(&self) -> &Did {
+        &self.caller
+    }
+
+    pub fn query(&self) -> &Q {
+        &self.query
+    }
+}
+
+impl<Q> FromRequest<Arc<AppState>> for SignedQuery<Q>
+where
+    Q: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, s: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let (parts, caller, bytes) = authenticated(req, s).await?;
+        if !bytes.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::MalformedBody,
+                "this request takes no body (sign the empty body)",
+            ));
+        }
+        let query = axum::extract::Query::<Q>::try_from_uri(&parts.uri)
+            .map_err(|e| ApiError::new(ErrorCode::Malformed, format!("query: {}", e.body_text())))?
+            .0;
+        Ok(SignedQuery { caller, query })
     }
 }
 

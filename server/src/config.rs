@@ -11,6 +11,7 @@
 //! delegators = ["did:key:z6Mk…"]        # humans / CI identities that may start sessions
 //! approvers = ["did:key:z6Mk…"]         # people who may approve any session's held actions
 //! reviewers = ["did:key:z6Mk…"]         # automated reviewers (auto_review approvals)
+//! auditors = ["did:key:z6Mk…"]          # may read the entry feed (GET /v1/entries), nothing else
 //! [scopes.ci-read]
 //! policies = ["ci-read"]
 //! max_ttl = "15m"
@@ -138,6 +139,11 @@ struct RawTrust {
     /// Automated reviewers (service DIDs) whose approvals are `auto_review`.
     #[serde(default)]
     reviewers: Vec<String>,
+    /// Read-only: the entry feed (`GET /v1/entries`) and nothing else. Not
+    /// written into the ledger's trust roots, so the rules give them no role
+    /// to append with.
+    #[serde(default)]
+    auditors: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -242,6 +248,8 @@ pub struct Config {
     pub approvers: Vec<Did>,
     /// `[trust] reviewers`: automated reviewers (service identities).
     pub reviewers: Vec<Did>,
+    /// May read the entry feed; hold no role in the ledger.
+    pub auditors: Vec<Did>,
     pub scopes: BTreeMap<String, ScopeConfig>,
     pub checkpoint: CheckpointPolicy,
     pub limits: Limits,
@@ -375,6 +383,7 @@ impl Config {
         let delegators = dids("delegators", &raw.trust.delegators)?;
         let approvers = dids("approvers", &raw.trust.approvers)?;
         let reviewers = dids("reviewers", &raw.trust.reviewers)?;
+        let auditors = dids("auditors", &raw.trust.auditors)?;
 
         let mut scopes = BTreeMap::new();
         for (name, s) in raw.scopes {
@@ -583,6 +592,7 @@ impl Config {
             delegators,
             approvers,
             reviewers,
+            auditors,
             scopes,
             checkpoint,
             limits,
@@ -639,6 +649,10 @@ contexts = ["ci", "chat"]
         assert_eq!(c.checkpoint.keep_recent, DEFAULT_KEEP_RECENT);
         let c = parse("[checkpoint]\nkeep_recent = 0").unwrap();
         assert_eq!(c.checkpoint.keep_recent, 0);
+        assert!(c.auditors.is_empty());
+        let c = parse(&format!("[trust]\nauditors = [\"{DID}\"]")).unwrap();
+        assert_eq!(c.auditors.len(), 1);
+        assert!(c.admins.is_empty() && c.delegators.is_empty());
     }
 
     #[test]
@@ -676,6 +690,9 @@ contexts = ["ci", "chat"]
             "listen = 7",
             "bogus = 1",
             "[trust]\nadmins = [\"did:web:x\"]",
+            "[trust]\nauditors = [\"did:web:x\"]",
+            "[trust]\nauditors = \"did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp\"",
+            "[trust]\nauditor = []",
             "[scopes.x]\npolicies=[\"a\"]\nmax_ttl=\"forever\"\ncontexts=[\"ci\"]",
             "[scopes.x]\npolicies=[\"root\"]\nmax_ttl=\"1m\"\ncontexts=[\"ci\"]",
             "[scopes.x]\npolicies=[]\nmax_ttl=\"1m\"\ncontexts=[\"ci\"]",

@@ -10,8 +10,9 @@
 //!   together in [`routes::public`];
 //! - [`auth`] builds the only values an authenticated route can take:
 //!   [`auth::Signed`] (a request signed by its caller's did:key, within its
-//!   budget ([`ratelimit`]) and never replayed ([`replay`])) and
-//!   [`auth::Ingest`] (a session's OTLP bearer token);
+//!   budget ([`ratelimit`]) and never replayed ([`replay`])), its bodiless
+//!   `GET` form [`auth::SignedQuery`] (the entry feed) and [`auth::Ingest`]
+//!   (a session's OTLP bearer token);
 //! - [`state`] is what routes share: configuration ([`config`]), the ledger
 //!   key, the session CA, OpenBao ([`vault`]), the Cedar pre-tool policy
 //!   ([`policy`]); refusals are typed ([`error`]) and recorded;

@@ -135,8 +135,12 @@ pub async fn serve(
     });
     let handle = axum_server::Handle::new();
     let h2 = handle.clone();
+    let closing = state.clone();
     tokio::spawn(async move {
         shutdown.await;
+        // Followers waiting for entries answer now instead of holding the
+        // graceful shutdown for their whole wait.
+        closing.close_feed();
         h2.graceful_shutdown(Some(SHUTDOWN_GRACE));
     });
     let app = crate::routes::router(state.clone()).into_make_service();

@@ -57,6 +57,8 @@ pub struct AppState {
     /// Bounded ([`MAX_HELD`], a day); lost on restart, when the agent's
     /// retry is held again.
     pub(crate) held: Mutex<std::collections::BTreeMap<u64, HeldEntry>>,
+    /// What the entry feed's readers wait on and share.
+    pub(crate) feed: FeedSignals,
 }
 
 /// Most held calls kept for people to decide.
@@ -69,6 +71,50 @@ pub struct HeldEntry {
     pub session: Delegation,
     pub requires: custody_ledger::oversight::Requires,
     pub at: Instant,
+}
+
+/// Feed pages read at once (on the blocking pool). Reads take no lock the
+/// writer needs; this keeps many followers from crowding the appends off the
+/// disk and the blocking pool.
+pub const MAX_FEED_READERS: usize = 2;
+/// Feed requests one caller may have open at once (waiting, being read, or
+/// being sent): with [`custody_wire::api::MAX_FEED_PAGE_BYTES`] this bounds
+/// what a slow reader makes the broker hold.
+pub const MAX_FEED_PER_CALLER: u32 = 2;
+
+/// How feed requests learn of new entries and of shutdown, and the permits
+/// that bound them.
+pub(crate) struct FeedSignals {
+    /// The ledger's size after each append through this broker.
+    pub appended: tokio::sync::watch::Sender<u64>,
+    /// Set when the broker begins to shut down: followers answer at once.
+    pub closing: tokio::sync::watch::Sender<bool>,
+    pub readers: tokio::sync::Semaphore,
+    pub open: Mutex<std::collections::HashMap<Did, u32>>,
+}
+
+/// One open feed request of a caller; dropped when its answer is sent (or
+/// its connection closes).
+pub(crate) struct FeedSlot {
+    state: Arc<AppState>,
+    caller: Did,
+}
+
+impl Drop for FeedSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .state
+            .feed
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.caller) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.caller);
+            }
+        }
+    }
 }
 
 fn io_ctx(p: &Path, e: impl std::fmt::Display) -> anyhow::Error {
@@ -252,12 +298,89 @@ impl AppState {
             parents: Default::default(),
             checkpointed: Mutex::new((size, Instant::now())),
             held: Mutex::new(Default::default()),
+            feed: FeedSignals {
+                appended: tokio::sync::watch::Sender::new(size),
+                closing: tokio::sync::watch::Sender::new(false),
+                readers: tokio::sync::Semaphore::new(MAX_FEED_READERS),
+                open: Mutex::new(std::collections::HashMap::new()),
+            },
         }))
     }
 
     /// Reads the rules' state.
     pub fn rules<R>(&self, f: impl FnOnce(&Authority) -> R) -> R {
         storage::rules(&*self.storage, f)
+    }
+
+    /// Whether `did` is someone this broker knows: a role in the ledger's
+    /// state, or an auditor of the config (who has none there). Strangers
+    /// share one request budget and one budget of recorded refusals.
+    pub fn knows(&self, did: &Did) -> bool {
+        self.cfg.auditors.contains(did) || self.rules(|a| a.knows(did))
+    }
+
+    /// Who may read the entry feed: an auditor of the config or an admin of
+    /// the ledger's trust state, not revoked. A revocation in the ledger
+    /// applies to auditors too, though they hold no role there.
+    pub fn check_auditor(&self, caller: &Did) -> Result<(), String> {
+        let now = Timestamp::now();
+        let auditor = self.cfg.auditors.contains(caller);
+        self.rules(|a| {
+            if !auditor && !a.trust().admins.contains(caller) {
+                return Err(format!(
+                    "{caller} is neither an auditor ([trust] auditors) nor an admin of this ledger"
+                ));
+            }
+            match a.revoked_at(caller, now) {
+                Some(r) => Err(format!(
+                    "{caller} has been revoked (entry {}: {})",
+                    r.seq, r.revocation.reason
+                )),
+                None => Ok(()),
+            }
+        })
+    }
+
+    /// Takes one of the caller's [`MAX_FEED_PER_CALLER`] feed slots.
+    pub(crate) fn feed_slot(self: &Arc<Self>, caller: &Did) -> Option<FeedSlot> {
+        let mut open = self.feed.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(caller.clone()).or_insert(0);
+        if *n >= MAX_FEED_PER_CALLER {
+            return None;
+        }
+        *n += 1;
+        Some(FeedSlot {
+            state: self.clone(),
+            caller: caller.clone(),
+        })
+    }
+
+    /// Waits until the ledger holds more than `size` entries, `wait` has
+    /// passed, or the broker begins to shut down. Appends through this
+    /// broker wake it at once; the periodic re-check covers appends it does
+    /// not see (another broker on a shared backend).
+    pub(crate) async fn wait_for_entries(&self, size: u64, wait: Duration) {
+        const RECHECK: Duration = Duration::from_secs(1);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut appended = self.feed.appended.subscribe();
+        let mut closing = self.feed.closing.subscribe();
+        while self.storage.size() <= size && !*closing.borrow() {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let nap = RECHECK.min(deadline - now);
+            tokio::select! {
+                r = appended.changed() => if r.is_err() { tokio::time::sleep(nap).await },
+                r = closing.changed() => if r.is_err() { tokio::time::sleep(nap).await },
+                _ = tokio::time::sleep(nap) => {}
+            }
+        }
+    }
+
+    /// Answers every waiting feed request now (shutdown).
+    pub fn close_feed(&self) {
+        self.feed.closing.send_replace(true);
     }
 
     /// An unrevoked admin of the ledger's trust state may revoke, export,
@@ -304,9 +427,11 @@ impl AppState {
         })
     }
 
-    /// Appends events signed by their actors.
+    /// Appends events signed by their actors; wakes the feed's followers.
     pub async fn append(&self, events: Vec<SignedEvent>) -> AppendResults {
-        self.storage.append(events).await
+        let results = self.storage.append(events).await;
+        self.feed.appended.send_replace(self.storage.size());
+        results
     }
 
     /// Signs events with the ledger key (on a blocking thread) and appends
@@ -380,7 +505,7 @@ impl AppState {
         code: DenialCode,
         reason: &str,
     ) {
-        if !self.rules(|a| a.knows(actor)) {
+        if !self.knows(actor) {
             let mut b = self
                 .stranger_denials
                 .lock()

@@ -103,7 +103,7 @@ fn value_for(key: &'static str) -> BoxedStrategy<String> {
             .prop_map(|s| q(&s))
             .boxed(),
         "role" => "[a-z-]{1,10}".prop_map(|s| q(&s)).boxed(),
-        "admins" | "delegators" => prop::collection::vec(
+        "admins" | "delegators" | "auditors" => prop::collection::vec(
             prop_oneof![
                 Just("did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp".to_string()),
                 Just("did:key:z6Mkon3Necd6NkkyfoGoHxid2znGc59LU3K7mubaRcFbLfLX".to_string()),
@@ -146,7 +146,7 @@ fn value_for(key: &'static str) -> BoxedStrategy<String> {
 const SECTIONS: &[(&str, &[&str])] = &[
     ("", &["listen", "data"]),
     ("[vault]", &["addr", "token_file", "role", "parent_policy"]),
-    ("[trust]", &["admins", "delegators"]),
+    ("[trust]", &["admins", "delegators", "auditors"]),
     ("[scopes.ci-read]", &["policies", "max_ttl", "contexts"]),
     (
         "[scopes.\"Bad Scope\"]",

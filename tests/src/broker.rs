@@ -20,6 +20,8 @@ pub struct Harness {
     pub admin: KeyPair,
     /// A listed automated reviewer (`[trust] reviewers`), `reviewer.key`.
     pub reviewer: KeyPair,
+    /// Listed in `[trust] auditors`: may read the entry feed, nothing else.
+    pub auditor: KeyPair,
     pub url: String,
 }
 
@@ -87,6 +89,8 @@ impl Harness {
         developer.save(&dir.path().join("developer.key")).unwrap();
         admin.save(&dir.path().join("admin.key")).unwrap();
         reviewer.save(&dir.path().join("reviewer.key")).unwrap();
+        let auditor = KeyPair::generate();
+        auditor.save(&dir.path().join("auditor.key")).unwrap();
         let port = free_port().unwrap();
         let scheme = if extra.contains("enabled = true") {
             "https"
@@ -95,16 +99,20 @@ impl Harness {
         };
         let url = format!("{scheme}://localhost:{port}");
         let config = custody_cli::dev::with_trust(
-            &example_config(
-                &format!("127.0.0.1:{port}"),
-                &dir.path().join("data"),
-                &bao.addr,
-                &dir.path().join("vault-token"),
-                admin.did().as_str(),
-                developer.did().as_str(),
+            &custody_cli::dev::with_trust(
+                &example_config(
+                    &format!("127.0.0.1:{port}"),
+                    &dir.path().join("data"),
+                    &bao.addr,
+                    &dir.path().join("vault-token"),
+                    admin.did().as_str(),
+                    developer.did().as_str(),
+                ),
+                "reviewers",
+                &[reviewer.did().as_str()],
             ),
-            "reviewers",
-            &[reviewer.did().as_str()],
+            "auditors",
+            &[auditor.did().as_str()],
         ) + extra;
         std::fs::write(dir.path().join("custody.toml"), config).unwrap();
         Self {
@@ -114,6 +122,7 @@ impl Harness {
             developer,
             admin,
             reviewer,
+            auditor,
             url,
         }
     }

@@ -1,10 +1,12 @@
 //! Shared helpers for the end-to-end tests: the built binaries, demo bundles,
-//! and a forger that rewrites a bundle consistently (re-chained, re-hashed,
+//! the SIEM side (Splunk HEC and OTLP receivers, the OCSF schema check), and
+//! a forger that rewrites a bundle consistently (re-chained, re-hashed,
 //! checkpoints re-signed with the ledger key) so a test can isolate exactly one
 //! kind of tampering.
 
 pub mod broker;
 pub mod cluster;
+pub mod siem;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -67,6 +67,9 @@ impl Storage for Faulty {
     async fn line(&self, seq: u64) -> Result<Vec<u8>, StorageError> {
         self.inner.line(seq).await
     }
+    async fn lines(&self, from: u64, n: usize, bytes: usize) -> Result<Vec<Vec<u8>>, StorageError> {
+        self.inner.lines(from, n, bytes).await
+    }
     async fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Vec<Hash>, StorageError> {
         self.inner.inclusion_proof(seq, size).await
     }

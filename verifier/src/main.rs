@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use custody_identity::Did;
+use custody_verifier::event::{check_event, read_event};
 use custody_verifier::proof::{check_proof, proof_file_bytes, prove, read_proof, ProofError};
 use custody_verifier::{verify_bundle, VerifyOptions};
 
@@ -87,6 +88,17 @@ enum Command {
         report: PathBuf,
         #[arg(long, value_name = "DIR")]
         bundle: PathBuf,
+    },
+    /// Check that a SIEM event (custody tail's OCSF event, its Splunk HEC
+    /// envelope, or an entry line) is the ledger's entry that PROOF proves.
+    CheckEvent {
+        event: PathBuf,
+        #[arg(long, value_name = "PROOF")]
+        proof: PathBuf,
+        #[arg(long, value_name = "DID")]
+        ledger_key: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// Check an inclusion proof on its own, without the bundle.
     CheckProof {
@@ -228,6 +240,53 @@ fn run(cli: Cli) -> u8 {
             }
             Err(e) => proof_error(e),
         },
+        Command::CheckEvent {
+            event,
+            proof,
+            ledger_key,
+            json,
+        } => {
+            let ledger_key = match parse_did(ledger_key) {
+                Ok(k) => k,
+                Err(code) => return code,
+            };
+            let checked = read_proof(&proof).and_then(|p| {
+                let ev = read_event(&event)?;
+                check_event(&ev, &p, ledger_key.as_ref())
+            });
+            match checked {
+                Ok(c) => {
+                    if json {
+                        println!("{}", serde_json::json!({"valid": true, "event": c}));
+                    } else {
+                        println!(
+                            "valid: the event is entry {} ({} by {} {}) of the ledger {} (tree size {}, root {})",
+                            c.proof.seq, c.proof.action, c.proof.actor_kind, c.proof.actor,
+                            c.proof.ledger, c.proof.tree_size, c.proof.root
+                        );
+                        if !c.added_fields.is_empty() {
+                            println!(
+                                "note: fields not written by custody (not vouched for): {}",
+                                c.added_fields.join(", ")
+                            );
+                        }
+                        if !c.proof.ledger_key_pinned {
+                            println!("note: ledger key not pinned; pass --ledger-key {} after checking it out of band", c.proof.ledger);
+                        }
+                    }
+                    EXIT_VALID
+                }
+                Err(e) => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"valid": false, "error": e.to_string()})
+                        );
+                    }
+                    proof_error(e)
+                }
+            }
+        }
         Command::CheckProof {
             proof,
             ledger_key,

@@ -26,6 +26,17 @@ pub const PATH_APPROVALS_PENDING: &str = "/v1/approvals/pending";
 pub const PATH_APPROVAL_STATUS: &str = "/v1/approvals/status";
 /// OTLP/HTTP logs (the standard path, so exporters need only the base URL).
 pub const PATH_OTLP_LOGS: &str = "/v1/logs";
+/// The entry feed: canonical entries in order, for auditors and admins.
+pub const PATH_ENTRIES: &str = "/v1/entries";
+
+/// Most entries one page of the feed carries.
+pub const MAX_FEED_PAGE: usize = 1000;
+/// A page stops growing once its lines reach this many bytes (it always
+/// carries at least one entry when there is one): with the per-caller cap on
+/// requests in flight this bounds what the broker holds for slow readers.
+pub const MAX_FEED_PAGE_BYTES: usize = 4 << 20;
+/// Longest a follow request (`wait`) is held open waiting for a new entry.
+pub const MAX_FEED_WAIT_SECS: u64 = 30;
 
 /// Most events one batch request may carry.
 pub const MAX_BATCH_EVENTS: usize = 1000;
@@ -191,6 +202,75 @@ pub struct Health {
     pub vault: String,
 }
 
+/// `GET /v1/entries?after=SEQ&limit=N&wait=SECS`, signed by an auditor or
+/// an admin (method, path and query signed, empty body).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedQuery {
+    /// Entries after this seq; absent: from entry 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+    /// At most this many entries (capped at [`MAX_FEED_PAGE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Follow mode: when there is no entry after `after` yet, wait up to this
+    /// many seconds (capped at [`MAX_FEED_WAIT_SECS`]) for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<u64>,
+}
+
+impl FeedQuery {
+    /// The path and query a client sends and signs: `/v1/entries?after=…`.
+    pub fn path_and_query(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(a) = self.after {
+            parts.push(format!("after={a}"));
+        }
+        if let Some(l) = self.limit {
+            parts.push(format!("limit={l}"));
+        }
+        if let Some(w) = self.wait {
+            parts.push(format!("wait={w}"));
+        }
+        if parts.is_empty() {
+            PATH_ENTRIES.to_string()
+        } else {
+            format!("{PATH_ENTRIES}?{}", parts.join("&"))
+        }
+    }
+}
+
+/// One page of the feed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FeedPage {
+    /// The ledger's DID (its key signs the checkpoints).
+    pub ledger: String,
+    /// Entries in the ledger when the page was read; every `seq` is below it.
+    pub size: u64,
+    /// Consecutive entries from the first after `after`, in order.
+    pub entries: Vec<FeedEntry>,
+    /// The latest signed checkpoint note (FORMAT.md §6), when there is one.
+    /// A consumer holding every entry from 0 checks what it received against
+    /// it: by its root when it reaches its size, or by [`Self::consistency`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+    /// When the checkpoint's size is below the page's first seq (`after + 1`):
+    /// the RFC 9162 consistency proof from the checkpoint's tree to the tree
+    /// of the entries before the page, hex, so the consumer can check the
+    /// entries it already has against the signed root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Vec<String>>,
+}
+
+/// One entry of the feed: its canonical line exactly as in `entries.jsonl`
+/// and its entry hash (`SHA-256(0x00 ‖ line)`, FORMAT.md §5).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FeedEntry {
+    pub seq: u64,
+    pub hash: String,
+    pub line: String,
+}
+
 /// `GET /v1/session/status`, signed by the session: whether it may still act.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SessionStatus {
@@ -325,4 +405,20 @@ pub struct Cosigned {
     /// were all kept already (a replay adds nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feed_query_is_sent_as_signed() {
+        assert_eq!(FeedQuery::default().path_and_query(), "/v1/entries");
+        let q = FeedQuery {
+            after: Some(41),
+            limit: Some(10),
+            wait: Some(30),
+        };
+        assert_eq!(q.path_and_query(), "/v1/entries?after=41&limit=10&wait=30");
+    }
 }

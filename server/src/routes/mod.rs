@@ -12,6 +12,7 @@
 //! | [`revocation`] | the kill switch | admin |
 //! | [`export`] | the bundle, payload redaction | admin |
 //! | [`checkpoints`] | sign a checkpoint now | admin |
+//! | [`entries`] | the entry feed (follow mode by long poll) | auditor / admin |
 //! | [`policy`] | the pre-tool policy's decision | session |
 //! | [`approvals`] | submit an approval, held calls to decide, a held call's status | approver / session |
 //! | [`otlp`] | OTLP/HTTP logs | a session's ingest token |
@@ -27,6 +28,7 @@ use crate::state::AppState;
 
 mod approvals;
 mod checkpoints;
+mod entries;
 mod events;
 mod export;
 mod otlp;
@@ -41,7 +43,8 @@ mod tokens;
 pub enum Access {
     /// Nobody in particular: only in [`public`].
     Public,
-    /// A request signed by its caller ([`crate::auth::Signed`]).
+    /// A request signed by its caller ([`crate::auth::Signed`], or
+    /// [`crate::auth::SignedQuery`] for a `GET`).
     Signed,
     /// A session's OTLP ingest token ([`crate::auth::Ingest`]).
     Ingest,
@@ -84,7 +87,8 @@ impl Routes {
         self
     }
 
-    /// A route whose handler takes a [`crate::auth::Signed`] body.
+    /// A route whose handler takes a [`crate::auth::Signed`] body or a
+    /// [`crate::auth::SignedQuery`].
     fn signed(
         self,
         method: Method,
@@ -113,6 +117,7 @@ fn routes() -> Routes {
     let r = revocation::routes(r);
     let r = export::routes(r);
     let r = checkpoints::routes(r);
+    let r = entries::routes(r);
     let r = policy::routes(r);
     let r = approvals::routes(r);
     otlp::routes(r)

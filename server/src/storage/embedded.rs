@@ -127,6 +127,30 @@ impl Storage for Embedded {
             .await
     }
 
+    async fn lines(
+        &self,
+        from: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        self.blocking(move |s, _| {
+            // Acknowledged entries only: `len` moves after the sync.
+            let end = s.len().min(from.saturating_add(max_count as u64));
+            let mut out = Vec::new();
+            let mut bytes = 0usize;
+            for seq in from..end {
+                let line = s.line(seq).map_err(store_error)?;
+                bytes += line.len();
+                out.push(line);
+                if bytes >= max_bytes {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Vec<Hash>, StorageError> {
         self.blocking(move |s, _| s.inclusion_proof(seq, size).map_err(store_error))
             .await

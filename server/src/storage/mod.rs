@@ -67,6 +67,16 @@ pub trait Storage: Send + Sync {
     async fn head(&self) -> Result<TreeHead, StorageError>;
     /// The canonical line of entry `seq`.
     async fn line(&self, seq: u64) -> Result<Vec<u8>, StorageError>;
+    /// The lines of entries `from..`, in order: at most `max_count` of them,
+    /// and no more once they add up to `max_bytes` (at least one when entry
+    /// `from` exists). A page of the entry feed; reading takes no lock that
+    /// appends need.
+    async fn lines(
+        &self,
+        from: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, StorageError>;
     async fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Vec<Hash>, StorageError>;
     async fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, StorageError>;
     /// Writes the export bundle of the whole ledger into `out` (signing a

@@ -712,6 +712,35 @@ impl Storage for Postgres {
         .ok_or_else(|| StorageError::Failed(format!("no entry {seq}")))
     }
 
+    async fn lines(
+        &self,
+        from: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        // Committed rows only: an entry is acknowledged after its commit.
+        let end = from.saturating_add(max_count as u64);
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT line FROM custody_entries WHERE seq >= $1 AND seq < $2 ORDER BY seq",
+                &[&(from as i64), &(end.min(i64::MAX as u64) as i64)],
+            )
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for r in rows {
+            let line: Vec<u8> = r.get(0);
+            bytes += line.len();
+            out.push(line);
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     async fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Vec<Hash>, StorageError> {
         let head = self.db_head().await?;
         if size > head.size {
