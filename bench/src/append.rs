@@ -27,6 +27,21 @@ struct Run {
     cores_busy: f64,
 }
 
+impl Run {
+    /// The run that began at `t0` (process CPU time `c0`) and acknowledged
+    /// appends after `latencies`.
+    fn of(store: &Store<AcceptAll>, mut latencies: Vec<Duration>, t0: Instant, c0: f64) -> Self {
+        let wall = t0.elapsed().as_secs_f64();
+        latencies.sort();
+        Run {
+            per_s: latencies.len() as f64 / wall,
+            cores_busy: (crate::util::cpu_seconds() - c0) / wall,
+            syncs: store.stats().syncs,
+            latencies,
+        }
+    }
+}
+
 /// `writers` threads append `evs` concurrently.
 fn append_run(dir: &Path, evs: Vec<SignedEvent>, writers: usize) -> anyhow::Result<Run> {
     let store = Arc::new(Store::open(dir, AcceptAll)?);
@@ -59,16 +74,7 @@ fn append_run(dir: &Path, evs: Vec<SignedEvent>, writers: usize) -> anyhow::Resu
     for h in handles {
         lat.extend(h.join().map_err(|_| anyhow::anyhow!("writer panicked"))?);
     }
-    let wall = t0.elapsed().as_secs_f64();
-    let cores_busy = (crate::util::cpu_seconds() - c0) / wall;
-    let syncs = store.stats().syncs;
-    lat.sort();
-    Ok(Run {
-        per_s: n as f64 / wall,
-        latencies: lat,
-        syncs,
-        cores_busy,
-    })
+    Ok(Run::of(&store, lat, t0, c0))
 }
 
 /// Threads serving the open-loop arrivals: enough that arrivals never wait
@@ -125,16 +131,7 @@ fn open_loop_run(dir: &Path, evs: Vec<SignedEvent>, rate: f64) -> anyhow::Result
     for c in callers {
         lat.extend(c.join().map_err(|_| anyhow::anyhow!("caller panicked"))?);
     }
-    let wall = start.elapsed().as_secs_f64();
-    let cores_busy = (crate::util::cpu_seconds() - c0) / wall;
-    let syncs = store.stats().syncs;
-    lat.sort();
-    Ok(Run {
-        per_s: n as f64 / wall,
-        latencies: lat,
-        syncs,
-        cores_busy,
-    })
+    Ok(Run::of(&store, lat, start, c0))
 }
 
 pub fn bench(a: &Args, r: &mut Results) -> anyhow::Result<()> {

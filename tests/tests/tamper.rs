@@ -15,6 +15,16 @@ fn demo() -> &'static DemoRun {
     DEMO.get_or_init(DemoRun::new)
 }
 
+/// The last entry that matches: inserting after it shifts no seq an agent's
+/// signed event references (approvals, policy decisions), which a forger
+/// cannot re-sign, so the only failure is the one the test plants.
+fn last(entries: &[Entry], pred: impl Fn(&Entry) -> bool) -> usize {
+    entries
+        .iter()
+        .rposition(pred)
+        .expect("scenario has such an entry")
+}
+
 fn first(entries: &[Entry], pred: impl Fn(&Entry) -> bool) -> usize {
     entries
         .iter()
@@ -128,7 +138,7 @@ fn duplicate_consistently_rechained_is_caught_by_nonce() {
     // cannot replay an actor's event: its nonce was used.
     let d = demo();
     let mut entries = d.entries();
-    let i = first(&entries, is_agent_tool_call);
+    let i = last(&entries, is_agent_tool_call);
     let copy = entries[i].clone();
     entries.insert(i + 1, copy);
     let dir = d.dir.path().join("dup-forged");
@@ -182,7 +192,7 @@ fn signature_moved_from_another_entry_is_detected() {
 fn entry_signed_by_an_undelegated_key_is_detected() {
     let d = demo();
     let mut entries = d.entries();
-    let i = first(&entries, is_agent_tool_call);
+    let i = last(&entries, is_agent_tool_call);
     // A well-formed agent event, correctly signed — by a key nobody delegated.
     let rogue = KeyPair::generate();
     let mut ev = entries[i].event.clone();
@@ -217,7 +227,7 @@ fn an_agent_signed_revocation_of_the_admin_is_detected() {
     let mut entries = d.entries();
     let key = d.key("session-chat");
     let admin = d.key("admin").did();
-    let j = first(&entries, |e| {
+    let j = last(&entries, |e| {
         e.event.actor == key.did() && e.event.action.as_str() == actions::TOOL_CALL
     });
     let statement = custody_identity::Revocation::new(
@@ -283,7 +293,7 @@ fn entry_by_revoked_identity_after_revocation_is_detected() {
     let key = d.key("session-ci");
     assert_eq!(key.did().as_str(), revoked);
     // The revoked session's own earlier event, re-issued after the revocation.
-    let j = first(&entries, |e| {
+    let j = last(&entries, |e| {
         e.event.actor == key.did() && e.event.action.as_str() == actions::TOOL_CALL
     });
     let mut ev: Event = entries[j].event.clone();

@@ -230,7 +230,7 @@ pub async fn migrate(data: &Path, url: &PgUrl) -> Result<Migrated, MigrateError>
         writer.finish().await.map_err(db)?;
     }
     prune(&mut frontier, count);
-    let root = tlog_tiles::tree_hash(count, &FrontierReader(&frontier))
+    let root = tlog_tiles::tree_hash(count, &super::sequencer::MapReader(&frontier))
         .map_err(|e| MigrateError::Source(format!("the root: {e}")))?;
     if root != head.root {
         return Err(MigrateError::Mismatch(format!(
@@ -373,22 +373,6 @@ pub async fn migrate(data: &Path, url: &PgUrl) -> Result<Migrated, MigrateError>
         accessors,
         ingest,
     })
-}
-
-struct FrontierReader<'a>(&'a HashMap<u64, Hash>);
-
-impl custody_ledger::merkle::HashReader for FrontierReader<'_> {
-    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
-        indexes
-            .iter()
-            .map(|i| {
-                self.0
-                    .get(i)
-                    .copied()
-                    .ok_or(tlog_tiles::Error::IndexesNotInTree)
-            })
-            .collect()
-    }
 }
 
 /// Keeps only the right edge of the tree of `size`.

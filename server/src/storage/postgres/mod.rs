@@ -395,28 +395,14 @@ impl Postgres {
                 Err(tlog_tiles::Error::IndexesNotInTree)
             }
         }
-        struct Known(std::collections::HashMap<u64, Hash>);
-        impl HashReader for Known {
-            fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
-                indexes
-                    .iter()
-                    .map(|i| {
-                        self.0
-                            .get(i)
-                            .copied()
-                            .ok_or(tlog_tiles::Error::IndexesNotInTree)
-                    })
-                    .collect()
-            }
-        }
         let wanted = Wanted(Mutex::new(Vec::new()));
         if let Ok(v) = f(&wanted) {
             return Ok(v);
         }
         let indexes = wanted.0.into_inner().unwrap_or_else(|p| p.into_inner());
         let hashes = self.hashes(&indexes).await?;
-        let known = Known(indexes.into_iter().zip(hashes).collect());
-        f(&known).map_err(StorageError::Failed)
+        let known: std::collections::HashMap<u64, Hash> = indexes.into_iter().zip(hashes).collect();
+        f(&sequencer::MapReader(&known)).map_err(StorageError::Failed)
     }
 
     async fn db_head(&self) -> Result<Head, StorageError> {

@@ -88,6 +88,25 @@ impl Frontier {
     }
 }
 
+/// Stored hashes read from a map of the ones at hand (a frontier, or those
+/// fetched for one proof); any other index is not in the tree as far as the
+/// caller knows.
+pub(crate) struct MapReader<'a>(pub &'a HashMap<u64, Hash>);
+
+impl HashReader for MapReader<'_> {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
+        indexes
+            .iter()
+            .map(|i| {
+                self.0
+                    .get(i)
+                    .copied()
+                    .ok_or(tlog_tiles::Error::IndexesNotInTree)
+            })
+            .collect()
+    }
+}
+
 /// Appends leaf `n` (its hash `leaf`) to a tree whose right edge is in
 /// `frontier`: returns the stored hashes to write from
 /// `stored_hash_index(0, n)` on, and adds them to `frontier`.
@@ -96,21 +115,7 @@ pub(crate) fn push_leaf(
     n: u64,
     leaf: Hash,
 ) -> Result<Vec<(u64, Hash)>, String> {
-    struct R<'a>(&'a HashMap<u64, Hash>);
-    impl HashReader for R<'_> {
-        fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
-            indexes
-                .iter()
-                .map(|i| {
-                    self.0
-                        .get(i)
-                        .copied()
-                        .ok_or(tlog_tiles::Error::IndexesNotInTree)
-                })
-                .collect()
-        }
-    }
-    let new = tlog_tiles::stored_hashes_for_record_hash(n, leaf, &R(frontier))
+    let new = tlog_tiles::stored_hashes_for_record_hash(n, leaf, &MapReader(frontier))
         .map_err(|e| format!("stored hashes for entry {n}: {e}"))?;
     let first = tlog_tiles::stored_hash_index(0, n);
     let out: Vec<(u64, Hash)> = new
