@@ -6,6 +6,11 @@
 //! The scenario is data ([`scenario`]) so that tests can derive the counts a
 //! correct ledger must show (agent vs human activity, approvals by kind,
 //! mints, revocations, refusals) from the same definition the demo runs.
+//!
+//! One file on purpose (over 800 lines): it is one story told in order, each step
+//! using the keys and sessions of the steps before; split, a reader would jump
+//! between files to follow a single run. Its seam, if it grows: the oversight
+//! scenes (held calls, approvals) into `demo/oversight.rs`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

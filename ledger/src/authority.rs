@@ -24,6 +24,11 @@
 //!    revocation, and the oversight rule A8: approvals bound to one action,
 //!    the policy's decisions, and the approval a session's event claims
 //!    (see [`crate::actions::Constraint`] and [`crate::oversight`]).
+//!
+//! Over 800 lines on purpose: check and apply are the two halves of
+//! one state machine, and an auditor should read every rule and the state it
+//! changes in one place. What could leave it without splitting a rule: the
+//! oversight checks (A8) into `oversight.rs`, which already holds their state.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
