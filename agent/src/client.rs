@@ -76,8 +76,19 @@ impl Client {
             ),
             None => None,
         };
-        for pem in ca_pem.into_iter().chain(env_ca.as_deref()) {
-            b = b.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes())?);
+        // A known CA is the only root the client trusts: the broker's
+        // certificate comes from its own CA (README, `[tls]`), and a hook
+        // that trusts a hundred public CAs for its broker is weaker and
+        // slower (loading the system store was most of a hook's start-up).
+        // Without one (a command run before there is a session file), the
+        // platform's roots, for a broker behind a publicly certified proxy.
+        let pinned = ca_pem
+            .into_iter()
+            .chain(env_ca.as_deref())
+            .map(|pem| reqwest::Certificate::from_pem(pem.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !pinned.is_empty() {
+            b = b.tls_certs_only(pinned);
         }
         Ok(Self {
             http: b.build()?,

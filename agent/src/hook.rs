@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use custody_identity::KeyPair;
 use custody_ledger::denial::DenialCode;
 use custody_ledger::{actions, oversight, Approval, SignedEvent};
 use custody_wire::error::ErrorCode;
@@ -38,7 +39,7 @@ use serde_json::{json, Value};
 
 use crate::client::{salted_payload, session_event, Client, ClientError};
 use crate::sessionfile::SessionFile;
-use custody_wire::api::{PayloadBody, PolicyCheck, PolicyDecision};
+use custody_wire::api::{AppendEvent, PayloadBody, PolicyCheck, PolicyDecision};
 
 /// Hook input larger than this is refused (Claude Code's payloads are small;
 /// large tool outputs are digested, not stored whole).
@@ -294,15 +295,15 @@ fn mode_change(
     agent: Agent,
     input: &Value,
 ) -> anyhow::Result<Option<custody_ledger::Event>> {
+    if !mode_differs(session_path, input) {
+        return Ok(None);
+    }
     let Some(mode) = input["permission_mode"].as_str() else {
         return Ok(None);
     };
     let mode = clip(mode, 64);
     let path = mode_path(session_path);
     let last = std::fs::read_to_string(&path).unwrap_or_default();
-    if last.trim() == mode {
-        return Ok(None);
-    }
     let mut o = std::fs::OpenOptions::new();
     o.create(true).write(true).truncate(true);
     #[cfg(unix)]
@@ -322,6 +323,41 @@ fn mode_change(
             .insert("agent_session_id".into(), clip(v, 256).into());
     }
     Ok(Some(ev))
+}
+
+/// Whether the agent reports a permission mode other than the last one
+/// this session's hook saw (read only; [`mode_change`] records it).
+fn mode_differs(session_path: &Path, input: &Value) -> bool {
+    let Some(mode) = input["permission_mode"].as_str() else {
+        return false;
+    };
+    let last = std::fs::read_to_string(mode_path(session_path)).unwrap_or_default();
+    last.trim() != clip(mode, 64)
+}
+
+/// The PreToolUse's `tool.call`, signed, claiming the decision it is sent
+/// with (`{"by":"policy"}`): the broker appends it right after an allow by
+/// the policy alone, so the common call costs one round trip and one
+/// commit. `None` when a permission-mode change must be recorded first
+/// (the order of the two entries matters to the report).
+fn decided_with_call(
+    session: &SessionFile,
+    key: &KeyPair,
+    session_path: &Path,
+    agent: Agent,
+    input: &Value,
+    digest: &str,
+) -> anyhow::Result<Option<AppendEvent>> {
+    if mode_differs(session_path, input) {
+        return Ok(None);
+    }
+    let (mut ev, payload) = event_for(session, agent, input)?;
+    ev.details.insert("action_digest".into(), digest.into());
+    ev.approval = Some(Approval::decided_with_call());
+    Ok(Some(AppendEvent {
+        event: ev.sign(key)?,
+        payload,
+    }))
 }
 
 fn deny(agent: Agent, reason: &str) -> HookOutput {
@@ -439,6 +475,7 @@ const APPROVAL_POLL: Duration = Duration::from_millis(500);
 /// Runs one hook invocation: `input` is what the agent wrote on stdin.
 pub async fn run(agent: Agent, session_path: &Path, input: &[u8]) -> anyhow::Result<HookOutput> {
     let session = SessionFile::load(session_path)?;
+    let key = session.key()?;
     let input: Value = serde_json::from_slice(input).context("the hook input is not JSON")?;
     let name = input["hook_event_name"]
         .as_str()
@@ -469,14 +506,23 @@ pub async fn run(agent: Agent, session_path: &Path, input: &[u8]) -> anyhow::Res
         .or_else(|| input["call_id"].as_str())
         .map(|c| clip(c, 256));
     if name == "PreToolUse" && reachable {
-        let check = PolicyCheck {
+        let digest = oversight::action_digest(&session.did, &tool, &input["tool_input"], &cwd)?;
+        let mut check = PolicyCheck {
             tool: tool.clone(),
             branch: branch_for(&input["tool_input"], &cwd),
             input: input["tool_input"].clone(),
             cwd: cwd.clone(),
             call_id: call_id.clone(),
+            record: decided_with_call(&session, &key, session_path, agent, &input, &digest)?,
         };
         let mut answer = client.policy_check(&session, &check).await;
+        // The usual case: allowed by the policy, and the tool.call appended
+        // with the decision.
+        if matches!(&answer, Ok(d) if d.allow && d.recorded.is_some()) {
+            return Ok(allow);
+        }
+        // Asked again after an approval, the call claims the approval.
+        check.record = None;
         let held = match &answer {
             Ok(d) if d.decision == "approval_required" => Some((
                 d.seq,
@@ -533,7 +579,6 @@ pub async fn run(agent: Agent, session_path: &Path, input: &[u8]) -> anyhow::Res
             },
         }
     }
-    let key = session.key()?;
     let mut outgoing: Vec<Spooled> = Vec::new();
     if let Some(ev) = mode_change(&session, session_path, agent, &input)? {
         outgoing.push(Spooled {

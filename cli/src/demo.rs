@@ -381,6 +381,7 @@ impl Demo {
                         "toolu_demo_{}",
                         self.held.len() + self.tool_inputs.len()
                     )),
+                    record: None,
                 },
             )
             .await
@@ -703,6 +704,7 @@ impl Demo {
                             cwd: "/home/dev/custody".into(),
                             branch: String::new(),
                             call_id: Some("toolu_demo_denied".into()),
+                            record: None,
                         },
                     )
                     .await?;

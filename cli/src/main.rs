@@ -618,7 +618,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 HookAgent::Codex { session } => (custody_agent::hook::Agent::Codex, session),
             };
             let input = custody_agent::hook::read_input()?;
-            let out = runtime()?.block_on(custody_agent::hook::run(agent, &session, &input))?;
+            // One thread: a hook is a few sequential requests, and the
+            // agent waits for this process on every tool call.
+            let out = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(custody_agent::hook::run(agent, &session, &input))?;
             if let Some(v) = out.stdout {
                 println!("{v}");
             }

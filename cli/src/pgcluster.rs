@@ -332,8 +332,12 @@ impl PgCluster {
         self.admin_batch_in("postgres", sql).await
     }
 
-    /// Runs SQL as the superuser in database `db`.
-    pub async fn admin_batch_in(&self, db: &str, sql: &str) -> anyhow::Result<()> {
+    /// A superuser connection to `db`, and the task that drives it (awaited
+    /// after the client is dropped, so the session ends before returning).
+    async fn admin_connect(
+        &self,
+        db: &str,
+    ) -> anyhow::Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
         let (client, conn) = tokio_postgres::connect(&self.admin_url(db), tokio_postgres::NoTls)
             .await
             .map_err(|e| {
@@ -343,7 +347,15 @@ impl PgCluster {
                     pg_error(&e)
                 )
             })?;
-        let driver = tokio::spawn(conn);
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok((client, driver))
+    }
+
+    /// Runs SQL as the superuser in database `db`.
+    pub async fn admin_batch_in(&self, db: &str, sql: &str) -> anyhow::Result<()> {
+        let (client, driver) = self.admin_connect(db).await?;
         let r = client.batch_execute(sql).await;
         drop(client);
         let _ = driver.await;
@@ -353,16 +365,7 @@ impl PgCluster {
     /// Runs a query as the superuser in `db` and returns the first column
     /// of each row as text.
     pub async fn admin_query(&self, db: &str, sql: &str) -> anyhow::Result<Vec<String>> {
-        let (client, conn) = tokio_postgres::connect(&self.admin_url(db), tokio_postgres::NoTls)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "connecting to postgres on port {}: {}",
-                    self.port,
-                    pg_error(&e)
-                )
-            })?;
-        let driver = tokio::spawn(conn);
+        let (client, driver) = self.admin_connect(db).await?;
         let rows = client.simple_query(sql).await;
         drop(client);
         let _ = driver.await;

@@ -843,7 +843,7 @@ impl Authority {
                 claim.kind()
             ))
         })?;
-        let seq = claim.seq().ok_or_else(|| {
+        let seq = claim.backing_seq(self.next.0).ok_or_else(|| {
             unverified(format!(
                 "the tool.call claims approval by {} but names no entry that backs it (`approval.seq`)",
                 claim.kind()
@@ -911,6 +911,11 @@ impl Authority {
                 if let Some(h) = hold {
                     return Err(floor(h, "a policy cannot approve it"));
                 }
+                if policy.is_empty() && !claim.is_decided_with_call() {
+                    return Err(unverified(format!(
+                        "the tool.call claims approval by policy decision {seq} but names no policy (only a call decided with its decision, the entry just before it, names neither)"
+                    )));
+                }
                 let d = self.oversight.decision(seq).ok_or_else(|| {
                     unverified(format!(
                         "entry {seq} is not a policy decision that allowed this call (not the ledger key's allow for an action, later than the call, or older than an hour)"
@@ -927,7 +932,7 @@ impl Authority {
                         "policy decision {seq} was used by entry {u}"
                     )));
                 }
-                if !d.policies.iter().any(|p| p == policy) {
+                if !policy.is_empty() && !d.policies.iter().any(|p| p == policy) {
                     return Err(unverified(format!(
                         "policy decision {seq} names {:?}, not {policy:?}",
                         d.policies

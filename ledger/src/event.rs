@@ -61,8 +61,13 @@ pub enum Approval {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         seq: Option<u64>,
     },
-    /// A policy rule allowed it.
+    /// A policy rule allowed it. With neither `policy` nor `seq` (written
+    /// `{"by":"policy"}`), the call was decided with it: the entry just
+    /// before the call is the ledger key's `policy.decision` that allowed
+    /// it (FORMAT.md §3.3), which the broker appends with the call in one
+    /// commit.
     Policy {
+        #[serde(default, skip_serializing_if = "String::is_empty")]
         policy: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         seq: Option<u64>,
@@ -85,6 +90,30 @@ impl Approval {
             Approval::Policy { .. } => "policy",
             Approval::AutoReview { .. } => "auto_review",
             Approval::None => "none",
+        }
+    }
+
+    /// A policy claim decided with the call: `{"by":"policy"}`, naming
+    /// neither the policy nor the decision, which is the entry just before.
+    pub fn decided_with_call() -> Approval {
+        Approval::Policy {
+            policy: String::new(),
+            seq: None,
+        }
+    }
+
+    /// Whether this is [`Approval::decided_with_call`].
+    pub fn is_decided_with_call(&self) -> bool {
+        matches!(self, Approval::Policy { policy, seq: None } if policy.is_empty())
+    }
+
+    /// The entry that backs the claim of the entry at `at`: the one it
+    /// names, or for a claim decided with the call the entry just before.
+    pub fn backing_seq(&self, at: u64) -> Option<u64> {
+        match self.seq() {
+            Some(s) => Some(s),
+            None if self.is_decided_with_call() => at.checked_sub(1),
+            None => None,
         }
     }
 

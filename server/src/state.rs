@@ -437,8 +437,14 @@ impl AppState {
     /// Signs events with the ledger key (on a blocking thread) and appends
     /// them.
     pub async fn append_attested(self: &Arc<Self>, events: Vec<Event>) -> ApiResult<AppendResults> {
+        let signed = self.attest_signed(events).await?;
+        Ok(self.append(signed).await)
+    }
+
+    /// Signs events with the ledger key, on a blocking thread.
+    async fn attest_signed(self: &Arc<Self>, events: Vec<Event>) -> ApiResult<Vec<SignedEvent>> {
         let s = self.clone();
-        let signed = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             events
                 .into_iter()
                 .map(|e| e.sign(&s.ledger_key))
@@ -446,8 +452,27 @@ impl AppState {
         })
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-        Ok(self.append(signed).await)
+        .map_err(|e| ApiError::internal(e.to_string()))
+    }
+
+    /// Appends `attested` (signed with the ledger key) and `then` (signed
+    /// by its actor) in one request, so `then` lands right after it in the
+    /// same commit: a policy decision and the call it allowed. Each result
+    /// with the refusal handling of [`append_one`](Self::append_one).
+    pub async fn append_attested_then(
+        self: &Arc<Self>,
+        attested: Event,
+        then: SignedEvent,
+    ) -> ApiResult<(Appended, ApiResult<Appended>)> {
+        let first = (attested.actor.clone(), attested.action.to_string());
+        let second = (then.event.actor.clone(), then.event.action.to_string());
+        let mut signed = self.attest_signed(vec![attested]).await?;
+        signed.push(then);
+        let mut results = self.append(signed).await;
+        let then_result = results.pop().into_iter().collect();
+        let decided = self.one_result(&first.0, &first.1, results).await;
+        let then_appended = self.one_result(&second.0, &second.1, then_result).await;
+        Ok((decided?, then_appended))
     }
 
     /// Appends one event; a refusal is recorded and answered 403.

@@ -454,16 +454,40 @@ async fn the_pre_tool_policy_decides_by_context_and_records_the_rule() {
         assert_eq!(e["event"]["details"]["policies"], json!([rule]));
         assert_eq!(e["event"]["actor_kind"], "service");
     }
-    // Only allowed calls run, so only they become tool calls, each naming its decision.
+    // Only allowed calls run, so only they become tool calls, each backed
+    // by its decision: named (a session's first call, which records the
+    // agent's permission mode first), or decided with the call, right
+    // before it (every later one).
     let calls = with_action(&es, "tool.call");
     assert_eq!(calls.len(), 3);
+    let mut with_call = 0;
     for c in &calls {
+        let a = &c["event"]["approval"];
+        assert_eq!(a["by"], "policy");
+        let backing = match a["seq"].as_u64() {
+            Some(s) => s,
+            None => {
+                assert_eq!(a, &json!({"by": "policy"}));
+                with_call += 1;
+                c["seq"].as_u64().unwrap() - 1
+            }
+        };
+        let d = es
+            .iter()
+            .find(|e| e["seq"].as_u64() == Some(backing))
+            .unwrap();
+        assert_eq!(d["event"]["action"], "policy.decision");
+        assert_eq!(d["event"]["details"]["decision"], "allow");
         assert_eq!(
-            c["event"]["details"]["policies"],
+            d["event"]["details"]["policies"],
             json!(["allow-by-default"])
         );
-        assert!(c["event"]["details"]["policy_seq"].is_u64());
+        assert_eq!(
+            d["event"]["details"]["action_digest"],
+            c["event"]["details"]["action_digest"]
+        );
     }
+    assert!(with_call >= 1, "the chat session's second call");
     let text = std::fs::read_to_string(h.path().join("bundle/entries.jsonl")).unwrap();
     assert!(
         !text.contains("id_ed25519"),

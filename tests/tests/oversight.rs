@@ -131,6 +131,136 @@ async fn forge_call(
         .expect_err("the broker accepted a forged approval claim")
 }
 
+/// A `tool.call` sent with the policy check (`record`), as the hook sends
+/// it: appended right after the decision only for the call the policy alone
+/// allowed; a hostile session's record for another actor or another action,
+/// or with another claim, stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_sent_with_its_check_is_appended_only_when_the_policy_allows_it() {
+    use custody_agent::client::salted_payload;
+    use custody_ledger::oversight::action_digest;
+    use custody_wire::api::{AppendEvent, PolicyCheck};
+
+    let h = Harness::start().await;
+    let (s, _) = h.session("claude-code", "chat", "agent").await;
+    let (other, _) = h.session("claude-code", "chat", "other").await;
+    let c = h.client();
+    let input = json!({"command": "cargo test"});
+    let digest = action_digest(&s.did, "Bash", &input, "/w").unwrap();
+    let record = |s: &SessionFile, digest: &str, approval: Approval, action: &str| {
+        let mut ev = session_event(s, action).unwrap();
+        ev.details.insert("tool".into(), "Bash".into());
+        ev.details.insert("action_digest".into(), digest.into());
+        let (pref, body) = salted_payload(input.to_string().as_bytes());
+        ev.payload = Some(pref);
+        ev.approval = Some(approval);
+        AppendEvent {
+            event: ev.sign(&s.key().unwrap()).unwrap(),
+            payload: Some(body),
+        }
+    };
+    let check = |tool_input: &Value, record: AppendEvent| PolicyCheck {
+        tool: "Bash".into(),
+        input: tool_input.clone(),
+        cwd: "/w".into(),
+        branch: String::new(),
+        call_id: Some("toolu_rec".into()),
+        record: Some(record),
+    };
+    let size = || async { h.client().health().await.unwrap().entries };
+
+    // Hostile records: nothing is decided or appended for them (another
+    // actor's is a refusal, recorded as such).
+    let before = size().await;
+    let e = c
+        .policy_check(
+            &s,
+            &check(
+                &input,
+                record(&other, &digest, Approval::decided_with_call(), "tool.call"),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("did_mismatch"), "{e}");
+    assert_eq!(size().await, before + 1, "only the refusal is recorded");
+    let before = size().await;
+    let other_action =
+        action_digest(&s.did, "Bash", &json!({"command": "cargo tesT"}), "/w").unwrap();
+    for (r, what) in [
+        (
+            record(
+                &s,
+                &other_action,
+                Approval::decided_with_call(),
+                "tool.call",
+            ),
+            "another action",
+        ),
+        (
+            record(
+                &s,
+                &digest,
+                Approval::Policy {
+                    policy: "allow-by-default".into(),
+                    seq: Some(1),
+                },
+                "tool.call",
+            ),
+            "claims",
+        ),
+        (
+            record(&s, &digest, Approval::decided_with_call(), "tool.result"),
+            "not a tool.result",
+        ),
+    ] {
+        let e = c.policy_check(&s, &check(&input, r)).await.unwrap_err();
+        assert!(e.to_string().contains("malformed"), "{what}: {e}");
+        assert!(e.to_string().contains(what), "{what}: {e}");
+    }
+    assert_eq!(
+        size().await,
+        before,
+        "nothing stored for a malformed record"
+    );
+
+    // Held: the decision is recorded, the call is not.
+    let destroy = json!({"command": "terraform destroy"});
+    let held_digest = action_digest(&s.did, "Bash", &destroy, "/w").unwrap();
+    let before = size().await;
+    let d = c
+        .policy_check(
+            &s,
+            &check(
+                &destroy,
+                record(&s, &held_digest, Approval::decided_with_call(), "tool.call"),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(d.decision, "approval_required");
+    assert!(d.recorded.is_none());
+    assert_eq!(size().await, before + 1);
+
+    // Allowed: the call lands right after its decision, once.
+    let r = record(&s, &digest, Approval::decided_with_call(), "tool.call");
+    let d = c.policy_check(&s, &check(&input, r.clone())).await.unwrap();
+    assert!(d.allow);
+    let recorded = d.recorded.expect("the call was appended with its decision");
+    assert_eq!(recorded.seq, d.seq + 1);
+    // The same signed call again: decided, but refused as a replay.
+    let d = c.policy_check(&s, &check(&input, r)).await.unwrap();
+    assert!(d.allow && d.recorded.is_none());
+
+    let (code, v) = h.export_and_verify("bundle").await;
+    assert_eq!(code, 0, "{v:#}");
+    let es = entries(&h.path().join("bundle"));
+    let call = &es[recorded.seq as usize];
+    assert_eq!(call.event.action.as_str(), "tool.call");
+    assert_eq!(call.event.approval, Some(Approval::decided_with_call()));
+    assert_eq!(with_action(&es, "tool.call").len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_call_runs_once_on_the_delegators_signed_approval() {
     let h = Harness::start().await;
@@ -179,6 +309,7 @@ async fn a_held_call_runs_once_on_the_delegators_signed_approval() {
             },
             "human_approval_required",
         ),
+        (Approval::decided_with_call(), "human_approval_required"),
     ] {
         let e = forge_call(&h, &s, &digest, approval).await;
         assert_eq!(e.code(), Some(code), "{e}");

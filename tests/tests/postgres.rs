@@ -35,6 +35,7 @@ fn check() -> PolicyCheck {
         cwd: "/work".into(),
         branch: "main".into(),
         call_id: None,
+        record: None,
     }
 }
 

@@ -338,6 +338,7 @@ async fn append_mix(c: Client, s: SessionFile, dev: KeyPair, n: u64, seed: u64) 
                         cwd: "/work/repo".into(),
                         branch: "main".into(),
                         call_id: None,
+                        record: None,
                     },
                 )
                 .await

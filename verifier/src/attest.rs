@@ -487,7 +487,7 @@ impl Acc {
                     self.approval_claims += 1;
                 }
                 // Accepted by the rules with the entry it names: verified.
-                if let Some(seq) = ev.approval.as_ref().and_then(|a| a.seq()) {
+                if let Some(seq) = ev.approval.as_ref().and_then(|a| a.backing_seq(e.seq.0)) {
                     *self.verified_approvals.entry(k.to_string()).or_default() += 1;
                     if let Some(i) = self.decided_held.get(&seq) {
                         self.held[*i].0.ran_seq.get_or_insert(e.seq.0);

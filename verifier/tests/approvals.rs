@@ -348,6 +348,64 @@ fn each_way_an_approval_claim_fails() {
     assert_eq!(l.offline(), refused);
 }
 
+/// `{"by":"policy"}`, decided with the call: backed by the entry just
+/// before it, and by nothing else (FORMAT.md §3.1).
+#[test]
+fn a_call_decided_with_its_decision_is_backed_by_the_entry_just_before() {
+    let mut l = L::new();
+    let mut refused = Vec::new();
+    let mut expect_refused = |l: &mut L, r: Result<u64, String>, code: &str| {
+        assert_eq!(r.as_ref().err().map(String::as_str), Some(code), "{r:?}");
+        refused.push(l.entries.len() as u64 - 1);
+    };
+    let with = Approval::decided_with_call;
+    // Right after the allow for this very call: accepted, and it used it.
+    let allow = l.decision(1, "allow", None).unwrap();
+    assert_eq!(l.call(1, with()).unwrap(), allow + 1);
+    let r = l.call(
+        1,
+        Approval::Policy {
+            policy: "rule-a".into(),
+            seq: Some(allow),
+        },
+    );
+    expect_refused(&mut l, r, "approval_unverified");
+    // Right after an allow for another action.
+    l.decision(0, "allow", None).unwrap();
+    let r = l.call(1, with());
+    expect_refused(&mut l, r, "approval_unverified");
+    // Not right after: an entry between the allow and the call.
+    l.decision(1, "allow", None).unwrap();
+    l.decision(0, "deny", None).unwrap();
+    let r = l.call(1, with());
+    expect_refused(&mut l, r, "approval_unverified");
+    // Right after a deny, or after nothing of the policy's.
+    let r = l.call(1, with());
+    expect_refused(&mut l, r, "approval_unverified");
+    // A decision's seq without the policy it names.
+    let allow = l.decision(1, "allow", None).unwrap();
+    let r = l.call(
+        1,
+        Approval::Policy {
+            policy: String::new(),
+            seq: Some(allow),
+        },
+    );
+    expect_refused(&mut l, r, "approval_unverified");
+    // Right after the allow of a call the policy held for a person: the
+    // hard floor holds.
+    l.decision(0, "approval_required", Some("human")).unwrap();
+    l.decision(0, "allow", None).unwrap();
+    let r = l.call(0, with());
+    expect_refused(&mut l, r, "human_approval_required");
+    // The claim's wire form names neither member.
+    assert_eq!(
+        serde_json::to_string(&with()).unwrap(),
+        r#"{"by":"policy"}"#
+    );
+    assert_eq!(l.offline(), refused);
+}
+
 #[test]
 fn a_review_hold_accepts_the_reviewer_and_a_person() {
     let mut l = L::new();

@@ -100,7 +100,7 @@ impl std::fmt::Debug for Minted {
 }
 
 /// `POST /v1/events`, signed by the event's actor.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppendEvent {
     pub event: SignedEvent,
@@ -296,6 +296,13 @@ pub struct PolicyCheck {
     /// with the decision so a refusal joins the agent's transcript.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_id: Option<String>,
+    /// The call's `tool.call`, signed by the session and claiming
+    /// `{"by":"policy"}` (decided with the call, FORMAT.md §3.3): when the
+    /// policy alone allows the call, the broker appends it right after the
+    /// decision, in the same commit, and answers `recorded`. Otherwise it
+    /// is not stored and the caller sends its `tool.call` as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<AppendEvent>,
 }
 
 /// The decision, recorded as a `policy.decision` entry at `seq`.
@@ -323,6 +330,9 @@ pub struct PolicyDecision {
     /// When a person refused this exact call: their `approval` entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused_by: Option<u64>,
+    /// The `tool.call` sent as `record`, appended right after the decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded: Option<Appended>,
 }
 
 /// `POST /v1/approvals`, signed by the approver: their own `approval` event.

@@ -14,7 +14,7 @@ use custody_identity::Did;
 use custody_ledger::actions;
 use custody_ledger::denial::DenialCode;
 use custody_ledger::store::Appended as StoreAppended;
-use custody_ledger::SignedEvent;
+use custody_ledger::{Event, PayloadDigest, SignedEvent};
 use custody_wire::api::*;
 use custody_wire::error::ErrorCode;
 
@@ -23,14 +23,14 @@ use crate::auth::Signed;
 use crate::credentials;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-use crate::storage::AppendFailure;
+use crate::storage::{AppendFailure, PayloadItem};
 
 pub(super) fn routes(r: Routes) -> Routes {
     r.signed(Method::POST, PATH_EVENTS, post(append_event))
         .signed(Method::POST, PATH_EVENTS_BATCH, post(append_batch))
 }
 
-fn appended_body(a: &StoreAppended) -> Appended {
+pub(super) fn appended_body(a: &StoreAppended) -> Appended {
     Appended {
         seq: a.seq.0,
         hash: a.hash.to_hex(),
@@ -60,6 +60,20 @@ async fn append_event(
         let a = s.append_one(req.event).await?;
         return Ok(Json(appended_body(&a)));
     };
+    let item = checked_payload(ev, p)?;
+    // Kept first so an acknowledged entry never lacks its body; taken back
+    // if the entry is refused (see `fresh_payload`).
+    let fresh = fresh_payload(&s, item).await?;
+    let appended = s.append_one(req.event).await;
+    if let (Err(_), Some(digest)) = (&appended, fresh) {
+        let _ = s.storage.redact(digest).await;
+    }
+    Ok(Json(appended_body(&appended?)))
+}
+
+/// The body sent for `ev.payload`, decoded and checked against the event's
+/// digest and size.
+pub(super) fn checked_payload(ev: &Event, p: &PayloadBody) -> ApiResult<PayloadItem> {
     let Some(r) = &ev.payload else {
         return Err(ApiError::new(
             ErrorCode::Malformed,
@@ -91,19 +105,22 @@ async fn append_event(
             "payload digest differs from the event's",
         ));
     }
-    let digest = r.digest;
-    // Kept first so an acknowledged entry never lacks its body; taken back
-    // if the entry is refused, unless an earlier entry holds the same body
-    // (a replayed event must not delete the original's).
-    let fresh = s.storage.payload(digest).await?.is_none();
-    if fresh {
-        s.storage.put_payloads(vec![(digest, salt, body)]).await?;
+    Ok((r.digest, salt, body))
+}
+
+/// Keeps a body unless the store holds it already; returns its digest when
+/// it was new, to be taken back if its entry is refused (a replayed event
+/// must not delete the original's body).
+pub(super) async fn fresh_payload(
+    s: &Arc<AppState>,
+    item: PayloadItem,
+) -> ApiResult<Option<PayloadDigest>> {
+    let digest = item.0;
+    if s.storage.payload(digest).await?.is_some() {
+        return Ok(None);
     }
-    let appended = s.append_one(req.event).await;
-    if appended.is_err() && fresh {
-        let _ = s.storage.redact(digest).await;
-    }
-    Ok(Json(appended_body(&appended?)))
+    s.storage.put_payloads(vec![item]).await?;
+    Ok(Some(digest))
 }
 
 /// A session's own `session.end`: once appended the rules refuse everything

@@ -19,16 +19,17 @@ use axum::routing::post;
 use axum::Json;
 use custody_ledger::denial::DenialCode;
 use custody_ledger::oversight::{self, ApprovedBy};
-use custody_ledger::{actions, Approval, Timestamp};
-use custody_wire::api::{HeldAction, PolicyCheck, PolicyDecision, PATH_POLICY_CHECK};
+use custody_ledger::{actions, Approval, SignedEvent, Timestamp};
+use custody_wire::api::{AppendEvent, HeldAction, PolicyCheck, PolicyDecision, PATH_POLICY_CHECK};
 use custody_wire::error::ErrorCode;
 
-use super::Routes;
+use super::{events, Routes};
 use crate::attest::PolicyRecord;
 use crate::auth::Signed;
 use crate::error::{ApiError, ApiResult};
 use crate::policy::{Decision, Outcome, Query, Resource};
 use crate::state::{AppState, HeldEntry, MAX_HELD};
+use crate::storage::PayloadItem;
 
 /// Longest tool name the policy is asked about.
 const MAX_TOOL_NAME: usize = 128;
@@ -55,7 +56,7 @@ async fn policy_check(
     State(s): State<Arc<AppState>>,
     req: Signed<PolicyCheck>,
 ) -> ApiResult<Json<PolicyDecision>> {
-    let (caller, req) = req.into_parts();
+    let (caller, mut req) = req.into_parts();
     if req.tool.is_empty() || req.tool.len() > MAX_TOOL_NAME {
         return Err(ApiError::new(
             ErrorCode::Malformed,
@@ -139,6 +140,16 @@ async fn policy_check(
         }
         Found::Nothing => {}
     }
+    // The call's tool.call sent with the check: appended right after an
+    // allow by the policy alone (a call let through by an approval claims
+    // the approval, so it comes separately). Checked before anything is
+    // stored.
+    let record = match (req.record.take(), outcome, &found) {
+        (Some(r), Outcome::Allow, Found::Nothing) => {
+            Some(checked_record(&s, &caller, &digest, r).await?)
+        }
+        _ => None,
+    };
     // The command or path may hold secrets: a redactable digest, not the
     // text. A held call keeps its canonical form, whose SHA-256 is the
     // action digest a person approves.
@@ -148,9 +159,22 @@ async fn policy_check(
         resource.text.as_bytes().to_vec()
     };
     let (pref, salt) = custody_ledger::bundle::salted_payload_ref(&body);
-    s.storage
-        .put_payloads(vec![(pref.digest, salt, body)])
-        .await?;
+    let mut bodies = vec![(pref.digest, salt, body)];
+    // The call's body, unless an earlier entry holds the same (then it must
+    // not be taken back if the call is refused).
+    let mut fresh = None;
+    let record = match record {
+        Some((call, Some(item))) => {
+            if s.storage.payload(item.0).await?.is_none() {
+                fresh = Some(item.0);
+                bodies.push(item);
+            }
+            Some(call)
+        }
+        Some((call, None)) => Some(call),
+        None => None,
+    };
+    s.storage.put_payloads(bodies).await?;
     let e = s
         .attest
         .policy_decision(
@@ -174,7 +198,24 @@ async fn policy_check(
             },
         )
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let appended = s.append_attested_one(e).await?;
+    let (appended, recorded) = match record {
+        None => (s.append_attested_one(e).await?, None),
+        Some(call) => {
+            let both = s.append_attested_then(e, call).await;
+            let recorded = match &both {
+                Ok((_, Ok(c))) => Some(events::appended_body(c)),
+                // Refused: the caller sends its tool.call itself and
+                // learns why.
+                _ => {
+                    if let Some(d) = fresh {
+                        let _ = s.storage.redact(d).await;
+                    }
+                    None
+                }
+            };
+            (both?.0, recorded)
+        }
+    };
     let seq = appended.seq.0;
     let approval = match (&outcome, found) {
         (Outcome::Allow, Found::Approved { seq, by, signer }) => Some(match by {
@@ -238,5 +279,54 @@ async fn policy_check(
         },
         approval,
         refused_by,
+        recorded,
     }))
+}
+
+/// The `tool.call` sent with a check: by the caller, for this very call
+/// (`details.action_digest`), claiming the decision it is sent with; its
+/// body checked against it. The signature is the rules' to check, when it
+/// is appended.
+async fn checked_record(
+    s: &Arc<AppState>,
+    caller: &custody_identity::Did,
+    digest: &str,
+    r: AppendEvent,
+) -> ApiResult<(SignedEvent, Option<PayloadItem>)> {
+    let ev = &r.event.event;
+    if ev.actor != *caller {
+        let why = format!(
+            "the request is signed by {caller} but the record's actor is {}",
+            ev.actor
+        );
+        return Err(s
+            .refuse(caller, actions::TOOL_CALL, DenialCode::DidMismatch, why)
+            .await);
+    }
+    let bad = |m: String| ApiError::new(ErrorCode::Malformed, m);
+    if ev.action.as_str() != actions::TOOL_CALL {
+        return Err(bad(format!(
+            "`record` is the call's tool.call, not a {}",
+            ev.action
+        )));
+    }
+    if !ev
+        .approval
+        .as_ref()
+        .is_some_and(Approval::is_decided_with_call)
+    {
+        return Err(bad(
+            "`record` claims {\"by\":\"policy\"}, the decision it is sent with".into(),
+        ));
+    }
+    if ev.detail_str("action_digest") != Some(digest) {
+        return Err(bad(format!(
+            "`record` names another action than this call (digest {digest})"
+        )));
+    }
+    let body = match &r.payload {
+        Some(p) => Some(events::checked_payload(ev, p)?),
+        None => None,
+    };
+    Ok((r.event, body))
 }
