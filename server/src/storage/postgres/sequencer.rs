@@ -11,7 +11,8 @@
 //! (`Entry::to_line_with_event` around the event's canonical bytes), so the
 //! entries are byte-identical to the embedded backend's; inserts the lines,
 //! the new Merkle stored hashes and the rules' state they change; moves the
-//! head; `NOTIFY custody_changes` if the rules' state changed; and commits.
+//! head (notifying `custody_head` of its new size, for other brokers' feed
+//! followers); `NOTIFY custody_changes` if the rules' state changed; and commits.
 //! Only after the commit returns is any event of the batch acknowledged. The
 //! commit is as durable as the server's `synchronous_commit` makes it (on:
 //! the WAL is flushed locally; with a synchronous standby and `on` /
@@ -449,9 +450,13 @@ impl Sequencer {
         }
         let trust = trust_text(shared.local().authority.trust());
         let last_ms = last.map(millis);
+        // Moving the head notifies its new size in the same statement (no
+        // extra round trip under the lock); delivered at commit, it wakes
+        // other brokers' feed followers.
         tx.execute(
-            "UPDATE custody_head SET size = $1, prev = $2, root = $3, last_received_at = $4, trust = $5 WHERE id = 1",
-            &[&(next as i64), &prev.0.as_slice(), &root.0.as_slice(), &last_ms, &trust],
+            "WITH moved AS (UPDATE custody_head SET size = $1, prev = $2, root = $3, last_received_at = $4, trust = $5 WHERE id = 1 RETURNING size)
+             SELECT pg_notify($6, size::text) FROM moved",
+            &[&(next as i64), &prev.0.as_slice(), &root.0.as_slice(), &last_ms, &trust, &super::HEAD_CHANNEL],
         )
         .await
         .map_err(unavailable)?;
