@@ -320,10 +320,12 @@ struct Sized {
 
 async fn sized(rig: &Rig, n: usize) -> anyhow::Result<Sized> {
     let embedded = rig.embedded(&format!("e{n}"));
+    let t0 = Instant::now();
     let (rig_ref, l_ref) = (&*rig, &embedded);
     tokio::task::block_in_place(|| fill(rig_ref, l_ref, n))?;
     // The embedded broker's first start replays the ledger and makes the
     // session CA the PostgreSQL brokers get a copy of.
+    eprintln!("pg: filled {n} in {:.1} s", t0.elapsed().as_secs_f64());
     let (p, embedded_first_start) = rig.spawn(&embedded, 0).await?;
     drop(p);
     let pg = rig.postgres(&format!("p{n}")).await?;
@@ -339,6 +341,7 @@ async fn sized(rig: &Rig, n: usize) -> anyhow::Result<Sized> {
         .output()
         .await?;
     let migrate = t0.elapsed();
+    eprintln!("pg: migrated {n} in {:.1} s", migrate.as_secs_f64());
     anyhow::ensure!(
         out.status.success(),
         "custody migrate failed: {}",
@@ -680,14 +683,24 @@ async fn one_run(
     r: &mut Results,
 ) -> anyhow::Result<()> {
     // Appends, the same load on every line.
+    let t = Instant::now();
     let emb = rig.brokers(main_embedded, 1).await?;
-    let embedded_rate = rig.batch_rate(a, &emb, &format!("e{rep}")).await?;
+    let embedded_rate = rig
+        .batch_rate(a, &emb, &format!("e{rep}"))
+        .await
+        .context("appends on the embedded process")?;
+    eprintln!("pg: embedded appends {:.1} s", t.elapsed().as_secs_f64());
     drop(emb);
     r.insert("pg_embedded_http_per_s".into(), json!(embedded_rate));
     let mut rates = Vec::new();
     for n in 1..=3 {
+        let t = Instant::now();
         let bs = rig.brokers(main_pg, n).await?;
-        let rate = rig.batch_rate(a, &bs, &format!("p{rep}-{n}")).await?;
+        let rate = rig
+            .batch_rate(a, &bs, &format!("p{rep}-{n}"))
+            .await
+            .with_context(|| format!("appends on {n} brokers"))?;
+        eprintln!("pg: appends on {n} brokers {:.1} s", t.elapsed().as_secs_f64());
         let key = if n == 1 {
             "pg_1_broker_per_s".to_string()
         } else {
@@ -698,9 +711,13 @@ async fn one_run(
         if n == 2 {
             // Ack latency at half load, over the same 2 brokers.
             let sessions = sessions_over(rig, &bs, &format!("s{rep}")).await?;
-            let sat = single_saturation(&sessions, 8_000).await?;
+            let t = Instant::now();
+            let sat = single_saturation(&sessions, 8_000)
+                .await
+                .context("single appends")?;
             let rate = (sat / 2.0).max(1.0);
-            let lat = open_loop(&sessions, rate).await?;
+            let lat = open_loop(&sessions, rate).await.context("open loop")?;
+            eprintln!("pg: ack latency {:.1} s", t.elapsed().as_secs_f64());
             r.insert("pg_single_2_brokers_per_s".into(), json!(sat.round()));
             r.insert("pg_ack_rate_per_s".into(), json!(rate.round()));
             r.insert("pg_ack_p50_ms".into(), json!(percentile(&lat, 0.5)));
@@ -728,7 +745,11 @@ async fn one_run(
         }
         if n == 3 {
             let urls = [bs[0].url.as_str(), bs[1].url.as_str(), bs[2].url.as_str()];
-            let [total, call, append, policy] = kills(rig, urls, a, rep * 2).await?;
+            let t = Instant::now();
+            let [total, call, append, policy] = kills(rig, urls, a, rep * 2)
+                .await
+                .context("kill switch across brokers")?;
+            eprintln!("pg: kill switch {:.1} s", t.elapsed().as_secs_f64());
             r.insert("pg_killswitch_p50_ms".into(), json!(percentile(&total, 0.5)));
             r.insert(
                 "pg_killswitch_p99_ms".into(),
@@ -811,7 +832,10 @@ async fn one_run(
     let big = sizes.last().context("no ledger sizes")?;
     let bs = rig.brokers(&big.pg, 2).await?;
     let entries = Client::new(&bs[0].url, None)?.health().await?.entries;
-    let rate = rig.batch_rate(a, &bs, &format!("g{rep}")).await?;
+    let rate = rig
+        .batch_rate(a, &bs, &format!("g{rep}"))
+        .await
+        .context("appends on the big ledger")?;
     drop(bs);
     r.insert("pg_2_brokers_big_ledger_entries".into(), json!(entries));
     r.insert("pg_2_brokers_big_per_s".into(), json!(rate));
