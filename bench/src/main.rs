@@ -514,6 +514,11 @@ const ROWS: &[(&str, &str, &str)] = &[
         "revoke on A → C's policy check (cached rules' state, LISTEN/NOTIFY) refuses, p99 (ms)",
     ),
     (
+        "pg_session_visible_p99_ms",
+        "",
+        "a session started on A → B and C both accept its requests (their catch-up), p99 (ms)",
+    ),
+    (
         "pg_startup_10k_ms",
         "",
         "custody serve on PostgreSQL, spawn → first /v1/health answer, 10k entries (ms)",

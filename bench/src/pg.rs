@@ -508,6 +508,8 @@ fn check() -> PolicyCheck {
 
 /// One kill switch's timings, each from just before the revoke request.
 struct Kill {
+    /// From the session's start on A until B and C both know it.
+    known: Duration,
     /// Every token refused by OpenBao and B's next append refused.
     total: Duration,
     call: Duration,
@@ -535,7 +537,19 @@ async fn kill(
 ) -> anyhow::Result<Kill> {
     let limit = Duration::from_secs(10);
     let (ca, s) = rig.session(a, &format!("bench-kill-{run}")).await?;
+    let started = Instant::now();
     let (cb, cc) = (Arc::new(Client::new(b, None)?), Arc::new(Client::new(c, None)?));
+    // B and C learn of the session when they catch up (LISTEN/NOTIFY, or
+    // every 250 ms); a request before that is refused as `unknown_actor`.
+    for x in [&cb, &cc] {
+        while let Err(e) = x.status(&s).await {
+            if started.elapsed() > limit {
+                return Err(e.context("the session never became known on B or C"));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let known = started.elapsed();
     let mut minted = Vec::with_capacity(tokens);
     let mut set = JoinSet::new();
     for i in 0..tokens {
@@ -589,6 +603,7 @@ async fn kill(
     let append_refused = appends.await??;
     let policy_refused = checks.await??;
     Ok(Kill {
+        known,
         total: tokens_dead.max(append_refused),
         call,
         append_refused,
@@ -601,13 +616,13 @@ async fn kills(
     urls: [&str; 3],
     a: &Args,
     tag: usize,
-) -> anyhow::Result<[Vec<Duration>; 4]> {
-    let mut out: [Vec<Duration>; 4] = Default::default();
+) -> anyhow::Result<[Vec<Duration>; 5]> {
+    let mut out: [Vec<Duration>; 5] = Default::default();
     for run in 0..a.pg_killswitch_runs {
         let k = kill(rig, urls, a.killswitch_tokens, tag * 1000 + run).await?;
         for (v, x) in out
             .iter_mut()
-            .zip([k.total, k.call, k.append_refused, k.policy_refused])
+            .zip([k.total, k.call, k.append_refused, k.policy_refused, k.known])
         {
             v.push(x);
         }
@@ -746,7 +761,7 @@ async fn one_run(
         if n == 3 {
             let urls = [bs[0].url.as_str(), bs[1].url.as_str(), bs[2].url.as_str()];
             let t = Instant::now();
-            let [total, call, append, policy] = kills(rig, urls, a, rep * 2)
+            let [total, call, append, policy, known] = kills(rig, urls, a, rep * 2)
                 .await
                 .context("kill switch across brokers")?;
             eprintln!("pg: kill switch {:.1} s", t.elapsed().as_secs_f64());
@@ -766,6 +781,10 @@ async fn one_run(
             r.insert(
                 "pg_revoke_visible_ms".into(),
                 json!(percentile(&append, 0.99)),
+            );
+            r.insert(
+                "pg_session_visible_p99_ms".into(),
+                json!(percentile(&known, 0.99)),
             );
             r.insert(
                 "pg_cached_revoke_p50_ms".into(),
@@ -793,7 +812,7 @@ async fn one_run(
     {
         let emb = rig.brokers(main_embedded, 1).await?;
         let u = emb[0].url.as_str();
-        let [total, _, _, _] = kills(rig, [u, u, u], a, rep * 2 + 1).await?;
+        let [total, _, _, _, _] = kills(rig, [u, u, u], a, rep * 2 + 1).await?;
         let e50 = percentile(&total, 0.5);
         r.insert("pg_killswitch_embedded_p50_ms".into(), json!(e50));
         r.insert(
