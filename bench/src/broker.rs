@@ -434,7 +434,7 @@ pub fn bench_http(a: &Args, r: &mut Results) -> anyhow::Result<()> {
         }
         let before = admin_client.health().await?.entries;
         let batch = a.http_batch.clamp(1, custody_wire::api::MAX_BATCH_EVENTS);
-        let load = batch_load(work, per_client, batch).await?;
+        let load = batch_load(work, per_client, batch, &[]).await?;
         let (took, lat) = (load.took, load.lat);
         let total = per_client * clients;
         let after = admin_client.health().await?.entries;
@@ -471,6 +471,10 @@ pub fn bench_http(a: &Args, r: &mut Results) -> anyhow::Result<()> {
 /// What [`batch_load`] measured.
 pub(crate) struct Load {
     pub(crate) took: Duration,
+    /// CPU seconds, during the load, of the process trees `batch_load` was
+    /// asked to watch (in order), and of this process.
+    pub(crate) cpu: Vec<f64>,
+    pub(crate) cpu_self: f64,
     /// Sorted latencies of the batch requests.
     pub(crate) lat: Vec<Duration>,
     pub(crate) total: usize,
@@ -484,11 +488,13 @@ impl Load {
 
 /// Each (client, session) of `work` sends `per_client` pre-signed events in
 /// batches of `batch` to `POST /v1/events/batch` on its client's broker, one
-/// batch in flight per client; fails if any event is refused.
+/// batch in flight per client; fails if any event is refused. `watch`: the
+/// process trees (each a list of root PIDs) whose CPU time to account.
 pub(crate) async fn batch_load(
     work: Vec<(Client, SessionFile)>,
     per_client: usize,
     batch: usize,
+    watch: &[Vec<u32>],
 ) -> anyhow::Result<Load> {
     let clients = work.len();
     // Sign up front (the session's work, not the broker's), on every core.
@@ -518,6 +524,11 @@ pub(crate) async fn batch_load(
             .map(|h| h.join().map_err(|_| anyhow::anyhow!("signer panicked"))?)
             .collect::<anyhow::Result<_>>()
     })?;
+    let cpu0: Vec<_> = watch
+        .iter()
+        .map(|roots| crate::util::cpu_of_trees(roots))
+        .collect();
+    let self0 = crate::util::cpu_seconds();
     let t0 = Instant::now();
     let mut set = JoinSet::new();
     for ((c, s), batches) in work.into_iter().zip(signed) {
@@ -546,9 +557,17 @@ pub(crate) async fn batch_load(
         lat.extend(x??);
     }
     let took = t0.elapsed();
+    let cpu_self = crate::util::cpu_seconds() - self0;
+    let cpu = watch
+        .iter()
+        .zip(&cpu0)
+        .map(|(roots, before)| crate::util::cpu_between(before, &crate::util::cpu_of_trees(roots)))
+        .collect();
     lat.sort();
     Ok(Load {
         took,
+        cpu,
+        cpu_self,
         lat,
         total: per_client * clients,
     })

@@ -438,11 +438,31 @@ const ROWS: &[(&str, &str, &str)] = &[
         "≥ 10,000",
         "the same, 2 brokers on one PostgreSQL",
     ),
+    (
+        "pg_2_brokers_cores_brokers",
+        "",
+        "of 2 cores, during the 2-broker line: the broker processes",
+    ),
+    (
+        "pg_2_brokers_cores_postgres",
+        "",
+        "the same: PostgreSQL (postmaster and backends)",
+    ),
+    (
+        "pg_2_brokers_cores_loadgen",
+        "",
+        "the same: the load generator (this process)",
+    ),
     ("pg_3_brokers_per_s", "", "the same, 3 brokers"),
     (
         "pg_embedded_http_per_s",
         "(baseline)",
         "the same load on 1 custody serve process, embedded backend",
+    ),
+    (
+        "pg_embedded_cores_brokers",
+        "",
+        "of 2 cores, during the embedded line: the broker process (pg_embedded_cores_loadgen: this process)",
     ),
     (
         "pg_2_brokers_vs_embedded_ratio",

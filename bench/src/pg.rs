@@ -231,8 +231,15 @@ impl Rig {
         Ok((c, s))
     }
 
-    /// The `http` bench's load, clients round-robin over `brokers`.
-    async fn batch_rate(&self, a: &Args, brokers: &[Proc], tag: &str) -> anyhow::Result<f64> {
+    /// The `http` bench's load, clients round-robin over `brokers`: its
+    /// appends/s, and the cores busy meanwhile in the brokers, in
+    /// PostgreSQL and in this process (the load generator).
+    async fn batch_rate(
+        &self,
+        a: &Args,
+        brokers: &[Proc],
+        tag: &str,
+    ) -> anyhow::Result<(f64, [f64; 3])> {
         let clients = a.http_clients.max(1);
         let mut work = Vec::with_capacity(clients);
         for k in 0..clients {
@@ -240,9 +247,14 @@ impl Rig {
             work.push(self.session(url, &format!("bench-{tag}-{k}")).await?);
         }
         let batch = a.http_batch.clamp(1, custody_wire::api::MAX_BATCH_EVENTS);
-        Ok(batch_load(work, a.http_events / clients, batch)
-            .await?
-            .per_s())
+        let watch = [
+            brokers.iter().map(|b| b.child.id()).collect::<Vec<_>>(),
+            self.pg.pid().into_iter().collect(),
+        ];
+        let load = batch_load(work, a.http_events / clients, batch, &watch).await?;
+        let wall = load.took.as_secs_f64();
+        let cores = [load.cpu[0] / wall, load.cpu[1] / wall, load.cpu_self / wall].map(|c| round(c, 2));
+        Ok((load.per_s(), cores))
     }
 }
 
@@ -683,6 +695,13 @@ pub fn bench(a: &Args) -> anyhow::Result<Vec<Results>> {
     })
 }
 
+/// Cores busy during a load: in the brokers, PostgreSQL, the load generator.
+fn insert_cores(r: &mut Results, line: &str, [brokers, pg, bench]: [f64; 3]) {
+    r.insert(format!("{line}_cores_brokers"), json!(brokers));
+    r.insert(format!("{line}_cores_postgres"), json!(pg));
+    r.insert(format!("{line}_cores_loadgen"), json!(bench));
+}
+
 fn ms(d: Duration) -> f64 {
     round(d.as_secs_f64() * 1e3, 1)
 }
@@ -700,10 +719,11 @@ async fn one_run(
     // Appends, the same load on every line.
     let t = Instant::now();
     let emb = rig.brokers(main_embedded, 1).await?;
-    let embedded_rate = rig
+    let (embedded_rate, cores) = rig
         .batch_rate(a, &emb, &format!("e{rep}"))
         .await
         .context("appends on the embedded process")?;
+    insert_cores(r, "pg_embedded", cores);
     eprintln!("pg: embedded appends {:.1} s", t.elapsed().as_secs_f64());
     drop(emb);
     r.insert("pg_embedded_http_per_s".into(), json!(embedded_rate));
@@ -711,10 +731,11 @@ async fn one_run(
     for n in 1..=3 {
         let t = Instant::now();
         let bs = rig.brokers(main_pg, n).await?;
-        let rate = rig
+        let (rate, cores) = rig
             .batch_rate(a, &bs, &format!("p{rep}-{n}"))
             .await
             .with_context(|| format!("appends on {n} brokers"))?;
+        insert_cores(r, &format!("pg_{n}_brokers"), cores);
         eprintln!("pg: appends on {n} brokers {:.1} s", t.elapsed().as_secs_f64());
         let key = if n == 1 {
             "pg_1_broker_per_s".to_string()
@@ -851,7 +872,7 @@ async fn one_run(
     let big = sizes.last().context("no ledger sizes")?;
     let bs = rig.brokers(&big.pg, 2).await?;
     let entries = Client::new(&bs[0].url, None)?.health().await?.entries;
-    let rate = rig
+    let (rate, _) = rig
         .batch_rate(a, &bs, &format!("g{rep}"))
         .await
         .context("appends on the big ledger")?;
