@@ -239,7 +239,11 @@ pub(crate) async fn until_all_refused(
 }
 
 /// Every token reads the allowed secret (checked before a revocation).
-pub(crate) async fn all_live(http: &reqwest::Client, bao: &str, tokens: &[String]) -> anyhow::Result<()> {
+pub(crate) async fn all_live(
+    http: &reqwest::Client,
+    bao: &str,
+    tokens: &[String],
+) -> anyhow::Result<()> {
     for t in tokens {
         let st = http
             .get(format!("{bao}/v1/secret/data/{ALLOWED_SECRET}"))

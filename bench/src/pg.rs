@@ -253,7 +253,8 @@ impl Rig {
         ];
         let load = batch_load(work, a.http_events / clients, batch, &watch).await?;
         let wall = load.took.as_secs_f64();
-        let cores = [load.cpu[0] / wall, load.cpu[1] / wall, load.cpu_self / wall].map(|c| round(c, 2));
+        let cores =
+            [load.cpu[0] / wall, load.cpu[1] / wall, load.cpu_self / wall].map(|c| round(c, 2));
         Ok((load.per_s(), cores))
     }
 }
@@ -406,10 +407,7 @@ async fn sessions_over(
 
 /// Single-event appends (`POST /v1/events`), [`SATURATION_CALLERS`] in
 /// flight, sessions round-robin over the brokers: appends/s.
-async fn single_saturation(
-    sessions: &[(Client, SessionFile)],
-    n: usize,
-) -> anyhow::Result<f64> {
+async fn single_saturation(sessions: &[(Client, SessionFile)], n: usize) -> anyhow::Result<f64> {
     let evs = single_events(sessions, n)?;
     let queue = Arc::new(std::sync::Mutex::new(evs));
     let clients: Arc<Vec<Client>> = Arc::new(sessions.iter().map(|(c, _)| c.clone()).collect());
@@ -434,10 +432,7 @@ async fn single_saturation(
 
 /// Single-event appends arriving at `rate` per second on a fixed schedule,
 /// whatever the answers; sorted latencies from each scheduled arrival.
-async fn open_loop(
-    sessions: &[(Client, SessionFile)],
-    rate: f64,
-) -> anyhow::Result<Vec<Duration>> {
+async fn open_loop(sessions: &[(Client, SessionFile)], rate: f64) -> anyhow::Result<Vec<Duration>> {
     let n = ((rate * OPEN_LOOP_FOR.as_secs_f64()) as usize).clamp(200, 40_000);
     let evs = single_events(sessions, n)?;
     let start = tokio::time::Instant::now() + Duration::from_millis(20);
@@ -541,16 +536,14 @@ fn refused(e: &anyhow::Error) -> bool {
 
 /// A session started on `a`, `tokens` tokens minted round-robin on `b` and
 /// `c`, revoked on `a`.
-async fn kill(
-    rig: &Rig,
-    [a, b, c]: [&str; 3],
-    tokens: usize,
-    run: usize,
-) -> anyhow::Result<Kill> {
+async fn kill(rig: &Rig, [a, b, c]: [&str; 3], tokens: usize, run: usize) -> anyhow::Result<Kill> {
     let limit = Duration::from_secs(10);
     let (ca, s) = rig.session(a, &format!("bench-kill-{run}")).await?;
     let started = Instant::now();
-    let (cb, cc) = (Arc::new(Client::new(b, None)?), Arc::new(Client::new(c, None)?));
+    let (cb, cc) = (
+        Arc::new(Client::new(b, None)?),
+        Arc::new(Client::new(c, None)?),
+    );
     // B and C learn of the session when they catch up (LISTEN/NOTIFY, or
     // every 250 ms); a request before that is refused as `unknown_actor`.
     for x in [&cb, &cc] {
@@ -632,9 +625,9 @@ async fn kills(
     let mut out: [Vec<Duration>; 5] = Default::default();
     for run in 0..a.pg_killswitch_runs {
         let k = kill(rig, urls, a.killswitch_tokens, tag * 1000 + run).await?;
-        for (v, x) in out
-            .iter_mut()
-            .zip([k.total, k.call, k.append_refused, k.policy_refused, k.known])
+        for (v, x) in
+            out.iter_mut()
+                .zip([k.total, k.call, k.append_refused, k.policy_refused, k.known])
         {
             v.push(x);
         }
@@ -736,7 +729,10 @@ async fn one_run(
             .await
             .with_context(|| format!("appends on {n} brokers"))?;
         insert_cores(r, &format!("pg_{n}_brokers"), cores);
-        eprintln!("pg: appends on {n} brokers {:.1} s", t.elapsed().as_secs_f64());
+        eprintln!(
+            "pg: appends on {n} brokers {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
         let key = if n == 1 {
             "pg_1_broker_per_s".to_string()
         } else {
@@ -773,7 +769,10 @@ async fn one_run(
             let other = feed_wake(rig, &bs[0].url, &bs[1].url, 10).await?;
             let same = feed_wake(rig, &bs[0].url, &bs[0].url, 10).await?;
             r.insert("pg_feed_wake_p50_ms".into(), json!(percentile(&other, 0.5)));
-            r.insert("pg_feed_wake_p99_ms".into(), json!(percentile(&other, 0.99)));
+            r.insert(
+                "pg_feed_wake_p99_ms".into(),
+                json!(percentile(&other, 0.99)),
+            );
             r.insert(
                 "pg_feed_wake_same_broker_p50_ms".into(),
                 json!(percentile(&same, 0.5)),
@@ -786,7 +785,10 @@ async fn one_run(
                 .await
                 .context("kill switch across brokers")?;
             eprintln!("pg: kill switch {:.1} s", t.elapsed().as_secs_f64());
-            r.insert("pg_killswitch_p50_ms".into(), json!(percentile(&total, 0.5)));
+            r.insert(
+                "pg_killswitch_p50_ms".into(),
+                json!(percentile(&total, 0.5)),
+            );
             r.insert(
                 "pg_killswitch_p99_ms".into(),
                 json!(percentile(&total, 0.99)),
@@ -863,9 +865,13 @@ async fn one_run(
     }
     if let (Some(p), Some(e)) = (
         r.get("pg_startup_100k_ms").and_then(|v| v.as_f64()),
-        r.get("pg_embedded_startup_100k_ms").and_then(|v| v.as_f64()),
+        r.get("pg_embedded_startup_100k_ms")
+            .and_then(|v| v.as_f64()),
     ) {
-        r.insert("pg_startup_vs_embedded_100k_ratio".into(), json!(ratio(p, e)));
+        r.insert(
+            "pg_startup_vs_embedded_100k_ratio".into(),
+            json!(ratio(p, e)),
+        );
     }
 
     // Growth: 2 brokers on the big ledger.

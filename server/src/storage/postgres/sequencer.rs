@@ -410,10 +410,7 @@ impl Sequencer {
         if let Some(rows) = edge_rows {
             frontier = frontier_of(head.size, &edge, &rows).map_err(loaded)?;
         }
-        let used: HashSet<Vec<u8>> = used
-            .into_iter()
-            .map(|r| r.get::<_, Vec<u8>>(0))
-            .collect();
+        let used: HashSet<Vec<u8>> = used.into_iter().map(|r| r.get::<_, Vec<u8>>(0)).collect();
 
         // Admission, in sequence order, with the state as of the head.
         let mut outcomes = Vec::with_capacity(events.len());
