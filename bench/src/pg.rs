@@ -334,8 +334,8 @@ struct Sized {
 async fn sized(rig: &Rig, n: usize) -> anyhow::Result<Sized> {
     let embedded = rig.embedded(&format!("e{n}"));
     let t0 = Instant::now();
-    let (rig_ref, l_ref) = (&*rig, &embedded);
-    tokio::task::block_in_place(|| fill(rig_ref, l_ref, n))?;
+    // Blocking work (signing, checking, syncing) on this worker thread.
+    tokio::task::block_in_place(|| fill(rig, &embedded, n))?;
     // The embedded broker's first start replays the ledger and makes the
     // session CA the PostgreSQL brokers get a copy of.
     eprintln!("pg: filled {n} in {:.1} s", t0.elapsed().as_secs_f64());
@@ -563,7 +563,14 @@ async fn kill(rig: &Rig, [a, b, c]: [&str; 3], tokens: usize, run: usize) -> any
                 minted.push(x??);
             }
         }
-        let (m, s) = (if i % 2 == 0 { cb.clone() } else { cc.clone() }, s.clone());
+        let (m, s) = (
+            if i.is_multiple_of(2) {
+                cb.clone()
+            } else {
+                cc.clone()
+            },
+            s.clone(),
+        );
         set.spawn(async move { m.mint(&s, "ci-read").await.map(|m| m.token) });
     }
     while let Some(x) = set.join_next().await {
@@ -897,9 +904,9 @@ async fn one_run(
 
 /// 10000 → "10k", 1000000 → "1m".
 fn label(n: usize) -> String {
-    if n >= 1_000_000 && n % 1_000_000 == 0 {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
         format!("{}m", n / 1_000_000)
-    } else if n >= 1000 && n % 1000 == 0 {
+    } else if n >= 1000 && n.is_multiple_of(1000) {
         format!("{}k", n / 1000)
     } else {
         n.to_string()
