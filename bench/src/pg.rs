@@ -20,7 +20,10 @@
 //!   and `--pg-entries` entries already in the ledger, next to the embedded
 //!   backend's (which replays); the ledgers are built once per run as
 //!   embedded data directories and copied with `custody migrate` (timed);
-//! - growth: appends with 2 brokers on the `--pg-entries` ledger.
+//! - growth: appends with 2 brokers on the `--pg-entries` ledger;
+//! - the feed: a follower long-polling on B, an entry appended on A;
+//! - where the cores went during each append line (brokers, PostgreSQL,
+//!   this process), from /proc.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -706,7 +709,6 @@ fn ms(d: Duration) -> f64 {
     round(d.as_secs_f64() * 1e3, 1)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn one_run(
     a: &Args,
     rig: &Rig,
