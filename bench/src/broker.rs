@@ -21,11 +21,11 @@ use crate::util::{events, percentile, ratio, round, Results};
 use crate::Args;
 
 /// The secret the `ci-read` scope (OpenBao policy) may read.
-const ALLOWED_SECRET: &str = "ci/database";
+pub(crate) const ALLOWED_SECRET: &str = "ci/database";
 
 /// What the benchmarks add to the example config: the per-DID rate limit and
 /// body size raised so the load generators are not throttled.
-const BENCH_LIMITS: &str = r#"
+pub(crate) const BENCH_LIMITS: &str = r#"
 [limits]
 requests_per_second = 1000000
 max_body = 8388608
@@ -203,7 +203,7 @@ pub fn bench_mint(a: &Args, r: &mut Results) -> anyhow::Result<()> {
 /// Reads the allowed secret with each token until OpenBao refuses every one
 /// (403); fails if one still works after `limit`. Returns how many reads
 /// still succeeded (0: every token was refused at its first read).
-async fn until_all_refused(
+pub(crate) async fn until_all_refused(
     http: &reqwest::Client,
     bao: &str,
     tokens: &[String],
@@ -243,7 +243,11 @@ async fn until_all_refused(
 }
 
 /// Every token reads the allowed secret (checked before a revocation).
-async fn all_live(http: &reqwest::Client, bao: &str, tokens: &[String]) -> anyhow::Result<()> {
+pub(crate) async fn all_live(
+    http: &reqwest::Client,
+    bao: &str,
+    tokens: &[String],
+) -> anyhow::Result<()> {
     for t in tokens {
         let st = http
             .get(format!("{bao}/v1/secret/data/{ALLOWED_SECRET}"))
@@ -446,62 +450,9 @@ pub fn bench_http(a: &Args, r: &mut Results) -> anyhow::Result<()> {
             work.push((c, s));
         }
         let before = admin_client.health().await?.entries;
-        // Sign up front (the session's work, not the broker's), on every core.
         let batch = a.http_batch.clamp(1, custody_wire::api::MAX_BATCH_EVENTS);
-        let signed: Vec<Vec<Vec<SignedEvent>>> = std::thread::scope(|sc| {
-            let hs: Vec<_> = work
-                .iter()
-                .map(|(_, s)| {
-                    sc.spawn(move || -> anyhow::Result<Vec<Vec<SignedEvent>>> {
-                        let key = s.key()?;
-                        let mut evs = Vec::with_capacity(per_client);
-                        for i in 0..per_client {
-                            let mut e = session_event(s, "tool.call")?;
-                            e.details.insert("i".into(), i.into());
-                            e.details.insert("tool".into(), "Bash".into());
-                            evs.push(e.sign(&key)?);
-                        }
-                        let mut out = Vec::new();
-                        while !evs.is_empty() {
-                            let rest = evs.split_off(evs.len().min(batch));
-                            out.push(std::mem::replace(&mut evs, rest));
-                        }
-                        Ok(out)
-                    })
-                })
-                .collect();
-            hs.into_iter()
-                .map(|h| h.join().map_err(|_| anyhow::anyhow!("signer panicked"))?)
-                .collect::<anyhow::Result<_>>()
-        })?;
-        let t0 = Instant::now();
-        let mut set = JoinSet::new();
-        for ((c, s), batches) in work.into_iter().zip(signed) {
-            set.spawn(async move {
-                let key = s.key()?;
-                let mut lat = Vec::with_capacity(batches.len());
-                for events in batches {
-                    let n = events.len();
-                    let t = Instant::now();
-                    let res: BatchResult = c
-                        .post(&key, PATH_EVENTS_BATCH, &AppendBatch { events })
-                        .await?;
-                    lat.push(t.elapsed());
-                    anyhow::ensure!(res.results.len() == n, "short batch answer");
-                    if let Some(BatchItem::Err(e)) =
-                        res.results.iter().find(|x| matches!(x, BatchItem::Err(_)))
-                    {
-                        bail!("an event was refused: {} {}", e.error, e.message);
-                    }
-                }
-                anyhow::Ok(lat)
-            });
-        }
-        let mut lat = Vec::new();
-        while let Some(x) = set.join_next().await {
-            lat.extend(x??);
-        }
-        let took = t0.elapsed();
+        let load = batch_load(work, per_client, batch, &[]).await?;
+        let (took, lat) = (load.took, load.lat);
         let total = per_client * clients;
         let after = admin_client.health().await?.entries;
         anyhow::ensure!(
@@ -509,7 +460,6 @@ pub fn bench_http(a: &Args, r: &mut Results) -> anyhow::Result<()> {
             "the ledger grew by {} entries, expected at least {total}",
             after - before
         );
-        lat.sort();
         r.insert(
             "http_append_per_s".into(),
             json!((total as f64 / took.as_secs_f64()).round()),
@@ -532,6 +482,111 @@ pub fn bench_http(a: &Args, r: &mut Results) -> anyhow::Result<()> {
         .await??;
         r.insert("append_batched_inprocess_per_s".into(), json!(rate.round()));
         anyhow::Ok(())
+    })
+}
+
+/// What [`batch_load`] measured.
+pub(crate) struct Load {
+    pub(crate) took: Duration,
+    /// CPU seconds, during the load, of the process trees `batch_load` was
+    /// asked to watch (in order), and of this process.
+    pub(crate) cpu: Vec<f64>,
+    pub(crate) cpu_self: f64,
+    /// Sorted latencies of the batch requests.
+    pub(crate) lat: Vec<Duration>,
+    pub(crate) total: usize,
+}
+
+impl Load {
+    pub(crate) fn per_s(&self) -> f64 {
+        (self.total as f64 / self.took.as_secs_f64()).round()
+    }
+}
+
+/// Each (client, session) of `work` sends `per_client` pre-signed events in
+/// batches of `batch` to `POST /v1/events/batch` on its client's broker, one
+/// batch in flight per client; fails if any event is refused. `watch`: the
+/// process trees (each a list of root PIDs) whose CPU time to account.
+pub(crate) async fn batch_load(
+    work: Vec<(Client, SessionFile)>,
+    per_client: usize,
+    batch: usize,
+    watch: &[Vec<u32>],
+) -> anyhow::Result<Load> {
+    let clients = work.len();
+    // Sign up front (the session's work, not the broker's), on every core.
+    let signed: Vec<Vec<Vec<SignedEvent>>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = work
+            .iter()
+            .map(|(_, s)| {
+                sc.spawn(move || -> anyhow::Result<Vec<Vec<SignedEvent>>> {
+                    let key = s.key()?;
+                    let mut evs = Vec::with_capacity(per_client);
+                    for i in 0..per_client {
+                        let mut e = session_event(s, "tool.call")?;
+                        e.details.insert("i".into(), i.into());
+                        e.details.insert("tool".into(), "Bash".into());
+                        evs.push(e.sign(&key)?);
+                    }
+                    let mut out = Vec::new();
+                    while !evs.is_empty() {
+                        let rest = evs.split_off(evs.len().min(batch));
+                        out.push(std::mem::replace(&mut evs, rest));
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().map_err(|_| anyhow::anyhow!("signer panicked"))?)
+            .collect::<anyhow::Result<_>>()
+    })?;
+    let cpu0: Vec<_> = watch
+        .iter()
+        .map(|roots| crate::util::cpu_of_trees(roots))
+        .collect();
+    let self0 = crate::util::cpu_seconds();
+    let t0 = Instant::now();
+    let mut set = JoinSet::new();
+    for ((c, s), batches) in work.into_iter().zip(signed) {
+        set.spawn(async move {
+            let key = s.key()?;
+            let mut lat = Vec::with_capacity(batches.len());
+            for events in batches {
+                let n = events.len();
+                let t = Instant::now();
+                let res: BatchResult = c
+                    .post(&key, PATH_EVENTS_BATCH, &AppendBatch { events })
+                    .await?;
+                lat.push(t.elapsed());
+                anyhow::ensure!(res.results.len() == n, "short batch answer");
+                if let Some(BatchItem::Err(e)) =
+                    res.results.iter().find(|x| matches!(x, BatchItem::Err(_)))
+                {
+                    bail!("an event was refused: {} {}", e.error, e.message);
+                }
+            }
+            anyhow::Ok(lat)
+        });
+    }
+    let mut lat = Vec::new();
+    while let Some(x) = set.join_next().await {
+        lat.extend(x??);
+    }
+    let took = t0.elapsed();
+    let cpu_self = crate::util::cpu_seconds() - self0;
+    let cpu = watch
+        .iter()
+        .zip(&cpu0)
+        .map(|(roots, before)| crate::util::cpu_between(before, &crate::util::cpu_of_trees(roots)))
+        .collect();
+    lat.sort();
+    Ok(Load {
+        took,
+        cpu,
+        cpu_self,
+        lat,
+        total: per_client * clients,
     })
 }
 

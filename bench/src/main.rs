@@ -15,11 +15,13 @@
 //! | agt | [`agt`] | custody's ledger vs the Agent Governance Toolkit's audit chain on 10k events |
 //! | hook | [`broker`] | `custody hook claude-code` on PreToolUse (policy + durable entry) vs the same process answering without the broker |
 //! | feed | [`feed`] | the entry feed's entries/s; appends/s with a slow follower attached vs none, same run |
+//! | pg | [`pg`] | 1, 2, 3 `custody serve` processes on one PostgreSQL vs one embedded process: appends, ack latency, kill switch, start-up by ledger size |
 
 mod agt;
 mod append;
 mod broker;
 mod feed;
+mod pg;
 mod policy;
 mod util;
 mod verify;
@@ -44,9 +46,10 @@ pub enum Bench {
     Agt,
     Hook,
     Feed,
+    Pg,
 }
 
-const ALL: [Bench; 10] = [
+const ALL: [Bench; 11] = [
     Bench::Append,
     Bench::Verify,
     Bench::Proof,
@@ -57,6 +60,7 @@ const ALL: [Bench; 10] = [
     Bench::Agt,
     Bench::Hook,
     Bench::Feed,
+    Bench::Pg,
 ];
 
 #[derive(Parser)]
@@ -107,6 +111,13 @@ pub struct Args {
     /// Events in the comparison with the Agent Governance Toolkit.
     #[arg(long, default_value_t = 10_000)]
     pub agt_events: usize,
+    /// Entries in the largest ledger the PostgreSQL benchmark starts brokers
+    /// on (built once per run, copied in with `custody migrate`).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub pg_entries: usize,
+    /// Kill switches across brokers per run of the PostgreSQL benchmark.
+    #[arg(long, default_value_t = 15)]
+    pub pg_killswitch_runs: usize,
     /// Runs of each benchmark; figures are medians, with ranges.
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
@@ -433,6 +444,158 @@ const ROWS: &[(&str, &str, &str)] = &[
         "≈ 1",
         "with follower / without",
     ),
+    (
+        "pg_1_broker_per_s",
+        "",
+        "PostgreSQL backend, 1 custody serve process: appends/s, the http load (sessions round-robin over the brokers)",
+    ),
+    (
+        "pg_2_brokers_per_s",
+        "≥ 10,000",
+        "the same, 2 brokers on one PostgreSQL",
+    ),
+    (
+        "pg_2_brokers_cores_brokers",
+        "",
+        "of 2 cores, during the 2-broker line: the broker processes",
+    ),
+    (
+        "pg_2_brokers_cores_postgres",
+        "",
+        "the same: PostgreSQL (postmaster and backends)",
+    ),
+    (
+        "pg_2_brokers_cores_loadgen",
+        "",
+        "the same: the load generator (this process)",
+    ),
+    ("pg_3_brokers_per_s", "", "the same, 3 brokers"),
+    (
+        "pg_embedded_http_per_s",
+        "(baseline)",
+        "the same load on 1 custody serve process, embedded backend",
+    ),
+    (
+        "pg_embedded_cores_brokers",
+        "",
+        "of 2 cores, during the embedded line: the broker process (pg_embedded_cores_loadgen: this process)",
+    ),
+    (
+        "pg_2_brokers_vs_embedded_ratio",
+        "",
+        "2 brokers on PostgreSQL / embedded",
+    ),
+    (
+        "pg_1_broker_vs_embedded_ratio",
+        "",
+        "1 broker on PostgreSQL / embedded",
+    ),
+    ("pg_3_vs_1_brokers_ratio", "", "3 brokers / 1 broker"),
+    (
+        "pg_single_2_brokers_per_s",
+        "",
+        "single-event appends/s over 2 brokers, 64 in flight (saturation)",
+    ),
+    (
+        "pg_ack_rate_per_s",
+        "",
+        "open loop: single-event arrivals/s over 2 brokers, half that saturation",
+    ),
+    (
+        "pg_ack_p50_ms",
+        "",
+        "ack latency p50 at that rate, from scheduled arrival",
+    ),
+    ("pg_ack_p99_ms", "≤ 20", "the same, p99"),
+    (
+        "pg_ack_embedded_p99_ms",
+        "(baseline)",
+        "the same arrivals on 1 embedded process, p99",
+    ),
+    (
+        "pg_feed_wake_p50_ms",
+        "",
+        "a feed follower long-polling on B, an entry appended on A: from A's answer to B's page, p50 (ms)",
+    ),
+    ("pg_feed_wake_p99_ms", "", "the same, p99 (ms)"),
+    (
+        "pg_feed_wake_same_broker_p50_ms",
+        "(baseline)",
+        "follower and append on the same broker, p50 (ms)",
+    ),
+    (
+        "pg_killswitch_p50_ms",
+        "",
+        "session started on A, tokens minted on B and C, revoked on A → every token refused by OpenBao and B refuses its next append, p50 (ms)",
+    ),
+    ("pg_killswitch_p99_ms", "≤ 100", "the same, p99 (ms)"),
+    (
+        "pg_killswitch_embedded_p50_ms",
+        "(baseline)",
+        "the same on 1 embedded process, p50 (ms)",
+    ),
+    (
+        "pg_killswitch_vs_embedded_ratio",
+        "",
+        "across brokers / 1 embedded process, p50",
+    ),
+    (
+        "pg_revoke_visible_ms",
+        "",
+        "revoke on A → B refuses the session's append, p99 (ms; p50 in pg_revoke_visible_p50_ms)",
+    ),
+    (
+        "pg_cached_revoke_p99_ms",
+        "≤ 250 + revoke",
+        "revoke on A → C's policy check (cached rules' state, LISTEN/NOTIFY) refuses, p99 (ms)",
+    ),
+    (
+        "pg_session_visible_p99_ms",
+        "",
+        "a session started on A → B and C both accept its requests (their catch-up), p99 (ms)",
+    ),
+    (
+        "pg_startup_10k_ms",
+        "",
+        "custody serve on PostgreSQL, spawn → first /v1/health answer, 10k entries (ms)",
+    ),
+    ("pg_startup_100k_ms", "", "the same, 100k entries (ms)"),
+    ("pg_startup_1m_ms", "≤ 1000", "the same, 1M entries (ms)"),
+    (
+        "pg_embedded_startup_10k_ms",
+        "(baseline)",
+        "embedded backend (replays the ledger), 10k entries (ms)",
+    ),
+    (
+        "pg_embedded_startup_100k_ms",
+        "(baseline)",
+        "the same, 100k entries (ms)",
+    ),
+    (
+        "pg_embedded_startup_1m_ms",
+        "(baseline)",
+        "the same, 1M entries (ms; measured once per run, its first start)",
+    ),
+    (
+        "pg_startup_vs_embedded_100k_ratio",
+        "",
+        "PostgreSQL / embedded start-up at 100k",
+    ),
+    (
+        "pg_migrate_1m_s",
+        "",
+        "custody migrate of the 1M-entry embedded ledger into PostgreSQL (s, once per run)",
+    ),
+    (
+        "pg_2_brokers_at_1m_per_s",
+        "",
+        "2 brokers, the same load, with 1M entries already in the ledger",
+    ),
+    (
+        "pg_2_brokers_big_vs_small_ratio",
+        "",
+        "at 1M / on the small ledger (pg_2_brokers_per_s)",
+    ),
     ("agt_version", "", "agent-governance-toolkit-core version"),
     ("agt_error", "", "why the AGT figures are missing"),
 ];
@@ -520,6 +683,9 @@ fn main() -> anyhow::Result<()> {
     }
     if on(Bench::Feed) {
         time("feed", &mut r, &|| times(&|r| feed::bench(&a, r)));
+    }
+    if on(Bench::Pg) {
+        time("pg", &mut r, &|| pg::bench(&a));
     }
     if on(Bench::Agt) {
         time("agt", &mut r, &|| times(&|r| agt::bench(&a, r)));

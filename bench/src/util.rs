@@ -127,3 +127,54 @@ pub fn cores() -> usize {
         .map(|c| c.get())
         .unwrap_or(1)
 }
+
+/// CPU seconds (user + system) each live process of the trees rooted at
+/// `roots` has used so far, by PID (from /proc).
+pub fn cpu_of_trees(roots: &[u32]) -> std::collections::HashMap<u32, f64> {
+    let mut parent = std::collections::HashMap::new();
+    let mut ticks = std::collections::HashMap::new();
+    if let Ok(items) = std::fs::read_dir("/proc") {
+        for item in items.flatten() {
+            let Ok(pid) = item.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(item.path().join("stat")).unwrap_or_default();
+            // `pid (comm) state ppid …`; comm may hold spaces.
+            let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            parent.insert(pid, num(1) as u32);
+            // utime, stime: clock ticks of USER_HZ = 100.
+            ticks.insert(pid, (num(11) + num(12)) / 100.0);
+        }
+    }
+    let mut out = std::collections::HashMap::new();
+    for (&pid, &t) in &ticks {
+        let mut p = pid;
+        // Walk up to a root (or init).
+        for _ in 0..64 {
+            if roots.contains(&p) {
+                out.insert(pid, t);
+                break;
+            }
+            match parent.get(&p) {
+                Some(&pp) if pp > 1 => p = pp,
+                _ => break,
+            }
+        }
+    }
+    out
+}
+
+/// CPU seconds the trees of `roots` used between two [`cpu_of_trees`]
+/// snapshots (a process born in between counts from zero).
+pub fn cpu_between(
+    before: &std::collections::HashMap<u32, f64>,
+    after: &std::collections::HashMap<u32, f64>,
+) -> f64 {
+    after
+        .iter()
+        .map(|(pid, t)| t - before.get(pid).copied().unwrap_or(0.0))
+        .filter(|d| *d > 0.0)
+        .sum()
+}

@@ -357,13 +357,15 @@ impl AppState {
 
     /// Waits until the ledger holds more than `size` entries, `wait` has
     /// passed, or the broker begins to shut down. Appends through this
-    /// broker wake it at once; the periodic re-check covers appends it does
-    /// not see (another broker on a shared backend).
+    /// broker wake it at once, and so do other brokers' on a shared backend
+    /// (its [`Storage::size_changes`]); the periodic re-check covers a lost
+    /// notification.
     pub(crate) async fn wait_for_entries(&self, size: u64, wait: Duration) {
         const RECHECK: Duration = Duration::from_secs(1);
         let deadline = tokio::time::Instant::now() + wait;
         let mut appended = self.feed.appended.subscribe();
         let mut closing = self.feed.closing.subscribe();
+        let mut elsewhere = self.storage.size_changes();
         while self.storage.size() <= size && !*closing.borrow() {
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -373,6 +375,12 @@ impl AppState {
             tokio::select! {
                 r = appended.changed() => if r.is_err() { tokio::time::sleep(nap).await },
                 r = closing.changed() => if r.is_err() { tokio::time::sleep(nap).await },
+                r = async {
+                    match elsewhere.as_mut() {
+                        Some(w) => w.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => if r.is_err() { elsewhere = None },
                 _ = tokio::time::sleep(nap) => {}
             }
         }

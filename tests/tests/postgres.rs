@@ -11,7 +11,7 @@ use custody_agent::client::{session_event, Client, ClientError};
 use custody_agent::sessionfile::SessionFile;
 use custody_ledger::actions;
 use custody_tests::cluster::{eventually, Cluster};
-use custody_wire::api::{PolicyCheck, PATH_STATUS};
+use custody_wire::api::{FeedQuery, PolicyCheck, MAX_FEED_WAIT_SECS, PATH_STATUS};
 use custody_wire::signing;
 
 fn api_code(e: &anyhow::Error) -> Option<String> {
@@ -222,4 +222,45 @@ async fn a_nonce_replayed_on_another_broker_is_refused() {
     assert_eq!(again.status(), 401);
     let text = again.text().await.unwrap();
     assert!(text.contains("replayed_request"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_feed_follower_on_one_broker_wakes_for_an_entry_appended_on_another() {
+    let c = Cluster::start(2).await;
+    let s = c.session(0, "chat").await;
+    log(&c.client(0), &s, 0).await.expect("log on A");
+    let size = c.client(0).health().await.unwrap().entries;
+    let b = c.client(1);
+    let caught_up = eventually(Duration::from_secs(10), || async {
+        b.health().await.is_ok_and(|h| h.entries >= size)
+    })
+    .await;
+    assert!(caught_up, "B never learned of A's entries");
+    // The admin follows the feed on B from the head, with the longest wait.
+    let follower = {
+        let (b, admin) = (c.client(1), c.admin.clone());
+        tokio::spawn(async move {
+            let t0 = std::time::Instant::now();
+            let q = FeedQuery {
+                after: Some(size - 1),
+                limit: None,
+                wait: Some(MAX_FEED_WAIT_SECS),
+            };
+            (b.feed(&admin, &q).await, t0.elapsed())
+        })
+    };
+    // Let the follower's request reach B and wait there.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seq = log(&c.client(0), &s, 1).await.expect("log on A");
+    let (page, took) = follower.await.unwrap();
+    let page = page.expect("the admin follows the feed on B");
+    assert!(
+        page.entries.iter().any(|e| e.seq == seq),
+        "B's page lacks the entry appended on A: {:?}",
+        page.entries.iter().map(|e| e.seq).collect::<Vec<_>>()
+    );
+    assert!(
+        took < Duration::from_secs(MAX_FEED_WAIT_SECS),
+        "the follower on B only returned at the long-poll timeout"
+    );
 }

@@ -153,6 +153,14 @@ pub trait Storage: Send + Sync {
         true
     }
 
+    /// [`Storage::size`] as it moves, when entries can arrive that this
+    /// broker did not append (another broker of a shared ledger): the feed's
+    /// long polls wake on it. `None` when every append goes through this
+    /// broker, which wakes them itself.
+    fn size_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// Drains what is queued and makes everything durable (shutdown).
     async fn close(&self) -> Result<(), StorageError>;
 }

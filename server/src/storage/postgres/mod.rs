@@ -10,7 +10,8 @@
 //!   caught up with other brokers' entries.
 //! - this file: opening, reads (lines, proofs, export), checkpoints, payload
 //!   bodies and the broker's records, and the background tasks: catching up
-//!   on `LISTEN custody_changes` and every [`CATCH_UP_EVERY`], the checkpoint
+//!   on `LISTEN custody_changes` and every [`CATCH_UP_EVERY`] (and the head
+//!   size on `LISTEN custody_head`, which wakes the feed), the checkpoint
 //!   signer's advisory lock, and the shared signed-request nonce set.
 //!
 //! The driver is tokio-postgres with a deadpool pool for reads and records;
@@ -59,6 +60,8 @@ pub use sequencer::MAX_BATCH;
 /// without a notification: the bound on how stale a cached decision
 /// (policy check, OTLP ingest) can be if a `NOTIFY` is lost.
 pub const CATCH_UP_EVERY: Duration = Duration::from_millis(250);
+/// The channel every committed batch notifies with the new head size.
+pub(crate) const HEAD_CHANNEL: &str = "custody_head";
 /// How often a broker that does not sign checkpoints tries for the signer's
 /// lock, and the signer checks that its lock's connection is alive.
 const SIGNER_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -160,6 +163,8 @@ pub(crate) struct Shared {
     pub fold: Arc<tokio::sync::Mutex<()>>,
     /// Entries this broker knows to be committed.
     size: AtomicU64,
+    /// The same, for the feed's long polls to wait on.
+    size_changes: tokio::sync::watch::Sender<u64>,
     /// Whether this broker holds the checkpoint signer's lock.
     signer: AtomicBool,
     closed: AtomicBool,
@@ -176,6 +181,14 @@ impl Shared {
 
     pub fn acknowledged(&self, size: u64) {
         self.size.fetch_max(size, Ordering::SeqCst);
+        // Under the channel's lock, so a smaller size never follows a larger.
+        self.size_changes.send_if_modified(|s| {
+            let moved = size > *s;
+            if moved {
+                *s = size;
+            }
+            moved
+        });
     }
 
     /// Brings the rules' state up to the database's head, outside any
@@ -330,6 +343,7 @@ impl Postgres {
             }),
             fold: Arc::new(tokio::sync::Mutex::new(())),
             size: AtomicU64::new(head.size),
+            size_changes: tokio::sync::watch::Sender::new(head.size),
             signer: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
@@ -440,7 +454,8 @@ impl HashReader for Dyn<'_> {
 
 /// Catches the rules' state up when another broker appends something that
 /// changes it (`LISTEN custody_changes`), and every [`CATCH_UP_EVERY`]
-/// whatever happens to notifications.
+/// whatever happens to notifications; takes every other broker's new head
+/// size as it commits (`LISTEN custody_head`), for the feed.
 async fn watch(shared: Arc<Shared>) {
     use futures_util::StreamExt;
     let mut tick = tokio::time::interval(CATCH_UP_EVERY);
@@ -452,9 +467,19 @@ async fn watch(shared: Arc<Shared>) {
         let listening = async {
             let (client, mut conn) = shared.cfg.connect(NoTls).await.map_err(unavailable)?;
             let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+            let heads = shared.clone();
             let driver = tokio::spawn(async move {
                 while let Some(m) = messages.next().await {
                     match m {
+                        // Another broker committed entries: the feed's long
+                        // polls wake now, not at their next re-check.
+                        Ok(tokio_postgres::AsyncMessage::Notification(n))
+                            if n.channel() == HEAD_CHANNEL =>
+                        {
+                            if let Ok(size) = n.payload().parse::<u64>() {
+                                heads.acknowledged(size);
+                            }
+                        }
                         Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
                             let _ = notified_tx.try_send(());
                         }
@@ -464,7 +489,7 @@ async fn watch(shared: Arc<Shared>) {
                 }
             });
             client
-                .batch_execute("LISTEN custody_changes")
+                .batch_execute(&format!("LISTEN custody_changes; LISTEN {HEAD_CHANNEL}"))
                 .await
                 .map_err(unavailable)?;
             Ok::<_, StorageError>((client, driver))
@@ -685,6 +710,10 @@ impl Storage for Postgres {
 
     fn size(&self) -> u64 {
         self.shared.size.load(Ordering::SeqCst)
+    }
+
+    fn size_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.shared.size_changes.subscribe())
     }
 
     fn with_rules(&self, f: &mut dyn FnMut(&Authority)) {

@@ -74,28 +74,37 @@ fn parse_trust(text: &str) -> Result<TrustRoots, LoadError> {
     }
 }
 
+/// The head row, locked: what the sequencer's transaction starts with.
+pub(crate) const HEAD_FOR_UPDATE: &str =
+    "SELECT ledger, size, prev, root, last_received_at, trust FROM custody_head WHERE id = 1 FOR UPDATE";
+
 /// Reads the head row (`FOR UPDATE` when `lock`).
 pub(crate) async fn read_head(
     c: &impl GenericClient,
     lock: bool,
 ) -> Result<Option<Head>, LoadError> {
     let sql = if lock {
-        "SELECT ledger, size, prev, root, last_received_at, trust FROM custody_head WHERE id = 1 FOR UPDATE"
+        HEAD_FOR_UPDATE
     } else {
         "SELECT ledger, size, prev, root, last_received_at, trust FROM custody_head WHERE id = 1"
     };
-    let Some(row) = c.query_opt(sql, &[]).await? else {
-        return Ok(None);
-    };
+    match c.query_opt(sql, &[]).await? {
+        Some(row) => head_of(&row).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The head from its row (the columns of [`HEAD_FOR_UPDATE`]).
+pub(crate) fn head_of(row: &tokio_postgres::Row) -> Result<Head, LoadError> {
     let ledger: String = row.get(0);
-    Ok(Some(Head {
+    Ok(Head {
         ledger: Did::parse(&ledger).map_err(|e| corrupt(format!("custody_head.ledger: {e}")))?,
         size: row.get::<_, i64>(1) as u64,
         prev: EntryHash(bytes32(row.get(2), "custody_head.prev")?),
         root: bytes32(row.get(3), "custody_head.root")?,
         last_received_at: row.get::<_, Option<i64>>(4).map(timestamp).transpose()?,
         trust: parse_trust(row.get(5))?,
-    }))
+    })
 }
 
 /// The rules' state as of `head`, from the tables. Call it in a transaction
@@ -158,6 +167,10 @@ pub(crate) async fn load_authority(
     ))
 }
 
+/// The entries in `$1..$2` that change the rules' state.
+pub(crate) const STATE_CHANGES: &str =
+    "SELECT seq, line FROM custody_entries WHERE changes AND seq >= $1 AND seq < $2 ORDER BY seq";
+
 /// The entries in `from..to` that change the rules' state, parsed.
 pub(crate) async fn state_changes(
     c: &impl GenericClient,
@@ -168,11 +181,13 @@ pub(crate) async fn state_changes(
         return Ok(Vec::new());
     }
     let rows = c
-        .query(
-            "SELECT seq, line FROM custody_entries WHERE changes AND seq >= $1 AND seq < $2 ORDER BY seq",
-            &[&(from as i64), &(to as i64)],
-        )
+        .query(STATE_CHANGES, &[&(from as i64), &(to as i64)])
         .await?;
+    entries_of(&rows)
+}
+
+/// The entries of [`STATE_CHANGES`]' rows, parsed.
+pub(crate) fn entries_of(rows: &[tokio_postgres::Row]) -> Result<Vec<Entry>, LoadError> {
     rows.iter()
         .map(|row| {
             let seq: i64 = row.get(0);

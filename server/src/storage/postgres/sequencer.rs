@@ -11,7 +11,8 @@
 //! (`Entry::to_line_with_event` around the event's canonical bytes), so the
 //! entries are byte-identical to the embedded backend's; inserts the lines,
 //! the new Merkle stored hashes and the rules' state they change; moves the
-//! head; `NOTIFY custody_changes` if the rules' state changed; and commits.
+//! head (notifying `custody_head` of its new size, for other brokers' feed
+//! followers); `NOTIFY custody_changes` if the rules' state changed; and commits.
 //! Only after the commit returns is any event of the batch acknowledged. The
 //! commit is as durable as the server's `synchronous_commit` makes it (on:
 //! the WAL is flushed locally; with a synchronous standby and `on` /
@@ -35,7 +36,8 @@ use custody_ledger::merkle::{Hash, HashReader};
 use custody_ledger::store::Appended;
 use custody_ledger::{entry_hash, Entry, EntryHash, Seq, SignedEvent, Timestamp, MAX_ENTRY_BYTES};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
 
 use super::rules::{self, millis, trust_text};
 use super::{cause, Shared};
@@ -132,8 +134,77 @@ pub(crate) fn push_leaf(
 pub(crate) struct Sequencer {
     pub shared: Arc<Shared>,
     pub rx: mpsc::Receiver<Request>,
-    client: Option<Client>,
+    client: Option<(Client, Statements)>,
     frontier: Frontier,
+}
+
+/// Moves the head and notifies its new size in one statement (no round
+/// trip of its own under the lock); delivered at commit, the notification
+/// wakes other brokers' feed followers.
+const MOVE_HEAD: &str = "WITH moved AS (UPDATE custody_head SET size = $1, prev = $2, root = $3, last_received_at = $4, trust = $5 WHERE id = 1 RETURNING size)
+     SELECT pg_notify($6, size::text) FROM moved";
+
+/// The sequencer's statements, prepared once per connection: each then
+/// costs one round trip (a statement given as text is parsed in a round
+/// trip of its own first), and a batch sends them in two pipelined groups.
+struct Statements {
+    head: Statement,
+    changes: Statement,
+    frontier: Statement,
+    nonces: Statement,
+    entries: Statement,
+    hashes: Statement,
+    session: Statement,
+    ended: Statement,
+    revocation: Statement,
+    move_head: Statement,
+    notify: Statement,
+}
+
+impl Statements {
+    async fn prepare(c: &Client) -> Result<Self, tokio_postgres::Error> {
+        let (head, changes, frontier, nonces, entries, hashes) = futures_util::try_join!(
+            c.prepare(rules::HEAD_FOR_UPDATE),
+            c.prepare(rules::STATE_CHANGES),
+            c.prepare("SELECT idx, hash FROM custody_hashes WHERE idx = ANY($1)"),
+            c.prepare("SELECT nonce FROM custody_entries WHERE nonce = ANY($1)"),
+            c.prepare(
+                "INSERT INTO custody_entries (seq, line, hash, nonce, received_at, payload, changes)
+                 SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bytea[], $5::bigint[], $6::bytea[], $7::boolean[])"
+            ),
+            c.prepare(
+                "INSERT INTO custody_hashes (idx, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])"
+            ),
+        )?;
+        let (session, ended, revocation, move_head, notify) = futures_util::try_join!(
+            c.prepare(
+                "INSERT INTO custody_sessions (did, delegation, started_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (did) DO UPDATE SET delegation = EXCLUDED.delegation, started_at = EXCLUDED.started_at, ended_at = NULL"
+            ),
+            c.prepare(
+                "UPDATE custody_sessions SET ended_at = $2 WHERE did = $1 AND ended_at IS NULL"
+            ),
+            c.prepare(
+                "INSERT INTO custody_revocations (subject, jws, seq, effective) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (subject) DO UPDATE SET jws = EXCLUDED.jws, seq = EXCLUDED.seq, effective = EXCLUDED.effective"
+            ),
+            c.prepare(MOVE_HEAD),
+            c.prepare("SELECT pg_notify('custody_changes', $1)"),
+        )?;
+        Ok(Self {
+            head,
+            changes,
+            frontier,
+            nonces,
+            entries,
+            hashes,
+            session,
+            ended,
+            revocation,
+            move_head,
+            notify,
+        })
+    }
 }
 
 /// What an admitted event adds to the transaction.
@@ -237,12 +308,16 @@ impl Sequencer {
         }
     }
 
-    async fn client(&mut self) -> Result<&mut Client, StorageError> {
-        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+    async fn client(&mut self) -> Result<&mut (Client, Statements), StorageError> {
+        if self.client.as_ref().is_some_and(|(c, _)| c.is_closed()) {
             self.client = None;
         }
         if self.client.is_none() {
-            self.client = Some(self.shared.connect().await?);
+            let c = self.shared.connect().await?;
+            let st = Statements::prepare(&c).await.map_err(|e| {
+                StorageError::Unavailable(format!("ledger database: {}", cause(&e)))
+            })?;
+            self.client = Some((c, st));
         }
         Ok(self.client.as_mut().expect("connected above"))
     }
@@ -260,19 +335,25 @@ impl Sequencer {
         };
         let shared = self.shared.clone();
         let mut frontier = std::mem::take(&mut self.frontier);
-        let client = self.client().await?;
+        let (client, st) = self.client().await?;
+        let st: &Statements = st;
         let tx = client.transaction().await.map_err(unavailable)?;
-        let head = rules::read_head(&tx, true)
-            .await
-            .map_err(loaded)?
-            .ok_or_else(|| StorageError::Failed("the ledger database has no head row".into()))?;
+        let head = match tx.query_opt(&st.head, &[]).await.map_err(unavailable)? {
+            Some(row) => rules::head_of(&row).map_err(loaded)?,
+            None => {
+                return Err(StorageError::Failed(
+                    "the ledger database has no head row".into(),
+                ))
+            }
+        };
 
         // This broker's rules' state, as of the locked head.
         let (dirty, next) = {
             let l = shared.local();
             (l.dirty, l.authority.next_seq().0)
         };
-        if dirty || next > head.size {
+        let rebuild = dirty || next > head.size;
+        if rebuild {
             if next > head.size && !dirty {
                 tracing::error!(
                     database = head.size,
@@ -284,32 +365,52 @@ impl Sequencer {
             let mut l = shared.local();
             l.authority = a;
             l.dirty = false;
-        } else if next < head.size {
-            let changes = rules::state_changes(&tx, next, head.size)
-                .await
-                .map_err(loaded)?;
-            let mut l = shared.local();
-            rules::fold(&mut l.authority, &changes, next, head.size);
-        }
-        if frontier.size != Some(head.size) {
-            frontier = load_frontier(&tx, head.size).await.map_err(loaded)?;
         }
 
-        // Nonces already in the ledger (the unique index is the nonce set).
+        // What admission needs, in one pipelined round trip: the entries
+        // changing the rules' state that other brokers appended since this
+        // broker's last batch, the tree's right edge if it moved, and which
+        // of the batch's nonces are already in the ledger (the unique index
+        // is the nonce set).
+        let catch_up = !rebuild && next < head.size;
+        let edge: Vec<i64> = if frontier.size != Some(head.size) {
+            tlog_tiles::sub_tree_index(0, head.size, vec![])
+                .into_iter()
+                .map(|i| i as i64)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let nonces: Vec<Vec<u8>> = events
             .iter()
             .map(|(e, _)| e.event.nonce.0.to_vec())
             .collect();
-        let used: HashSet<Vec<u8>> = tx
-            .query(
-                "SELECT nonce FROM custody_entries WHERE nonce = ANY($1)",
-                &[&nonces],
-            )
-            .await
-            .map_err(unavailable)?
-            .into_iter()
-            .map(|r| r.get::<_, Vec<u8>>(0))
-            .collect();
+        let (from, to) = (next as i64, head.size as i64);
+        let (changes, edge_rows, used) = futures_util::try_join!(
+            async {
+                match catch_up {
+                    true => tx.query(&st.changes, &[&from, &to]).await.map(Some),
+                    false => Ok(None),
+                }
+            },
+            async {
+                match frontier.size != Some(head.size) {
+                    true => tx.query(&st.frontier, &[&edge]).await.map(Some),
+                    false => Ok(None),
+                }
+            },
+            async { tx.query(&st.nonces, &[&nonces]).await },
+        )
+        .map_err(unavailable)?;
+        if let Some(rows) = changes {
+            let changes = rules::entries_of(&rows).map_err(loaded)?;
+            let mut l = shared.local();
+            rules::fold(&mut l.authority, &changes, next, head.size);
+        }
+        if let Some(rows) = edge_rows {
+            frontier = frontier_of(head.size, &edge, &rows).map_err(loaded)?;
+        }
+        let used: HashSet<Vec<u8>> = used.into_iter().map(|r| r.get::<_, Vec<u8>>(0)).collect();
 
         // Admission, in sequence order, with the state as of the head.
         let mut outcomes = Vec::with_capacity(events.len());
@@ -406,65 +507,64 @@ impl Sequencer {
         let times: Vec<i64> = rows.iter().map(|r| r.received_at).collect();
         let payloads: Vec<Option<&[u8]>> = rows.iter().map(|r| r.payload.as_deref()).collect();
         let changes: Vec<bool> = rows.iter().map(|r| r.changes).collect();
-        tx.execute(
-            "INSERT INTO custody_entries (seq, line, hash, nonce, received_at, payload, changes)
-             SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bytea[], $5::bigint[], $6::bytea[], $7::boolean[])",
-            &[&seqs, &lines, &entry_hashes, &row_nonces, &times, &payloads, &changes],
-        )
-        .await
-        .map_err(unavailable)?;
         let idx: Vec<i64> = hashes.iter().map(|(i, _)| *i as i64).collect();
         let hs: Vec<&[u8]> = hashes.iter().map(|(_, h)| h.0.as_slice()).collect();
-        tx.execute(
-            "INSERT INTO custody_hashes (idx, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
-            &[&idx, &hs],
-        )
-        .await
-        .map_err(unavailable)?;
-        for (did, jws, at) in &state.sessions {
-            tx.execute(
-                "INSERT INTO custody_sessions (did, delegation, started_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (did) DO UPDATE SET delegation = EXCLUDED.delegation, started_at = EXCLUDED.started_at, ended_at = NULL",
-                &[did, jws, at],
-            )
-            .await
-            .map_err(unavailable)?;
-        }
-        for (did, at) in &state.ended {
-            tx.execute(
-                "UPDATE custody_sessions SET ended_at = $2 WHERE did = $1 AND ended_at IS NULL",
-                &[did, at],
-            )
-            .await
-            .map_err(unavailable)?;
-        }
-        for (subject, jws, seq, effective) in &state.revocations {
-            tx.execute(
-                "INSERT INTO custody_revocations (subject, jws, seq, effective) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (subject) DO UPDATE SET jws = EXCLUDED.jws, seq = EXCLUDED.seq, effective = EXCLUDED.effective",
-                &[subject, jws, seq, effective],
-            )
-            .await
-            .map_err(unavailable)?;
-        }
         let trust = trust_text(shared.local().authority.trust());
         let last_ms = last.map(millis);
-        tx.execute(
-            "UPDATE custody_head SET size = $1, prev = $2, root = $3, last_received_at = $4, trust = $5 WHERE id = 1",
-            &[&(next as i64), &prev.0.as_slice(), &root.0.as_slice(), &last_ms, &trust],
-        )
-        .await
-        .map_err(unavailable)?;
+        let size = next as i64;
+        let notified = next.to_string();
+        let (prev_bytes, root_bytes): (&[u8], &[u8]) = (&prev.0, &root.0);
+        type P<'p> = &'p (dyn ToSql + Sync);
+        type Params<'p> = Vec<P<'p>>;
+        let mut writes: Vec<(&Statement, Params<'_>)> = vec![
+            (
+                &st.entries,
+                vec![
+                    &seqs as P,
+                    &lines,
+                    &entry_hashes,
+                    &row_nonces,
+                    &times,
+                    &payloads,
+                    &changes,
+                ],
+            ),
+            (&st.hashes, vec![&idx as P, &hs]),
+        ];
+        for (did, jws, at) in &state.sessions {
+            writes.push((&st.session, vec![did as P, jws, at]));
+        }
+        for (did, at) in &state.ended {
+            writes.push((&st.ended, vec![did as P, at]));
+        }
+        for (subject, jws, seq, effective) in &state.revocations {
+            writes.push((&st.revocation, vec![subject as P, jws, seq, effective]));
+        }
+        let head_channel = super::HEAD_CHANNEL;
+        writes.push((
+            &st.move_head,
+            vec![
+                &size as P,
+                &prev_bytes,
+                &root_bytes,
+                &last_ms,
+                &trust,
+                &head_channel,
+            ],
+        ));
         if !state.is_empty() {
             // Other brokers' cached decisions catch up on this (and, if the
             // notification is lost, on their periodic check).
-            tx.execute(
-                "SELECT pg_notify('custody_changes', $1)",
-                &[&next.to_string()],
-            )
-            .await
-            .map_err(unavailable)?;
+            writes.push((&st.notify, vec![&notified as P]));
         }
+        // Pipelined: sent at once, executed in order, answered together.
+        futures_util::future::try_join_all(
+            writes
+                .iter()
+                .map(|(statement, params)| tx.execute(*statement, params)),
+        )
+        .await
+        .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
         frontier.prune(next);
         self.frontier = frontier;
@@ -503,23 +603,15 @@ fn collect_state(a: &Authority, entry: &Entry, action: &str, state: &mut StateRo
     }
 }
 
-/// The right edge of the tree of `size`, from `custody_hashes`.
-async fn load_frontier(
-    c: &impl tokio_postgres::GenericClient,
+/// The right edge of the tree of `size` (stored hashes `want`), from the
+/// rows of `custody_hashes` read for it.
+fn frontier_of(
     size: u64,
+    want: &[i64],
+    rows: &[tokio_postgres::Row],
 ) -> Result<Frontier, rules::LoadError> {
-    let want: Vec<i64> = tlog_tiles::sub_tree_index(0, size, vec![])
-        .into_iter()
-        .map(|i| i as i64)
-        .collect();
     let mut hashes = HashMap::new();
-    for row in c
-        .query(
-            "SELECT idx, hash FROM custody_hashes WHERE idx = ANY($1)",
-            &[&want],
-        )
-        .await?
-    {
+    for row in rows {
         let h: &[u8] = row.get(1);
         let h: [u8; 32] = h
             .try_into()
