@@ -417,6 +417,24 @@ fn a_restored_state_keeps_the_holds_approvals_and_uses_of_the_last_day() {
     assert!(restored.check_verified(&ev, at).is_err());
 }
 
+/// Why two days: a reviewer's approval of a call held for a person is
+/// refused, so it never backs a call, even after the hold has ended. A
+/// broker that had forgotten the hold (as brokers restarted before
+/// `restore_oversight` did) may have stored one; folding only the last day
+/// would let it count, the two days refuse it as a full replay does.
+#[test]
+fn a_hold_of_the_day_before_still_decides_an_approval_of_the_last_day() {
+    let mut l = L::new();
+    l.decision(0, "approval_required", Some("human")).unwrap();
+    l.wait(23 * HOUR);
+    let r = l.approval(Who::Reviewer, 0, 20 * HOUR, true);
+    assert_eq!(r, Err("human_approval_required".into()));
+    // The hold has ended; the approval is of the last day.
+    l.wait(2 * HOUR);
+    l.decision(1, "deny", None).unwrap();
+    assert_same(&l);
+}
+
 #[derive(Clone, Debug)]
 enum Step {
     Wait(i64),
