@@ -358,6 +358,28 @@ impl Authority {
         done
     }
 
+    /// Whether a stored entry's line can change what
+    /// [`restore_oversight`](Self::restore_oversight) rebuilds: an
+    /// `approval`, a `policy.decision` or a `tool.call` (for any other
+    /// event A8 changes nothing). Read from the fixed start of a canonical
+    /// line, `{"event":{"action":"…"` (JCS sorts `event` first among the
+    /// entry's members and `action` first among the event's), so a store
+    /// skips parsing the rest; a line that does not start so is kept, to be
+    /// parsed and judged.
+    pub fn may_change_oversight(line: &[u8]) -> bool {
+        const START: &[u8] = b"{\"event\":{\"action\":\"";
+        let Some(rest) = line.strip_prefix(START) else {
+            return true;
+        };
+        let Some(end) = rest.iter().position(|b| *b == b'"') else {
+            return true;
+        };
+        matches!(
+            std::str::from_utf8(&rest[..end]),
+            Ok(actions::APPROVAL | actions::POLICY_DECISION | actions::TOOL_CALL) | Err(_)
+        )
+    }
+
     /// Whether this state checks nonces itself (false after
     /// [`restore`](Self::restore)).
     pub fn tracks_nonces(&self) -> bool {

@@ -219,7 +219,8 @@ impl L {
 
     /// What a broker on PostgreSQL starts with: the tables' state, and the
     /// oversight records from the entries that change the rules' state
-    /// received within the horizon before the last one.
+    /// received within the horizon before the last one, those whose line
+    /// says they may change oversight.
     fn restored(&self) -> Authority {
         let full = &self.authority;
         let mut a = Authority::restore(
@@ -235,6 +236,7 @@ impl L {
             .entries
             .iter()
             .filter(|e| e.received_at >= since && actions::changes_state(e.event.action.as_str()))
+            .filter(|e| Authority::may_change_oversight(&e.to_line().unwrap()))
             .cloned()
             .collect();
         a.restore_oversight(&window);
@@ -322,6 +324,39 @@ fn verdicts(a: &Authority, l: &L, at: Timestamp) -> Vec<(String, Result<(), Stri
         ));
     }
     out
+}
+
+#[test]
+fn lines_that_may_change_oversight_are_told_by_their_start() {
+    let mut l = L::new();
+    l.decision(0, "approval_required", Some("human")).unwrap();
+    l.approval(Who::Developer, 0, HOUR, true).unwrap();
+    l.call(0, Approval::None).unwrap_err();
+    let mut e = l.session_event(actions::CREDENTIAL_REQUEST);
+    e.details.insert("scope".into(), "repo-read".into());
+    l.push(e.sign(key(Who::Session)).unwrap()).unwrap();
+    let told: Vec<(String, bool)> = l
+        .entries
+        .iter()
+        .map(|e| {
+            (
+                e.event.action.as_str().to_string(),
+                Authority::may_change_oversight(&e.to_line().unwrap()),
+            )
+        })
+        .collect();
+    let want = [
+        (actions::GENESIS, false),
+        (actions::SESSION_START, false),
+        (actions::POLICY_DECISION, true),
+        (actions::APPROVAL, true),
+        (actions::TOOL_CALL, true),
+        (actions::CREDENTIAL_REQUEST, false),
+    ];
+    let want: Vec<(String, bool)> = want.iter().map(|(a, b)| (a.to_string(), *b)).collect();
+    assert_eq!(told, want);
+    // What does not start like a canonical line is parsed and judged.
+    assert!(Authority::may_change_oversight(b" {\"event\":{}}"));
 }
 
 /// When, after the ledger's last entry, the two states are asked.
@@ -587,6 +622,7 @@ fn restore_cost() {
     let t0 = std::time::Instant::now();
     let entries: Vec<Entry> = lines
         .iter()
+        .filter(|b| Authority::may_change_oversight(b))
         .map(|b| Entry::parse_line(b).unwrap())
         .collect();
     let parsed = t0.elapsed();
@@ -602,7 +638,7 @@ fn restore_cost() {
     let done = r.restore_oversight(&entries);
     let folded = t1.elapsed();
     println!(
-        "{n} entries ({} MB of lines): parse {parsed:?}, fold {folded:?} ({} read, {} records kept)",
+        "{n} entries ({} MB of lines): filter and parse {parsed:?}, fold {folded:?} ({} parsed, {} records kept)",
         bytes / 1_000_000,
         done.entries,
         r.oversight().len()

@@ -201,11 +201,23 @@ async fn restore_oversight(
         return Ok(());
     };
     let start = start.get::<_, i64>(0) as u64;
-    let entries = state_changes(c, start, head.size).await?;
+    let rows = c
+        .query(
+            "SELECT seq, line FROM custody_entries WHERE changes AND seq >= $1 AND seq < $2 ORDER BY seq",
+            &[&(start as i64), &(head.size as i64)],
+        )
+        .await?;
+    // Only approvals, the policy's decisions and tool calls are parsed.
+    let entries = rows
+        .iter()
+        .filter(|row| Authority::may_change_oversight(row.get(1)))
+        .map(parse_row)
+        .collect::<Result<Vec<_>, _>>()?;
     let done = a.restore_oversight(&entries);
     tracing::info!(
         from = start,
-        entries = done.entries,
+        read = rows.len(),
+        parsed = done.entries,
         records = a.oversight().len(),
         ms = t0.elapsed().as_millis() as u64,
         "ledger database: oversight records rebuilt from the last two days of entries"
@@ -234,17 +246,17 @@ pub(crate) async fn state_changes(
             &[&(from as i64), &(to as i64)],
         )
         .await?;
-    rows.iter()
-        .map(|row| {
-            let seq: i64 = row.get(0);
-            let entry =
-                Entry::parse_line(row.get(1)).map_err(|e| corrupt(format!("entry {seq}: {e}")))?;
-            if entry.seq.0 != seq as u64 {
-                return Err(corrupt(format!("entry {seq} says it is {}", entry.seq)));
-            }
-            Ok(entry)
-        })
-        .collect()
+    rows.iter().map(parse_row).collect()
+}
+
+/// An entry from its `(seq, line)` row.
+fn parse_row(row: &tokio_postgres::Row) -> Result<Entry, LoadError> {
+    let seq: i64 = row.get(0);
+    let entry = Entry::parse_line(row.get(1)).map_err(|e| corrupt(format!("entry {seq}: {e}")))?;
+    if entry.seq.0 != seq as u64 {
+        return Err(corrupt(format!("entry {seq} says it is {}", entry.seq)));
+    }
+    Ok(entry)
 }
 
 /// Folds entries `from..to` into `a` (at `from`): the state-changing ones in
