@@ -107,11 +107,11 @@ impl L {
             reviewers: [did(Who::Reviewer)].into(),
         }
         .to_details();
-        l.push(g.sign(&key(Who::Ledger)).unwrap()).unwrap();
-        let jws = l.delegation.issue(&key(Who::Developer)).unwrap();
+        l.push(g.sign(key(Who::Ledger)).unwrap()).unwrap();
+        let jws = l.delegation.issue(key(Who::Developer)).unwrap();
         let mut s = l.session_event(actions::SESSION_START);
         s.details.insert("delegation".into(), jws.into());
-        l.push(s.sign(&key(Who::Session)).unwrap()).unwrap();
+        l.push(s.sign(key(Who::Session)).unwrap()).unwrap();
         l
     }
 
@@ -174,7 +174,7 @@ impl L {
 
     fn approval(&mut self, who: Who, which: u8, ttl_ms: i64, approve: bool) -> Result<u64, String> {
         let e = self.approval_event(who, which, ttl_ms, approve);
-        self.push(e.sign(&key(who)).unwrap())
+        self.push(e.sign(key(who)).unwrap())
     }
 
     fn decision(
@@ -200,7 +200,7 @@ impl L {
         if let Some(r) = requires {
             d.insert("requires".into(), r.into());
         }
-        self.push(e.sign(&key(Who::Ledger)).unwrap())
+        self.push(e.sign(key(Who::Ledger)).unwrap())
     }
 
     fn call_event(&self, which: u8, approval: Approval) -> Event {
@@ -214,7 +214,7 @@ impl L {
 
     fn call(&mut self, which: u8, approval: Approval) -> Result<u64, String> {
         let e = self.call_event(which, approval);
-        self.push(e.sign(&key(Who::Session)).unwrap())
+        self.push(e.sign(key(Who::Session)).unwrap())
     }
 
     /// What a broker on PostgreSQL starts with: the tables' state, and the
@@ -544,7 +544,7 @@ proptest! {
                 Step::Credential => {
                     let mut e = l.session_event(actions::CREDENTIAL_REQUEST);
                     e.details.insert("scope".into(), "repo-read".into());
-                    l.push(e.sign(&key(Who::Session)).unwrap())
+                    l.push(e.sign(key(Who::Session)).unwrap())
                 }
             };
         }
@@ -569,7 +569,7 @@ fn restore_cost() {
     let mut l = L::new();
     l.decision(0, "approval_required", Some("human")).unwrap();
     let a = l.approval(Who::Developer, 0, 20 * HOUR, true).unwrap();
-    let sign = |e: Event, w: Who| e.sign(&key(w)).unwrap();
+    let sign = |e: Event, w: Who| e.sign(key(w)).unwrap();
     let mut prompt = l.session_event("prompt");
     prompt
         .details
