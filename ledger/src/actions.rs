@@ -183,6 +183,19 @@ pub enum Constraint {
     ApprovalClaims,
 }
 
+impl Constraint {
+    /// Whether the check is rule A8's, whose records (approvals, holds,
+    /// allowing decisions) a store does not keep beside the ledger but
+    /// rebuilds from its last two days
+    /// ([`crate::authority::Authority::restore_oversight`]).
+    pub fn is_oversight(&self) -> bool {
+        matches!(
+            self,
+            Constraint::Approval | Constraint::PolicyDecision | Constraint::ApprovalClaims
+        )
+    }
+}
+
 /// Which refusal an actor that no row's signer matches gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {

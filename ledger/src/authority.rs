@@ -175,6 +175,16 @@ impl Admitted {
     }
 }
 
+/// What [`Authority::restore_oversight`] folded in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RestoredOversight {
+    /// Entries read (before the restored position).
+    pub entries: usize,
+    /// Approvals recorded before the last `trust.update` among them, not
+    /// restored (fail closed: the call is held again).
+    pub forgotten_approvals: usize,
+}
+
 /// What an accepted event changes.
 #[derive(Clone, Debug)]
 enum Change {
@@ -242,8 +252,12 @@ impl Authority {
     /// that holds for each subject — as a store kept it beside the entries,
     /// without replaying them. Such a state does not remember nonces: the
     /// caller must refuse a nonce already in the ledger before asking
-    /// [`check_verified`](Self::check_verified) (see `track_nonces`).
-    /// Otherwise it decides exactly as the state replayed up to `next`.
+    /// [`check_verified`](Self::check_verified) (see `track_nonces`). Nor
+    /// does it hold the oversight records (approvals, holds, allowing
+    /// decisions, their use) until
+    /// [`restore_oversight`](Self::restore_oversight) rebuilds them from the
+    /// ledger's last two days; with them, it decides exactly as the state
+    /// replayed up to `next`.
     pub fn restore(
         ledger: Did,
         trust: TrustRoots,
@@ -261,12 +275,109 @@ impl Authority {
                 .collect(),
             nonces: HashSet::new(),
             // Approvals, decisions and holds are not kept beside the
-            // entries: a restored state knows those recorded after `next`
-            // only, and refuses a claim on an earlier one (fail closed).
+            // entries: they come from the ledger's last two days, through
+            // `restore_oversight`. Until then the state knows those recorded
+            // after `next` only and refuses a claim on an earlier one, but
+            // it does not know an earlier hold either.
             oversight: Oversight::default(),
             track_nonces: false,
             next,
         }
+    }
+
+    /// Gives a [`restore`](Self::restore)d state the oversight records
+    /// (rule A8: open approvals and refusals, the ledger key's allowing
+    /// decisions, held actions, and which calls used what) that a replay of
+    /// the whole ledger would hold at `next`, from the entries received
+    /// within [`oversight::RESTORE_HORIZON_MS`] before the last one.
+    ///
+    /// `entries` are those entries before `next` in seq order (any others
+    /// are passed over); entries that A8 does not check may be left out.
+    /// Each is checked by the same A8 code that
+    /// [`check_verified`](Self::check_verified) runs, at its own
+    /// `received_at`, and only its oversight effect is kept: sessions,
+    /// revocations and the trust roots come from the store's tables. The rules before A8 (nonces, the
+    /// signer's revocation, the session's window) are not checked again:
+    /// the store checked them against those same tables when it sequenced
+    /// the entry.
+    ///
+    /// Why the horizon is enough: every record ends (an approval 24 hours
+    /// after it is recorded at the latest, a hold 24 hours, an allow one),
+    /// and every lookup checks that end against the time it is asked at, so
+    /// records older than a day answer nothing from `next` on. Whether a
+    /// record of the last day exists at all can depend on a hold recorded up
+    /// to a day before it (a reviewer's approval of a call held for a
+    /// person is refused), hence two days.
+    ///
+    /// The one state this cannot rebuild is the trust roots before a
+    /// `trust.update` within the entries: an approval recorded before the
+    /// last such update is forgotten (counted in the result), since who
+    /// signed it as what is not known. That fails closed: the call is held
+    /// again and a person approves it again.
+    pub fn restore_oversight(&mut self, entries: &[Entry]) -> RestoredOversight {
+        assert!(
+            !self.track_nonces,
+            "restore_oversight is for a restored state"
+        );
+        let before = |e: &&Entry| e.seq < self.next;
+        let trust_since = entries
+            .iter()
+            .filter(before)
+            .filter(|e| {
+                matches!(
+                    e.event.action.as_str(),
+                    actions::GENESIS | actions::TRUST_UPDATE
+                )
+            })
+            .map(|e| e.seq)
+            .max();
+        let mut done = RestoredOversight::default();
+        let mut last: Option<Seq> = None;
+        for e in entries {
+            if e.seq >= self.next || last.is_some_and(|l| e.seq <= l) {
+                continue;
+            }
+            last = Some(e.seq);
+            done.entries += 1;
+            let Ok((rule, role)) = self.row_and_role(&e.event) else {
+                continue;
+            };
+            if !rule.constraint.is_oversight() {
+                continue;
+            }
+            if rule.constraint == Constraint::Approval && trust_since.is_some_and(|t| e.seq < t) {
+                done.forgotten_approvals += 1;
+                continue;
+            }
+            // A refusal here is one a full replay makes too: it folds nothing.
+            if let Ok(change) = self.check_constraint(rule, role, &e.event, e.received_at) {
+                self.oversight.prune(e.received_at);
+                self.apply_oversight(e.seq, change);
+            }
+        }
+        done
+    }
+
+    /// Whether a stored entry's line can change what
+    /// [`restore_oversight`](Self::restore_oversight) rebuilds: an
+    /// `approval`, a `policy.decision` or a `tool.call` (for any other
+    /// event A8 changes nothing). Read from the fixed start of a canonical
+    /// line, `{"event":{"action":"…"` (JCS sorts `event` first among the
+    /// entry's members and `action` first among the event's), so a store
+    /// skips parsing the rest; a line that does not start so is kept, to be
+    /// parsed and judged.
+    pub fn may_change_oversight(line: &[u8]) -> bool {
+        const START: &[u8] = b"{\"event\":{\"action\":\"";
+        let Some(rest) = line.strip_prefix(START) else {
+            return true;
+        };
+        let Some(end) = rest.iter().position(|b| *b == b'"') else {
+            return true;
+        };
+        matches!(
+            std::str::from_utf8(&rest[..end]),
+            Ok(actions::APPROVAL | actions::POLICY_DECISION | actions::TOOL_CALL) | Err(_)
+        )
     }
 
     /// Whether this state checks nonces itself (false after
@@ -389,7 +500,38 @@ impl Authority {
                 format!("entry 0 must be ledger.genesis, found {action}"),
             ));
         }
-        // The table, before anything that depends on who the signer is.
+        let (rule, role) = self.row_and_role(ev)?;
+        // A3: revocation.
+        if let Some(r) = self.revoked_at(&ev.actor, at) {
+            return Err(deny(
+                DenialCode::Revoked,
+                format!(
+                    "{} was revoked by {} (effective {}, entry {}): {}",
+                    r.revocation.subject,
+                    r.revocation.issuer,
+                    r.effective,
+                    r.seq,
+                    r.revocation.reason
+                ),
+            ));
+        }
+        // A4: a session's events.
+        if role == Role::Session {
+            let grant = self
+                .sessions
+                .get(&ev.actor)
+                .ok_or_else(|| deny(DenialCode::NoSession, "no such session"))?;
+            check_session_event(grant, ev, at)?;
+        }
+        let change = self.check_constraint(rule, role, ev, at)?;
+        Ok(Admitted { role, rule, change })
+    }
+
+    /// The action table's row for the event and the role its signer signs
+    /// it as: the table before anything that depends on who the signer is,
+    /// then the row's signers and their `actor_kind`.
+    fn row_and_role(&self, ev: &Event) -> Result<(&'static ActionRule, Role), Denial> {
+        let action = ev.action.as_str();
         let rule = actions::rule_for(action).ok_or_else(|| {
             deny(
                 DenialCode::ReservedAction,
@@ -430,30 +572,19 @@ impl Authority {
                 ),
             ));
         }
-        // A3: revocation.
-        if let Some(r) = self.revoked_at(&ev.actor, at) {
-            return Err(deny(
-                DenialCode::Revoked,
-                format!(
-                    "{} was revoked by {} (effective {}, entry {}): {}",
-                    r.revocation.subject,
-                    r.revocation.issuer,
-                    r.effective,
-                    r.seq,
-                    r.revocation.reason
-                ),
-            ));
-        }
-        // A4: a session's events.
-        if role == Role::Session {
-            let grant = self
-                .sessions
-                .get(&ev.actor)
-                .ok_or_else(|| deny(DenialCode::NoSession, "no such session"))?;
-            check_session_event(grant, ev, at)?;
-        }
-        let change = match rule.constraint {
-            Constraint::None if action == actions::SESSION_END => Change::SessionEnd,
+        Ok((rule, role))
+    }
+
+    /// Step 5: the row's constraint, and what the event changes.
+    fn check_constraint(
+        &self,
+        rule: &'static ActionRule,
+        role: Role,
+        ev: &Event,
+        at: Timestamp,
+    ) -> Result<Change, Denial> {
+        Ok(match rule.constraint {
+            Constraint::None if ev.action.as_str() == actions::SESSION_END => Change::SessionEnd,
             Constraint::None => Change::Nothing,
             Constraint::Genesis => self.check_genesis(ev)?,
             Constraint::TrustUpdate => Change::Trust(self.check_trust(ev)?),
@@ -467,8 +598,7 @@ impl Authority {
             // People sign their own actions: what they say approved them is
             // their own word, under their own key.
             Constraint::ApprovalClaims => Change::Nothing,
-        };
-        Ok(Admitted { role, rule, change })
+        })
     }
 
     /// The roles the event's signer holds. At entry 0 of a ledger whose DID
@@ -701,7 +831,7 @@ impl Authority {
                 ),
             ));
         }
-        if let Some(h) = self.oversight.hold(&session, digest) {
+        if let Some(h) = self.oversight.hold(&session, digest, at) {
             if !h.requires.accepts(by) {
                 return Err(deny(
                     DenialCode::HumanApprovalRequired,
@@ -817,7 +947,7 @@ impl Authority {
                     || unverified("`details.action_digest` is 64 lowercase hex digits".into()),
                 )?),
             };
-        let hold = digest.and_then(|d| self.oversight.hold(&ev.actor, d));
+        let hold = digest.and_then(|d| self.oversight.hold(&ev.actor, d, at));
         let floor = |h: &HoldRecord, what: &str| {
             deny(
                 DenialCode::HumanApprovalRequired,
@@ -916,7 +1046,7 @@ impl Authority {
                         "the tool.call claims approval by policy decision {seq} but names no policy (only a call decided with its decision, the entry just before it, names neither)"
                     )));
                 }
-                let d = self.oversight.decision(seq).ok_or_else(|| {
+                let d = self.oversight.decision(seq, at).ok_or_else(|| {
                     unverified(format!(
                         "entry {seq} is not a policy decision that allowed this call (not the ledger key's allow for an action, later than the call, or older than an hour)"
                     ))
@@ -994,6 +1124,14 @@ impl Authority {
                     }
                 }
             }
+            oversight => self.apply_oversight(here, oversight),
+        }
+    }
+
+    /// The part of [`apply`](Self::apply) that changes [`Oversight`]: an
+    /// A8 change of the entry at `here`. Other changes are not A8's.
+    fn apply_oversight(&mut self, here: Seq, change: Change) {
+        match change {
             Change::Approval(mut r) => {
                 r.seq = here.0;
                 self.oversight.add_approval(*r);
@@ -1009,6 +1147,12 @@ impl Authority {
             }
             Change::UsedApproval(seq) => self.oversight.use_approval(seq, here.0),
             Change::UsedDecision(seq) => self.oversight.use_decision(seq, here.0),
+            Change::Nothing
+            | Change::Genesis { .. }
+            | Change::Trust(_)
+            | Change::Session(_)
+            | Change::SessionEnd
+            | Change::Revocation(..) => {}
         }
     }
 

@@ -37,6 +37,13 @@ pub const DECISION_TTL_MS: i64 = 3600 * 1000;
 /// How long a held action keeps needing an approval, counted from the
 /// decision that held it (longer than any approval can live).
 pub const HOLD_TTL_MS: i64 = MAX_APPROVAL_TTL_MS;
+/// How far back in receive time the entries reach that decide what the
+/// rules hold about oversight at the ledger's end: a record answers for at
+/// most a day ([`MAX_APPROVAL_TTL_MS`], [`HOLD_TTL_MS`]), and whether an
+/// approval of the last day was accepted can depend on a hold recorded up
+/// to a day before it (see
+/// [`crate::authority::Authority::restore_oversight`]).
+pub const RESTORE_HORIZON_MS: i64 = HOLD_TTL_MS + MAX_APPROVAL_TTL_MS;
 
 /// The canonical bytes the action digest is computed over:
 /// `JCS({"cwd": cwd, "input": input, "session": session DID, "tool": tool, "v": 1})`.
@@ -183,14 +190,26 @@ impl Oversight {
         self.approvals.get(&seq)
     }
 
-    /// The allowing decision at `seq`, while the rules still hold it.
-    pub fn decision(&self, seq: u64) -> Option<&DecisionRecord> {
-        self.decisions.get(&seq)
+    /// The allowing decision at `seq`, if it may still be referenced at
+    /// `at` (less than [`DECISION_TTL_MS`] old).
+    ///
+    /// Lifetimes are checked against `at` here rather than left to
+    /// pruning, so an answer does not depend on which entries
+    /// a state has seen since the record: a broker that folds in only the
+    /// entries that change the rules' state, or only the last two days of
+    /// them, answers as a full replay does.
+    pub fn decision(&self, seq: u64, at: Timestamp) -> Option<&DecisionRecord> {
+        self.decisions
+            .get(&seq)
+            .filter(|d| at < d.received.plus_millis(DECISION_TTL_MS))
     }
 
-    /// Whether the policy held this session's action, and for whom.
-    pub fn hold(&self, session: &Did, digest: &str) -> Option<&HoldRecord> {
-        self.holds.get(&(session.clone(), digest.to_string()))
+    /// Whether the policy held this session's action at `at` (less than
+    /// [`HOLD_TTL_MS`] ago), and for whom.
+    pub fn hold(&self, session: &Did, digest: &str, at: Timestamp) -> Option<&HoldRecord> {
+        self.holds
+            .get(&(session.clone(), digest.to_string()))
+            .filter(|h| at < h.received.plus_millis(HOLD_TTL_MS))
     }
 
     /// How many records the rules hold (for tests and benchmarks).

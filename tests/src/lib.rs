@@ -11,11 +11,15 @@ pub mod siem;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use custody_agent::client::{session_event, Client, ClientError};
+use custody_agent::sessionfile::SessionFile;
 use custody_identity::KeyPair;
 use custody_ledger::bundle::{Bundle, BundleWriter, PayloadRecord};
 use custody_ledger::checkpoint::{Origin, SignedCheckpoint};
 use custody_ledger::merkle::{hash_to_hex, MemoryHashStore, TreeHead};
+use custody_ledger::{actions, Approval};
 use custody_ledger::{entry_hash, Entry, EntryHash, Seq};
+use custody_wire::api::Appended;
 
 /// Path of a workspace binary (`custody`, `custody-verify`) built by cargo next
 /// to the test executables.
@@ -33,6 +37,26 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A session's `tool.call` of the action `digest` claiming `approval`,
+/// signed with the session's key and sent straight to a broker: what the
+/// hook appends after an allow, and what an agent that holds its own key
+/// can forge.
+pub async fn call_claiming(
+    client: &Client,
+    s: &SessionFile,
+    digest: &str,
+    approval: Approval,
+) -> Result<Appended, ClientError> {
+    let mut ev = session_event(s, actions::TOOL_CALL).expect("a session event");
+    ev.details.insert("tool".into(), "Bash".into());
+    ev.details.insert("action_digest".into(), digest.into());
+    ev.approval = Some(approval);
+    let key = s.key().expect("the session's key");
+    client
+        .log_as(&key, ev.sign(&key).expect("sign"), None)
+        .await
 }
 
 /// Runs a binary with arguments and returns its output.

@@ -120,13 +120,7 @@ async fn forge_call(
     digest: &str,
     approval: Approval,
 ) -> custody_agent::client::ClientError {
-    let mut ev = session_event(s, actions::TOOL_CALL).unwrap();
-    ev.details.insert("tool".into(), "Bash".into());
-    ev.details.insert("action_digest".into(), digest.into());
-    ev.approval = Some(approval);
-    let key = s.key().unwrap();
-    h.client()
-        .log_as(&key, ev.sign(&key).unwrap(), None)
+    custody_tests::call_claiming(&h.client(), s, digest, approval)
         .await
         .expect_err("the broker accepted a forged approval claim")
 }

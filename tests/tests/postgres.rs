@@ -3,13 +3,15 @@
 //! clients spread over them: one contiguous, verifying ledger; a session
 //! that moves between brokers; a revocation on one broker that holds on all;
 //! nonces that cannot be replayed on another broker; an embedded ledger
-//! migrated byte for byte.
+//! migrated byte for byte; a person's approval and the policy's hold that
+//! a broker started after them still knows.
 
 use std::time::Duration;
 
 use custody_agent::client::{session_event, Client, ClientError};
 use custody_agent::sessionfile::SessionFile;
-use custody_ledger::actions;
+use custody_ledger::{actions, Approval};
+use custody_tests::call_claiming;
 use custody_tests::cluster::{eventually, Cluster};
 use custody_wire::api::{FeedQuery, PolicyCheck, MAX_FEED_WAIT_SECS, PATH_STATUS};
 use custody_wire::signing;
@@ -263,4 +265,156 @@ async fn a_feed_follower_on_one_broker_wakes_for_an_entry_appended_on_another() 
         took < Duration::from_secs(MAX_FEED_WAIT_SECS),
         "the follower on B only returned at the long-poll timeout"
     );
+}
+
+/// `terraform destroy`, which the default policy holds for a person.
+fn destroy(cwd: &str) -> PolicyCheck {
+    PolicyCheck {
+        tool: "Bash".into(),
+        input: serde_json::json!({"command": "terraform destroy -auto-approve"}),
+        cwd: cwd.into(),
+        branch: "main".into(),
+        call_id: Some("toolu_01".into()),
+        record: None,
+    }
+}
+
+/// The `tool.call`s in an export that name the action `digest`.
+fn calls_of(c: &Cluster, bundle: &str, digest: &str) -> Vec<custody_ledger::Entry> {
+    custody_tests::read_entries(&c.path().join(bundle))
+        .into_iter()
+        .filter(|e| {
+            e.event.action.as_str() == actions::TOOL_CALL
+                && e.event
+                    .details
+                    .get("action_digest")
+                    .and_then(|d| d.as_str())
+                    == Some(digest)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_approval_given_while_a_broker_was_down_lets_the_call_run_there_once() {
+    let mut c = Cluster::start(2).await;
+    let s = c.session(0, "chat").await;
+    let held = c
+        .client(0)
+        .policy_check(&s, &destroy("/work"))
+        .await
+        .unwrap();
+    assert_eq!(held.decision, "approval_required", "{held:?}");
+    let digest = held.action_digest.clone().unwrap();
+
+    // B is down while the delegator approves on A, with their own key.
+    c.kill_broker(1);
+    let list = c
+        .client(0)
+        .pending(&c.developer, Some(held.seq))
+        .await
+        .unwrap();
+    let ev = custody_agent::approve::approval_event(
+        &c.developer,
+        &list.held[0],
+        true,
+        Duration::from_secs(600),
+        false,
+        None,
+    )
+    .unwrap();
+    let approval = c
+        .client(0)
+        .submit_approval(&c.developer, ev.sign(&c.developer).unwrap())
+        .await
+        .unwrap();
+    c.start_broker(1);
+
+    // The retried identical call, sent to B: allowed, on that approval.
+    let d = c
+        .client(1)
+        .policy_check(&s, &destroy("/work"))
+        .await
+        .unwrap();
+    assert!(d.allow, "B forgot the approval: {d:?}");
+    let claim = d.approval.clone().expect("the allow names the approval");
+    assert_eq!(claim.seq(), Some(approval.seq));
+    let ran = call_claiming(&c.client(1), &s, &digest, claim.clone())
+        .await
+        .expect("the approved call is appended on B");
+    // Once: a second use is refused on either broker, and B holds the call
+    // again.
+    for b in [1, 0] {
+        let e = call_claiming(&c.client(b), &s, &digest, claim.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some("approval_unverified"), "{e}");
+        assert!(e.to_string().contains("was used by entry"), "{e}");
+    }
+    let again = c
+        .client(1)
+        .policy_check(&s, &destroy("/work"))
+        .await
+        .unwrap();
+    assert_eq!(again.decision, "approval_required", "{again:?}");
+
+    let (code, v) = c.export_and_verify(1, "bundle").await;
+    assert_eq!(code, 0, "{v:#}");
+    let calls = calls_of(&c, "bundle", &digest);
+    assert_eq!(calls.len(), 1, "exactly one call ran");
+    assert_eq!(calls[0].seq.0, ran.seq);
+    assert_eq!(
+        calls[0].event.approval.as_ref().and_then(|a| a.seq()),
+        Some(approval.seq)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hold_survives_a_brokers_restart() {
+    let mut c = Cluster::start(2).await;
+    let s = c.session(0, "chat").await;
+    let held = c
+        .client(0)
+        .policy_check(&s, &destroy("/srv"))
+        .await
+        .unwrap();
+    assert_eq!(held.decision, "approval_required", "{held:?}");
+    let digest = held.action_digest.clone().unwrap();
+    c.kill_broker(1);
+    c.start_broker(1);
+
+    // The agent, holding its own key, sends B a call the policy held on A:
+    // with no approval, with a forged one, with none behind it.
+    for (approval, code) in [
+        (Approval::None, "human_approval_required"),
+        (
+            Approval::Human {
+                approver: c.developer.did(),
+                seq: Some(held.seq),
+            },
+            "approval_unverified",
+        ),
+        (
+            Approval::Human {
+                approver: c.developer.did(),
+                seq: None,
+            },
+            "approval_unverified",
+        ),
+        (
+            Approval::Policy {
+                policy: held.policies[0].clone(),
+                seq: Some(held.seq),
+            },
+            "human_approval_required",
+        ),
+    ] {
+        let e = call_claiming(&c.client(1), &s, &digest, approval.clone())
+            .await
+            .expect_err("B let a held call through");
+        assert_eq!(e.code(), Some(code), "{approval:?}: {e}");
+    }
+    // Nothing of it is stored, and the ledger verifies.
+    let (code, v) = c.export_and_verify(1, "bundle").await;
+    assert_eq!(code, 0, "{v:#}");
+    assert!(calls_of(&c, "bundle", &digest).is_empty());
 }

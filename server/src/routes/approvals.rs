@@ -152,7 +152,7 @@ async fn status(
     let (state, seq) = s.rules(|a| {
         let o = a.oversight();
         let requires = o
-            .hold(&caller, &q.action_digest)
+            .hold(&caller, &q.action_digest, now)
             .map(|h| h.requires)
             .unwrap_or(Requires::Human);
         if let Some(r) = o.refusal(&caller, &q.action_digest, now) {

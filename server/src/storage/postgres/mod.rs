@@ -279,9 +279,10 @@ pub async fn ledger_of(url: &PgUrl) -> Result<Option<Did>, OpenError> {
 impl Postgres {
     /// Connects, applies the schema's migrations, makes sure the database
     /// holds `ledger`'s ledger (creating its head row if it holds none),
-    /// loads the rules' state from its tables and starts the sequencer and
-    /// the background tasks. Reads no entry: start-up does not grow with the
-    /// ledger.
+    /// loads the rules' state from its tables (and its oversight records
+    /// from the last two days of entries) and starts the sequencer and the
+    /// background tasks. Start-up grows with the entries of two days, not
+    /// with the ledger.
     pub async fn open(url: &PgUrl, ledger: Did, keep_recent: usize) -> Result<Self, OpenError> {
         let cfg = pg_config(url)?;
         let mut c = connect(&cfg).await?;

@@ -6,12 +6,20 @@
 //! batches. It is built with [`Authority::restore`] from `custody_head`,
 //! `custody_sessions` and `custody_revocations`, which the sequencer writes
 //! in the same transaction as the entries that change them; the nonce set is
-//! the unique index of `custody_entries`, never broker memory. Catching up
-//! reads only the entries that change the state (`changes`) and skips the
-//! rest ([`Authority::advance_to`]).
+//! the unique index of `custody_entries`, never broker memory. What the
+//! oversight rule (A8) holds — open approvals, holds, allowing decisions and
+//! their use — has no table: every such record ends within a day, so it is
+//! rebuilt from the entries received within [`RESTORE_HORIZON_MS`] (two
+//! days) plus [`RESTORE_MARGIN_MS`] before the head
+//! ([`Authority::restore_oversight`]). Catching up reads only the entries
+//! that change the state (`changes`) and skips the rest
+//! ([`Authority::advance_to`]).
+
+use std::time::Instant;
 
 use custody_identity::{Delegation, Did, Revocation};
 use custody_ledger::authority::{Authority, RevocationRecord, SessionGrant, TrustRoots};
+use custody_ledger::oversight::RESTORE_HORIZON_MS;
 use custody_ledger::{Entry, EntryHash, Seq, Timestamp};
 use tokio_postgres::GenericClient;
 
@@ -158,13 +166,78 @@ pub(crate) async fn load_authority(
             effective: timestamp(row.get(3))?,
         });
     }
-    Ok(Authority::restore(
+    let mut a = Authority::restore(
         head.ledger.clone(),
         head.trust.clone(),
         sessions,
         revocations,
         Seq(head.size),
-    ))
+    );
+    restore_oversight(c, head, &mut a).await?;
+    Ok(a)
+}
+
+/// Added to [`RESTORE_HORIZON_MS`] when choosing where the entries that
+/// rebuild the oversight records start. Every lifetime is measured in the
+/// ledger's receive time, which the sequencer never lets go back
+/// (`received_at = max(now, last received_at)`), so brokers' clock skew
+/// cannot make an entry of the horizon look older than it is and the
+/// horizon alone is exact; the margin (ten minutes, ~0.3% more entries to
+/// read) only keeps the boundary away from equal timestamps.
+const RESTORE_MARGIN_MS: i64 = 10 * 60 * 1000;
+
+/// Folds the oversight effects of the last two days of entries into a
+/// restored state (see the module documentation). One index probe finds
+/// where they start; the read grows with the entries of two days, not with
+/// the ledger.
+async fn restore_oversight(
+    c: &impl GenericClient,
+    head: &Head,
+    a: &mut Authority,
+) -> Result<(), LoadError> {
+    let Some(last) = head.last_received_at else {
+        return Ok(());
+    };
+    let t0 = Instant::now();
+    let since = millis(last) - RESTORE_HORIZON_MS - RESTORE_MARGIN_MS;
+    let Some(start) = c
+        .query_opt(
+            "SELECT seq FROM custody_entries WHERE received_at >= $1 ORDER BY received_at, seq LIMIT 1",
+            &[&since],
+        )
+        .await?
+    else {
+        return Ok(());
+    };
+    let start = start.get::<_, i64>(0) as u64;
+    let rows = c
+        .query(
+            "SELECT seq, line FROM custody_entries WHERE changes AND seq >= $1 AND seq < $2 ORDER BY seq",
+            &[&(start as i64), &(head.size as i64)],
+        )
+        .await?;
+    // Only approvals, the policy's decisions and tool calls are parsed.
+    let entries = rows
+        .iter()
+        .filter(|row| Authority::may_change_oversight(row.get(1)))
+        .map(parse_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let done = a.restore_oversight(&entries);
+    tracing::info!(
+        from = start,
+        read = rows.len(),
+        parsed = done.entries,
+        records = a.oversight().len(),
+        ms = t0.elapsed().as_millis() as u64,
+        "ledger database: oversight records rebuilt from the last two days of entries"
+    );
+    if done.forgotten_approvals > 0 {
+        tracing::warn!(
+            approvals = done.forgotten_approvals,
+            "ledger database: approvals recorded before the latest trust update were not restored (the trust roots they were signed under are not kept); their calls are held again"
+        );
+    }
+    Ok(())
 }
 
 /// The entries in `$1..$2` that change the rules' state.
@@ -188,17 +261,17 @@ pub(crate) async fn state_changes(
 
 /// The entries of [`STATE_CHANGES`]' rows, parsed.
 pub(crate) fn entries_of(rows: &[tokio_postgres::Row]) -> Result<Vec<Entry>, LoadError> {
-    rows.iter()
-        .map(|row| {
-            let seq: i64 = row.get(0);
-            let entry =
-                Entry::parse_line(row.get(1)).map_err(|e| corrupt(format!("entry {seq}: {e}")))?;
-            if entry.seq.0 != seq as u64 {
-                return Err(corrupt(format!("entry {seq} says it is {}", entry.seq)));
-            }
-            Ok(entry)
-        })
-        .collect()
+    rows.iter().map(parse_row).collect()
+}
+
+/// An entry from its `(seq, line)` row.
+fn parse_row(row: &tokio_postgres::Row) -> Result<Entry, LoadError> {
+    let seq: i64 = row.get(0);
+    let entry = Entry::parse_line(row.get(1)).map_err(|e| corrupt(format!("entry {seq}: {e}")))?;
+    if entry.seq.0 != seq as u64 {
+        return Err(corrupt(format!("entry {seq} says it is {}", entry.seq)));
+    }
+    Ok(entry)
 }
 
 /// Folds entries `from..to` into `a` (at `from`): the state-changing ones in

@@ -11,10 +11,10 @@
 //! | table | holds |
 //! |---|---|
 //! | `custody_head` | the one coordination row: ledger DID, size, last entry hash, root, last receive time, trust roots. Every append batch locks it (`FOR UPDATE`). |
-//! | `custody_entries` | each entry's canonical line, byte for byte, with its hash, nonce (unique: the ledger's nonce set), receive time, payload digest, and whether it changes the rules' state |
+//! | `custody_entries` | each entry's canonical line, byte for byte, with its hash, nonce (unique: the ledger's nonce set), receive time (indexed: where the last two days start), payload digest, and whether it changes the rules' state |
 //! | `custody_hashes` | the RFC 6962 stored hashes in `tlog_tiles` order |
 //! | `custody_checkpoints` | signed notes and what retention needs of them |
-//! | `custody_sessions`, `custody_revocations` | the rules' state, written in the transaction of the entry that changes it, so a broker starts without replaying the ledger |
+//! | `custody_sessions`, `custody_revocations` | the rules' state, written in the transaction of the entry that changes it, so a broker starts without replaying the ledger (its oversight records come from the last two days of entries) |
 //! | `custody_payloads` | salted payload bodies (deletable) |
 //! | `custody_accessors`, `custody_ingest` | token accessors (to revoke tokens) and OTLP ingest credentials |
 //! | `custody_request_nonces` | signed-request nonces while their timestamps are acceptable |
@@ -92,6 +92,14 @@ CREATE TABLE custody_request_nonces (
     forget_at bigint NOT NULL
 );
 CREATE INDEX custody_request_nonces_forget ON custody_request_nonces (forget_at);
+"#,
+    // 2: where the last two days of the ledger start, so a broker rebuilds
+    // its oversight records (approvals, holds) from them on start with one
+    // index probe (`rules::oversight_window`). Built once, in the migration's
+    // transaction: on a large ledger the first broker of the new version
+    // takes a moment longer to start, and appends wait for it.
+    r#"
+CREATE INDEX custody_entries_received ON custody_entries (received_at, seq);
 "#,
 ];
 
