@@ -90,8 +90,15 @@ async fn authenticate(
     };
     let skew = s.cfg.limits.clock_skew.as_millis() as i64;
     let now = signing::now_ms();
+    let asked = std::time::Instant::now();
     let (did, ts, nonce) = signing::verify_request(&parts, now, skew)
         .map_err(|e| ApiError::new(auth_code(&e), e.to_string()))?;
+    // A caller this broker does not know may be a session another broker
+    // sharing the ledger started a moment ago: catch up before it counts as
+    // a stranger (its budget, its refusals).
+    if !s.knows(&did) {
+        s.storage.catch_up_since(asked).await?;
+    }
     s.rate
         .check(&did, || s.knows(&did))
         .map_err(|e: RateError| ApiError::new(ErrorCode::RateLimited, e.to_string()))?;
@@ -222,6 +229,7 @@ impl FromRequestParts<Arc<AppState>> for Ingest {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, s: &Arc<AppState>) -> Result<Self, ApiError> {
+        let asked = std::time::Instant::now();
         let unauth = |m: String| ApiError::new(ErrorCode::BadIngestToken, m);
         let token = parts
             .headers
@@ -237,7 +245,11 @@ impl FromRequestParts<Arc<AppState>> for Ingest {
             .await?
             .ok_or_else(|| unauth("unknown or revoked ingest token".into()))?;
         // The same state the rules hold appends to: revoked, expired or
-        // ended sessions are refused whatever the side table still holds.
+        // ended sessions are refused whatever the side table still holds
+        // (after catching up, for a session another broker just started).
+        if s.active_session(&did).is_err() {
+            s.storage.catch_up_since(asked).await?;
+        }
         let session = s
             .active_session(&did)
             .map_err(|why| unauth(format!("the ingest token's session may not act: {why}")))?;

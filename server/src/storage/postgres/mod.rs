@@ -161,6 +161,10 @@ pub(crate) struct Shared {
     /// Held while the rules' state is caught up or a batch is admitted and
     /// committed, so the two never interleave.
     pub fold: Arc<tokio::sync::Mutex<()>>,
+    /// When the last catch-up asked for by a request started (see
+    /// `Storage::catch_up_since`); held while one runs, so overlapping
+    /// requests share it.
+    caught_up: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// Entries this broker knows to be committed.
     size: AtomicU64,
     /// The same, for the feed's long polls to wait on.
@@ -343,6 +347,7 @@ impl Postgres {
                 dirty: false,
             }),
             fold: Arc::new(tokio::sync::Mutex::new(())),
+            caught_up: tokio::sync::Mutex::new(None),
             size: AtomicU64::new(head.size),
             size_changes: tokio::sync::watch::Sender::new(head.size),
             signer: AtomicBool::new(false),
@@ -633,6 +638,17 @@ async fn remember_nonces(shared: Arc<Shared>, mut rx: mpsc::Receiver<NonceReques
 
 #[async_trait]
 impl Storage for Postgres {
+    async fn catch_up_since(&self, asked: std::time::Instant) -> Result<(), StorageError> {
+        let mut last = self.shared.caught_up.lock().await;
+        if last.is_some_and(|started| started >= asked) {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        self.shared.catch_up().await?;
+        *last = Some(started);
+        Ok(())
+    }
+
     async fn append(&self, events: Vec<SignedEvent>) -> AppendResults {
         let n = events.len();
         // Signatures are checked here, in parallel with other requests;
