@@ -777,6 +777,40 @@ fn main() -> anyhow::Result<()> {
                     was.extend(now);
                     r.insert("seconds".into(), Value::Object(was));
                 }
+                // Ranges and parity of the keys this run measured replace
+                // the old run's; the others stay.
+                let now_ranges = r.get("ranges").cloned().unwrap_or_else(|| json!({}));
+                if let (Some(Value::Object(mut was)), Value::Object(now)) =
+                    (merged.get("ranges").cloned(), now_ranges)
+                {
+                    was.retain(|k, _| r.get(k).is_none());
+                    was.extend(now);
+                    r.insert("ranges".into(), Value::Object(was));
+                }
+                if let (Some(Value::Array(was)), Some(Value::Array(now))) =
+                    (merged.get("parity").cloned(), r.get("parity").cloned())
+                {
+                    let mut all: Vec<Value> = was
+                        .into_iter()
+                        .filter(|k| k.as_str().is_some_and(|k| r.get(k).is_none()))
+                        .collect();
+                    all.extend(now);
+                    r.insert("parity".into(), Value::Array(all));
+                }
+                // Which figures came from this later run, and how often it
+                // ran each; `repeat` stays the first run's.
+                let mut runs = match merged.get("merged_runs") {
+                    Some(Value::Array(a)) => a.clone(),
+                    _ => Vec::new(),
+                };
+                runs.push(json!({
+                    "benches": selected.iter().map(|b| format!("{b:?}").to_lowercase()).collect::<Vec<_>>(),
+                    "repeat": repeat,
+                }));
+                r.insert("merged_runs".into(), Value::Array(runs));
+                if let Some(first) = merged.get("repeat").cloned() {
+                    r.insert("repeat".into(), first);
+                }
                 merged.extend(r);
                 r = merged;
             }
