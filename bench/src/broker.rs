@@ -503,19 +503,14 @@ impl Load {
     }
 }
 
-/// Each (client, session) of `work` sends `per_client` pre-signed events in
-/// batches of `batch` to `POST /v1/events/batch` on its client's broker, one
-/// batch in flight per client; fails if any event is refused. `watch`: the
-/// process trees (each a list of root PIDs) whose CPU time to account.
-pub(crate) async fn batch_load(
-    work: Vec<(Client, SessionFile)>,
+/// `per_client` pre-signed `tool.call` events for each session of `work`,
+/// in batches of `batch`, signed on every core.
+pub(crate) fn sign_batches(
+    work: &[(Client, SessionFile)],
     per_client: usize,
     batch: usize,
-    watch: &[Vec<u32>],
-) -> anyhow::Result<Load> {
-    let clients = work.len();
-    // Sign up front (the session's work, not the broker's), on every core.
-    let signed: Vec<Vec<Vec<SignedEvent>>> = std::thread::scope(|sc| {
+) -> anyhow::Result<Vec<Vec<Vec<SignedEvent>>>> {
+    std::thread::scope(|sc| {
         let hs: Vec<_> = work
             .iter()
             .map(|(_, s)| {
@@ -528,19 +523,29 @@ pub(crate) async fn batch_load(
                         e.details.insert("tool".into(), "Bash".into());
                         evs.push(e.sign(&key)?);
                     }
-                    let mut out = Vec::new();
-                    while !evs.is_empty() {
-                        let rest = evs.split_off(evs.len().min(batch));
-                        out.push(std::mem::replace(&mut evs, rest));
-                    }
-                    Ok(out)
+                    Ok(evs.chunks(batch.max(1)).map(<[_]>::to_vec).collect())
                 })
             })
             .collect();
         hs.into_iter()
             .map(|h| h.join().map_err(|_| anyhow::anyhow!("signer panicked"))?)
-            .collect::<anyhow::Result<_>>()
-    })?;
+            .collect()
+    })
+}
+
+/// Each (client, session) of `work` sends `per_client` pre-signed events in
+/// batches of `batch` to `POST /v1/events/batch` on its client's broker, one
+/// batch in flight per client; fails if any event is refused. `watch`: the
+/// process trees (each a list of root PIDs) whose CPU time to account.
+pub(crate) async fn batch_load(
+    work: Vec<(Client, SessionFile)>,
+    per_client: usize,
+    batch: usize,
+    watch: &[Vec<u32>],
+) -> anyhow::Result<Load> {
+    let clients = work.len();
+    // Sign up front (the session's work, not the broker's), on every core.
+    let signed = sign_batches(&work, per_client, batch)?;
     let cpu0: Vec<_> = watch
         .iter()
         .map(|roots| crate::util::cpu_of_trees(roots))

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use custody_agent::client::{session_event, Client};
+use custody_agent::client::Client;
 use custody_agent::sessionfile::SessionFile;
 use custody_ledger::SignedEvent;
 use custody_wire::api::{
@@ -25,40 +25,12 @@ use custody_wire::api::{
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use crate::broker::{runtime, Broker};
+use crate::broker::{runtime, sign_batches, Broker};
 use crate::util::{ratio, round, Results};
 use crate::Args;
 
 /// Events per batch request in the append phases.
 const BATCH: usize = 250;
-
-/// Pre-signed batches of `tool.call` events for each session.
-fn sign_batches(
-    work: &[(Client, SessionFile)],
-    per_client: usize,
-) -> anyhow::Result<Vec<Vec<Vec<SignedEvent>>>> {
-    std::thread::scope(|sc| {
-        let hs: Vec<_> = work
-            .iter()
-            .map(|(_, s)| {
-                sc.spawn(move || -> anyhow::Result<Vec<Vec<SignedEvent>>> {
-                    let key = s.key()?;
-                    let mut evs = Vec::with_capacity(per_client);
-                    for i in 0..per_client {
-                        let mut e = session_event(s, "tool.call")?;
-                        e.details.insert("i".into(), i.into());
-                        e.details.insert("tool".into(), "Bash".into());
-                        evs.push(e.sign(&key)?);
-                    }
-                    Ok(evs.chunks(BATCH).map(<[_]>::to_vec).collect())
-                })
-            })
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().map_err(|_| anyhow::anyhow!("signer panicked"))?)
-            .collect()
-    })
-}
 
 /// Appends the batches, one request in flight per session; entries/s.
 async fn append_all(
@@ -149,7 +121,7 @@ pub fn bench(a: &Args, r: &mut Results) -> anyhow::Result<()> {
         }
         // The ledger the feed is read from.
         let per_client = a.feed_entries / clients;
-        let pre = sign_batches(&work, per_client)?;
+        let pre = sign_batches(&work, per_client, BATCH)?;
         append_all(&work, pre).await?;
         let reader = b.client()?;
         let t0 = Instant::now();
@@ -183,7 +155,7 @@ pub fn bench(a: &Args, r: &mut Results) -> anyhow::Result<()> {
         let (mut none, mut with) = (Vec::new(), Vec::new());
         let mut followed = 0u64;
         for round_no in 0..4 {
-            let batches = sign_batches(&work, per_client)?;
+            let batches = sign_batches(&work, per_client, BATCH)?;
             let size = reader.health().await?.entries;
             if round_no % 2 == 0 {
                 none.push(append_all(&work, batches).await?);
