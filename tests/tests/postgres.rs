@@ -132,6 +132,40 @@ async fn a_session_is_usable_on_another_broker_as_soon_as_it_starts() {
     assert_eq!(code, 0, "{v:#}");
 }
 
+/// A call held on one broker is listed on another, as `custody approve`
+/// needs behind a load balancer: rebuilt from the ledger (the decision and
+/// the action's canonical form kept as its payload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_held_on_one_broker_is_listed_on_another() {
+    let c = Cluster::start(2).await;
+    let s = c.session(0, "chat").await;
+    let held = c.client(0).policy_check(&s, &destroy("/w")).await.unwrap();
+    assert_eq!(held.decision, "approval_required");
+    let list = c
+        .client(1)
+        .pending(&c.developer, Some(held.seq))
+        .await
+        .expect("B lists the call A held");
+    let a = &list.held[0];
+    assert_eq!(a.decision_seq, held.seq);
+    assert_eq!(a.input["command"], "terraform destroy -auto-approve");
+    assert_eq!(a.cwd, "/w");
+    assert_eq!(Some(&a.action_digest), held.action_digest.as_ref());
+    assert_eq!(a.session_did, s.did.to_string());
+    assert_eq!(a.delegator, c.developer.did().to_string());
+    assert_eq!(
+        (a.requires.as_str(), a.state.as_str()),
+        ("human", "pending")
+    );
+    // An entry that held nothing is no held call, there or anywhere.
+    let e = c
+        .client(1)
+        .pending(&c.developer, Some(0))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("no_such_entry"), "{e}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_revocation_on_one_broker_holds_on_every_broker() {
     let c = Cluster::start(3).await;

@@ -17,9 +17,9 @@ use axum::Json;
 use custody_ledger::actions::{self, Role};
 use custody_ledger::denial::DenialCode;
 use custody_ledger::oversight::{self, Requires};
-use custody_ledger::Timestamp;
+use custody_ledger::{Entry, Timestamp};
 use custody_wire::api::{
-    ApprovalRecorded, ApprovalStatus, ApprovalStatusQuery, PendingList, PendingQuery,
+    ApprovalRecorded, ApprovalStatus, ApprovalStatusQuery, HeldAction, PendingList, PendingQuery,
     SubmitApproval, PATH_APPROVALS, PATH_APPROVALS_PENDING, PATH_APPROVAL_STATUS,
 };
 use custody_wire::error::ErrorCode;
@@ -27,7 +27,7 @@ use custody_wire::error::ErrorCode;
 use super::Routes;
 use crate::auth::Signed;
 use crate::error::{ApiError, ApiResult};
-use crate::state::AppState;
+use crate::state::{AppState, HeldEntry};
 
 /// How long a held call stays listed.
 const HELD_FOR: Duration = Duration::from_secs(24 * 3600);
@@ -88,6 +88,23 @@ async fn pending(
             .await);
     }
     let now = Timestamp::now();
+    // A call held by another broker sharing the ledger, or before this
+    // broker restarted: rebuilt from the ledger.
+    if let Some(want) = q.decision_seq {
+        let known = s
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&want);
+        if !known {
+            if let Some(h) = held_from_ledger(&s, want, now).await? {
+                s.held
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(want, h);
+            }
+        }
+    }
     let mut held = s.held.lock().unwrap_or_else(|p| p.into_inner());
     held.retain(|_, h| h.at.elapsed() < HELD_FOR);
     let mut out = Vec::new();
@@ -166,5 +183,92 @@ async fn status(
     Ok(Json(ApprovalStatus {
         state: state.into(),
         seq,
+    }))
+}
+
+/// The call the ledger key's `policy.decision` at `seq` held, from that
+/// entry and the action's canonical form kept as its payload (FORMAT.md
+/// §3.3), checked against the entry's action digest; `None` when the entry
+/// is no hold, is older than a day, or its payload was redacted.
+async fn held_from_ledger(
+    s: &Arc<AppState>,
+    seq: u64,
+    now: Timestamp,
+) -> ApiResult<Option<HeldEntry>> {
+    if seq >= s.storage.size() {
+        return Ok(None);
+    }
+    let line = s.storage.line(seq).await?;
+    let Ok(entry) = Entry::parse_line(&line) else {
+        return Ok(None);
+    };
+    let ev = &entry.event;
+    let ledger = s.rules(|a| a.ledger().cloned());
+    if ev.action.as_str() != actions::POLICY_DECISION
+        || Some(&ev.actor) != ledger.as_ref()
+        || ev.detail_str("decision") != Some("approval_required")
+    {
+        return Ok(None);
+    }
+    let age_ms = (now.unix_millis() - entry.received_at.unix_millis()).max(0);
+    let age = Duration::from_millis(age_ms as u64);
+    let (Some(requires), Some(digest), Some(session_did), Some(pref)) = (
+        ev.detail_str("requires").and_then(Requires::parse),
+        ev.detail_str("action_digest"),
+        ev.detail_str("session_did")
+            .and_then(|d| custody_identity::Did::parse(d).ok()),
+        ev.payload.as_ref(),
+    ) else {
+        return Ok(None);
+    };
+    if age >= HELD_FOR {
+        return Ok(None);
+    }
+    let Some((_, body)) = s.storage.payload(pref.digest).await? else {
+        return Ok(None);
+    };
+    if oversight::digest_of_preimage(&body) != digest {
+        return Ok(None);
+    }
+    let Ok(pre) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return Ok(None);
+    };
+    let Some(session) = s.rules(|a| a.session(&session_did).map(|g| g.delegation.clone())) else {
+        return Ok(None);
+    };
+    let text = |k: &str| pre[k].as_str().unwrap_or_default().to_string();
+    let action = HeldAction {
+        decision_seq: seq,
+        held_at: entry.received_at.to_string(),
+        session_did: session_did.to_string(),
+        session_id: session.id.clone(),
+        agent: session.agent.clone(),
+        context: session.context.clone(),
+        delegator: session.issuer.to_string(),
+        tool: text("tool"),
+        input: pre["input"].clone(),
+        cwd: text("cwd"),
+        call_id: ev.detail_str("call_id").map(str::to_string),
+        rules: ev
+            .details
+            .get("policies")
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        requires: requires.as_str().into(),
+        action_digest: digest.to_string(),
+        state: "pending".into(),
+    };
+    Ok(Some(HeldEntry {
+        action,
+        session,
+        requires,
+        at: std::time::Instant::now()
+            .checked_sub(age)
+            .unwrap_or_else(std::time::Instant::now),
     }))
 }
