@@ -108,16 +108,7 @@ impl Broker {
     }
 
     pub(crate) async fn session(&self, c: &Client, agent: &str) -> anyhow::Result<SessionFile> {
-        let (s, _) = c
-            .start_session(
-                &self.dev,
-                agent,
-                &["ci-read".to_string()],
-                "ci",
-                Duration::from_secs(900),
-            )
-            .await?;
-        Ok(s)
+        ci_session(c, &self.dev, agent).await
     }
 
     pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
@@ -702,4 +693,23 @@ pub fn bench_hook(a: &Args, r: &mut Results) -> anyhow::Result<()> {
         );
         b.stop().await
     })
+}
+
+/// A session of `agent` with the `ci-read` scope in the `ci` context,
+/// delegated by `dev`, started on `c`'s broker (what every bench load uses).
+pub(crate) async fn ci_session(
+    c: &Client,
+    dev: &KeyPair,
+    agent: &str,
+) -> anyhow::Result<SessionFile> {
+    let (s, _) = c
+        .start_session(
+            dev,
+            agent,
+            &["ci-read".to_string()],
+            "ci",
+            Duration::from_secs(900),
+        )
+        .await?;
+    Ok(s)
 }

@@ -43,7 +43,7 @@ use custody_wire::api::{FeedQuery, PolicyCheck};
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use crate::broker::{all_live, batch_load, runtime, until_all_refused, BENCH_LIMITS};
+use crate::broker::{all_live, batch_load, ci_session, runtime, until_all_refused, BENCH_LIMITS};
 use crate::util::{percentile, ratio, round, Results};
 use crate::Args;
 
@@ -222,15 +222,7 @@ impl Rig {
 
     async fn session(&self, url: &str, agent: &str) -> anyhow::Result<(Client, SessionFile)> {
         let c = Client::new(url, None)?;
-        let (s, _) = c
-            .start_session(
-                &self.dev,
-                agent,
-                &["ci-read".to_string()],
-                "ci",
-                Duration::from_secs(900),
-            )
-            .await?;
+        let s = ci_session(&c, &self.dev, agent).await?;
         Ok((c, s))
     }
 

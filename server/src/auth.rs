@@ -96,11 +96,14 @@ async fn authenticate(
     // A caller this broker does not know may be a session another broker
     // sharing the ledger started a moment ago: catch up before it counts as
     // a stranger (its budget, its refusals).
-    if !s.knows(&did) {
+    // One look at the rules' state per request (it takes the gate's lock).
+    let mut known = s.knows(&did);
+    if !known {
         s.storage.catch_up_since(asked).await?;
+        known = s.knows(&did);
     }
     s.rate
-        .check(&did, || s.knows(&did))
+        .check(&did, || known)
         .map_err(|e: RateError| ApiError::new(ErrorCode::RateLimited, e.to_string()))?;
     // A nonce only needs remembering while its timestamp is acceptable.
     // Brokers sharing a ledger share the set, so a request replayed to
