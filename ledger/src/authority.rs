@@ -173,6 +173,26 @@ impl Admitted {
     pub fn rule(&self) -> &'static ActionRule {
         self.rule
     }
+
+    /// Whether [`Authority::restore_oversight`] needs this entry: it made,
+    /// or used, an oversight record (an approval, an allowing or holding
+    /// decision, a call that used one), or it set the trust roots (before
+    /// which no approval is restored). A store that marks these when it
+    /// appends them reads only them on start, not every entry of the window.
+    pub fn restores_oversight(&self) -> bool {
+        match self.change {
+            Change::Approval(_)
+            | Change::Allowed(_)
+            | Change::Held(_)
+            | Change::UsedApproval(_)
+            | Change::UsedDecision(_)
+            | Change::Genesis { .. }
+            | Change::Trust(_) => true,
+            Change::Nothing | Change::Session(_) | Change::SessionEnd | Change::Revocation(..) => {
+                false
+            }
+        }
+    }
 }
 
 /// What [`Authority::restore_oversight`] folded in.

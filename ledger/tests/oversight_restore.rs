@@ -71,6 +71,10 @@ fn digest(which: u8) -> String {
 struct L {
     authority: Authority,
     entries: Vec<Entry>,
+    /// Per entry: whether the rules marked it as one the oversight rebuild
+    /// reads (`Admitted::restores_oversight`), as the PostgreSQL sequencer
+    /// stores it.
+    marked: Vec<bool>,
     prev: EntryHash,
     delegation: Delegation,
     now: Timestamp,
@@ -91,6 +95,7 @@ impl L {
         let mut l = L {
             authority: Authority::new(Some(did(Who::Ledger))),
             entries: Vec::new(),
+            marked: Vec::new(),
             prev: EntryHash::ZERO,
             delegation,
             now: Timestamp::from_unix_millis(T0 as i128 * 1000).unwrap(),
@@ -134,6 +139,8 @@ impl L {
         let entry = Entry::new(Seq(n), self.prev, self.now, signed);
         self.prev = entry_hash(&entry.to_line().unwrap());
         self.entries.push(entry.clone());
+        self.marked
+            .push(verdict.as_ref().is_ok_and(|a| a.restores_oversight()));
         match verdict {
             Ok(a) => {
                 self.authority.apply(&entry, a);
@@ -218,9 +225,9 @@ impl L {
     }
 
     /// What a broker on PostgreSQL starts with: the tables' state, and the
-    /// oversight records from the entries that change the rules' state
-    /// received within the horizon before the last one, those whose line
-    /// says they may change oversight.
+    /// oversight records from the entries received within the horizon
+    /// before the last one that the rules marked when admitting them, those
+    /// whose line says they may change oversight.
     fn restored(&self) -> Authority {
         let full = &self.authority;
         let mut a = Authority::restore(
@@ -235,7 +242,9 @@ impl L {
         let window: Vec<Entry> = self
             .entries
             .iter()
-            .filter(|e| e.received_at >= since && actions::changes_state(e.event.action.as_str()))
+            .zip(&self.marked)
+            .filter(|(e, marked)| **marked && e.received_at >= since)
+            .map(|(e, _)| e)
             .filter(|e| Authority::may_change_oversight(&e.to_line().unwrap()))
             .cloned()
             .collect();
@@ -450,6 +459,34 @@ fn a_restored_state_keeps_the_holds_approvals_and_uses_of_the_last_day() {
     let ev = l.call_event(0, Approval::None);
     assert!(bare.check_verified(&ev, at).is_ok());
     assert!(restored.check_verified(&ev, at).is_err());
+}
+
+/// The policy's allow is used once: a call that used it before the restart
+/// leaves it used after (the call is among the entries the rebuild reads),
+/// and an allow not used yet can still back its call.
+#[test]
+fn a_used_allow_stays_used_after_a_restore() {
+    let mut l = L::new();
+    let used = l.decision(0, "allow", None).unwrap();
+    let claim = |seq| Approval::Policy {
+        policy: "rule-a".into(),
+        seq: Some(seq),
+    };
+    l.call(0, claim(used)).unwrap();
+    let open = l.decision(1, "allow", None).unwrap();
+    l.wait(60_000);
+    let restored = l.restored();
+    let at = l.now;
+    let again = l.call_event(0, claim(used));
+    assert!(l.authority.check_verified(&again, at).is_err());
+    assert!(
+        restored.check_verified(&again, at).is_err(),
+        "a used allow was fresh again after the restore"
+    );
+    assert!(restored
+        .check_verified(&l.call_event(1, claim(open)), at)
+        .is_ok());
+    assert_same(&l);
 }
 
 /// Why two days: a reviewer's approval of a call held for a person is

@@ -1,8 +1,8 @@
 //! `custody migrate --from DATA --to postgres://…`: a real broker's embedded
 //! data directory copied into a real PostgreSQL; a broker started on it
 //! serves the same ledger, byte for byte (the exports of both verify with
-//! the same root), and the migration refuses a database that holds a
-//! ledger already.
+//! the same root), keeps enforcing a hold recorded before the migration,
+//! and the migration refuses a database that holds a ledger already.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -10,8 +10,22 @@ use std::process::{Command, Stdio};
 use custody_agent::client::{session_event, Client};
 use custody_cli::dev::{postgres_config, write_secret_file};
 use custody_cli::pgcluster::PgCluster;
-use custody_ledger::actions;
+use custody_ledger::{actions, Approval};
 use custody_tests::broker::Harness;
+use custody_tests::call_claiming;
+use custody_wire::api::PolicyCheck;
+
+/// `terraform destroy`, which the default policy holds for a person.
+fn destroy() -> PolicyCheck {
+    PolicyCheck {
+        tool: "Bash".into(),
+        input: serde_json::json!({"command": "terraform destroy -auto-approve"}),
+        cwd: "/srv".into(),
+        branch: "main".into(),
+        call_id: Some("toolu_01".into()),
+        record: None,
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_embedded_ledger_migrates_byte_for_byte() {
@@ -24,6 +38,12 @@ async fn an_embedded_ledger_migrates_byte_for_byte() {
         c.log(&s, ev).await.unwrap();
     }
     let token = c.mint(&s, "repo-read").await.unwrap().token;
+    // A call the policy holds for a person, not yet approved: the broker on
+    // PostgreSQL must still hold it (the migration marks the entries its
+    // oversight rebuild reads).
+    let held = c.policy_check(&s, &destroy()).await.unwrap();
+    assert_eq!(held.decision, "approval_required", "{held:?}");
+    let digest = held.action_digest.clone().unwrap();
     let (code, v) = h.export_and_verify("embedded").await;
     assert_eq!(code, 0, "{v:#}");
     h.broker.take().unwrap().stop();
@@ -94,6 +114,24 @@ async fn an_embedded_ledger_migrates_byte_for_byte() {
     pc.log(&s, ev)
         .await
         .expect("the session acts on the new backend");
+    // The agent sends the held call to the new backend, claiming nothing or
+    // the policy: still held.
+    for approval in [
+        Approval::None,
+        Approval::Policy {
+            policy: held.policies[0].clone(),
+            seq: Some(held.seq),
+        },
+    ] {
+        let e = call_claiming(&pc, &s, &digest, approval.clone())
+            .await
+            .expect_err("the migrated ledger forgot a hold");
+        assert_eq!(
+            e.code(),
+            Some("human_approval_required"),
+            "{approval:?}: {e}"
+        );
+    }
     let r = pc
         .revoke(&h.admin, &s.did, "after migration")
         .await

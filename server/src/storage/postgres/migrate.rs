@@ -17,10 +17,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use custody_identity::Did;
-use custody_ledger::authority::Authority;
+use custody_ledger::authority::{Authority, TrustRoots};
 use custody_ledger::merkle::{hash_to_hex, Hash};
 use custody_ledger::store::{CheckpointInfo, Store};
-use custody_ledger::{actions, entry_hash, Entry, EntryHash};
+use custody_ledger::{actions, entry_hash, Entry, EntryHash, Seq};
 use futures_util::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
@@ -123,10 +123,21 @@ pub async fn migrate(data: &Path, url: &PgUrl) -> Result<Migrated, MigrateError>
     let mut delegations: HashMap<Did, (u64, String)> = HashMap::new();
     let mut payload_digests: Vec<[u8; 32]> = Vec::new();
     let (mut prev, mut last_ms, mut count) = (EntryHash::ZERO, None, 0u64);
+    // The entries the oversight rebuild reads are those the rules marked
+    // when admitting them (`Admitted::restores_oversight`): a second pass of
+    // the rules over the lines says which, from a state that leaves the
+    // nonces to the database (so it does not hold a million of them).
+    let mut rules = Authority::restore(
+        ledger.clone(),
+        TrustRoots::default(),
+        Vec::new(),
+        Vec::new(),
+        Seq(0),
+    );
     {
         let sink = tx
             .copy_in(
-                "COPY custody_entries (seq, line, hash, nonce, received_at, payload, changes) FROM STDIN (FORMAT binary)",
+                "COPY custody_entries (seq, line, hash, nonce, received_at, payload, changes, oversight) FROM STDIN (FORMAT binary)",
             )
             .await
             .map_err(db)?;
@@ -139,6 +150,7 @@ pub async fn migrate(data: &Path, url: &PgUrl) -> Result<Migrated, MigrateError>
                 Type::BYTEA,
                 Type::INT8,
                 Type::BYTEA,
+                Type::BOOL,
                 Type::BOOL,
             ],
         );
@@ -173,6 +185,18 @@ pub async fn migrate(data: &Path, url: &PgUrl) -> Result<Migrated, MigrateError>
             let nonce = entry.event.nonce.0.to_vec();
             let at = millis(entry.received_at);
             let changes = actions::changes_state(action);
+            let oversight = match rules.check_verified(&entry.event, entry.received_at) {
+                Ok(admitted) => {
+                    let marked = admitted.restores_oversight();
+                    rules.apply(&entry, admitted);
+                    marked
+                }
+                Err(_) => {
+                    // Refused on the store's replay too: it changes nothing.
+                    rules.skip();
+                    false
+                }
+            };
             let payload_bytes = payload.map(|d| d.to_vec());
             writer
                 .as_mut()
@@ -184,6 +208,7 @@ pub async fn migrate(data: &Path, url: &PgUrl) -> Result<Migrated, MigrateError>
                     &at,
                     &payload_bytes,
                     &changes,
+                    &oversight,
                 ])
                 .await
                 .map_err(db)?;

@@ -9,9 +9,9 @@
 //! the unique index of `custody_entries`, never broker memory. What the
 //! oversight rule (A8) holds — open approvals, holds, allowing decisions and
 //! their use — has no table: every such record ends within a day, so it is
-//! rebuilt from the entries received within [`RESTORE_HORIZON_MS`] (two
-//! days) plus [`RESTORE_MARGIN_MS`] before the head
-//! ([`Authority::restore_oversight`]). Catching up reads only the entries
+//! rebuilt from the entries received within [`RESTORE_WINDOW_MS`] (two
+//! days and ten minutes) before the head that the sequencer marked as
+//! making or using such a record ([`Authority::restore_oversight`]). Catching up reads only the entries
 //! that change the state (`changes`) and skips the rest
 //! ([`Authority::advance_to`]).
 
@@ -177,19 +177,25 @@ pub(crate) async fn load_authority(
     Ok(a)
 }
 
-/// Added to [`RESTORE_HORIZON_MS`] when choosing where the entries that
-/// rebuild the oversight records start. Every lifetime is measured in the
-/// ledger's receive time, which the sequencer never lets go back
-/// (`received_at = max(now, last received_at)`), so brokers' clock skew
-/// cannot make an entry of the horizon look older than it is and the
-/// horizon alone is exact; the margin (ten minutes, ~0.3% more entries to
-/// read) only keeps the boundary away from equal timestamps.
-const RESTORE_MARGIN_MS: i64 = 10 * 60 * 1000;
+/// How far before the last entry's receive time the oversight rebuild
+/// reads: [`RESTORE_HORIZON_MS`] plus a margin of ten minutes. Every
+/// lifetime is measured in the ledger's receive time, which the sequencer
+/// never lets go back (`received_at = max(now, last received_at)`), so
+/// brokers' clock skew cannot make an entry of the horizon look older than
+/// it is and the horizon alone is exact; the margin only keeps the boundary
+/// away from equal timestamps.
+pub(crate) const RESTORE_WINDOW_MS: i64 = RESTORE_HORIZON_MS + 10 * 60 * 1000;
+
+/// The entries the oversight rebuild reads: those of the window that the
+/// sequencer marked `oversight` (they made or used an oversight record, or
+/// set the trust roots: `Admitted::restores_oversight`), by the partial
+/// index on their receive time.
+const OVERSIGHT_ENTRIES: &str = "SELECT seq, line FROM custody_entries WHERE oversight AND received_at >= $1 AND seq < $2 ORDER BY seq";
 
 /// Folds the oversight effects of the last two days of entries into a
-/// restored state (see the module documentation). One index probe finds
-/// where they start; the read grows with the entries of two days, not with
-/// the ledger.
+/// restored state (see the module documentation). The read grows with the
+/// oversight entries of two days (approvals, the policy's decisions, the
+/// calls that used them), not with the ledger.
 async fn restore_oversight(
     c: &impl GenericClient,
     head: &Head,
@@ -199,22 +205,9 @@ async fn restore_oversight(
         return Ok(());
     };
     let t0 = Instant::now();
-    let since = millis(last) - RESTORE_HORIZON_MS - RESTORE_MARGIN_MS;
-    let Some(start) = c
-        .query_opt(
-            "SELECT seq FROM custody_entries WHERE received_at >= $1 ORDER BY received_at, seq LIMIT 1",
-            &[&since],
-        )
-        .await?
-    else {
-        return Ok(());
-    };
-    let start = start.get::<_, i64>(0) as u64;
+    let since = millis(last) - RESTORE_WINDOW_MS;
     let rows = c
-        .query(
-            "SELECT seq, line FROM custody_entries WHERE changes AND seq >= $1 AND seq < $2 ORDER BY seq",
-            &[&(start as i64), &(head.size as i64)],
-        )
+        .query(OVERSIGHT_ENTRIES, &[&since, &(head.size as i64)])
         .await?;
     // Only approvals, the policy's decisions and tool calls are parsed.
     let entries = rows
@@ -224,7 +217,7 @@ async fn restore_oversight(
         .collect::<Result<Vec<_>, _>>()?;
     let done = a.restore_oversight(&entries);
     tracing::info!(
-        from = start,
+        since,
         read = rows.len(),
         parsed = done.entries,
         records = a.oversight().len(),

@@ -11,10 +11,10 @@
 //! | table | holds |
 //! |---|---|
 //! | `custody_head` | the one coordination row: ledger DID, size, last entry hash, root, last receive time, trust roots. Every append batch locks it (`FOR UPDATE`). |
-//! | `custody_entries` | each entry's canonical line, byte for byte, with its hash, nonce (unique: the ledger's nonce set), receive time (indexed: where the last two days start), payload digest, and whether it changes the rules' state |
+//! | `custody_entries` | each entry's canonical line, byte for byte, with its hash, nonce (unique: the ledger's nonce set), receive time, payload digest, whether it changes the rules' state, and whether the oversight rebuild reads it (indexed by receive time: the last two days of those) |
 //! | `custody_hashes` | the RFC 6962 stored hashes in `tlog_tiles` order |
 //! | `custody_checkpoints` | signed notes and what retention needs of them |
-//! | `custody_sessions`, `custody_revocations` | the rules' state, written in the transaction of the entry that changes it, so a broker starts without replaying the ledger (its oversight records come from the last two days of entries) |
+//! | `custody_sessions`, `custody_revocations` | the rules' state, written in the transaction of the entry that changes it, so a broker starts without replaying the ledger (its oversight records come from the last two days of the entries marked `oversight`) |
 //! | `custody_payloads` | salted payload bodies (deletable) |
 //! | `custody_accessors`, `custody_ingest` | token accessors (to revoke tokens) and OTLP ingest credentials |
 //! | `custody_request_nonces` | signed-request nonces while their timestamps are acceptable |
@@ -95,11 +95,30 @@ CREATE INDEX custody_request_nonces_forget ON custody_request_nonces (forget_at)
 "#,
     // 2: where the last two days of the ledger start, so a broker rebuilds
     // its oversight records (approvals, holds) from them on start with one
-    // index probe (`rules::oversight_window`). Built once, in the migration's
+    // index probe. Built once, in the migration's
     // transaction: on a large ledger the first broker of the new version
     // takes a moment longer to start, and appends wait for it.
     r#"
 CREATE INDEX custody_entries_received ON custody_entries (received_at, seq);
+"#,
+    // 3: which entries the oversight rebuild reads (`rules::restore_oversight`):
+    // those that made or used an oversight record, or set the trust roots,
+    // marked by the sequencer as it appends them, so a broker's start reads
+    // those of the last two days and not every entry received in them.
+    // Existing rows are marked by what could be such an entry (every entry
+    // that changes the rules' state, within the last two days and ten
+    // minutes — 173,400,000 ms, `rules::RESTORE_WINDOW_MS`): a superset the
+    // rebuild checks again, so a database written by an older broker
+    // restores exactly what it did before. Version 2's index on every
+    // entry's receive time is no longer read: dropped (one index write less
+    // per append).
+    r#"
+ALTER TABLE custody_entries ADD COLUMN oversight boolean NOT NULL DEFAULT false;
+UPDATE custody_entries SET oversight = true
+ WHERE changes
+   AND received_at >= (SELECT coalesce(max(last_received_at), 0) FROM custody_head) - 173400000;
+CREATE INDEX custody_entries_oversight ON custody_entries (received_at, seq) WHERE oversight;
+DROP INDEX custody_entries_received;
 "#,
 ];
 
@@ -151,4 +170,13 @@ pub async fn migrate(client: &mut Client) -> Result<(), MigrateError> {
     }
     tx.commit().await.map_err(db)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_oversight_backfill_covers_the_restore_window() {
+        let window = super::super::rules::RESTORE_WINDOW_MS.to_string();
+        assert!(super::MIGRATIONS[2].contains(&window), "{window}");
+    }
 }

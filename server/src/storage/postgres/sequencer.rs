@@ -169,8 +169,8 @@ impl Statements {
             c.prepare("SELECT idx, hash FROM custody_hashes WHERE idx = ANY($1)"),
             c.prepare("SELECT nonce FROM custody_entries WHERE nonce = ANY($1)"),
             c.prepare(
-                "INSERT INTO custody_entries (seq, line, hash, nonce, received_at, payload, changes)
-                 SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bytea[], $5::bigint[], $6::bytea[], $7::boolean[])"
+                "INSERT INTO custody_entries (seq, line, hash, nonce, received_at, payload, changes, oversight)
+                 SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bytea[], $5::bigint[], $6::bytea[], $7::boolean[], $8::boolean[])"
             ),
             c.prepare(
                 "INSERT INTO custody_hashes (idx, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])"
@@ -216,6 +216,8 @@ struct Row {
     received_at: i64,
     payload: Option<Vec<u8>>,
     changes: bool,
+    /// Read by the oversight rebuild on start (`rules::restore_oversight`).
+    oversight: bool,
 }
 
 /// The rules' state an admitted batch changes.
@@ -467,6 +469,7 @@ impl Sequencer {
                 let action = entry.event.action.as_str().to_string();
                 let changes = actions::changes_state(&action);
                 fresh.insert(nonce.0);
+                let oversight = admitted.restores_oversight();
                 l.authority.apply(&entry, admitted);
                 if changes {
                     collect_state(&l.authority, &entry, &action, &mut state);
@@ -479,6 +482,7 @@ impl Sequencer {
                     received_at: millis(at),
                     payload: entry.event.payload.as_ref().map(|p| p.digest.0.to_vec()),
                     changes,
+                    oversight,
                 });
                 outcomes.push(Ok(Appended {
                     seq: entry.seq,
@@ -507,6 +511,7 @@ impl Sequencer {
         let times: Vec<i64> = rows.iter().map(|r| r.received_at).collect();
         let payloads: Vec<Option<&[u8]>> = rows.iter().map(|r| r.payload.as_deref()).collect();
         let changes: Vec<bool> = rows.iter().map(|r| r.changes).collect();
+        let oversight: Vec<bool> = rows.iter().map(|r| r.oversight).collect();
         let idx: Vec<i64> = hashes.iter().map(|(i, _)| *i as i64).collect();
         let hs: Vec<&[u8]> = hashes.iter().map(|(_, h)| h.0.as_slice()).collect();
         let trust = trust_text(shared.local().authority.trust());
@@ -527,6 +532,7 @@ impl Sequencer {
                     &times,
                     &payloads,
                     &changes,
+                    &oversight,
                 ],
             ),
             (&st.hashes, vec![&idx as P, &hs]),
