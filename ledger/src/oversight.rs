@@ -212,6 +212,21 @@ impl Oversight {
             .filter(|h| at < h.received.plus_millis(HOLD_TTL_MS))
     }
 
+    /// The `policy.decision` seqs of the holds in force at `at` (for each
+    /// held action its latest), oldest first: what a broker lists as held
+    /// calls when another broker, or this one before a restart, held them.
+    pub fn holding_decisions(&self, at: Timestamp) -> Vec<u64> {
+        self.hold_order
+            .iter()
+            .filter(|(seq, key)| {
+                self.holds
+                    .get(*key)
+                    .is_some_and(|h| h.seq == **seq && at < h.received.plus_millis(HOLD_TTL_MS))
+            })
+            .map(|(seq, _)| *seq)
+            .collect()
+    }
+
     /// How many records the rules hold (for tests and benchmarks).
     pub fn len(&self) -> usize {
         self.approvals.len() + self.decisions.len() + self.holds.len()

@@ -141,6 +141,20 @@ async fn a_call_held_on_one_broker_is_listed_on_another() {
     let s = c.session(0, "chat").await;
     let held = c.client(0).policy_check(&s, &destroy("/w")).await.unwrap();
     assert_eq!(held.decision, "approval_required");
+    // Listed on B without asking for it (what `custody approve` shows)...
+    let listed = |list: &custody_wire::api::PendingList| {
+        list.held.iter().any(|h| {
+            h.decision_seq == held.seq && Some(&h.action_digest) == held.action_digest.as_ref()
+        })
+    };
+    let all = c.client(1).pending(&c.developer, None).await.unwrap();
+    assert!(listed(&all), "{all:?}");
+    let by_admin = c.client(1).pending(&c.admin, None).await.unwrap();
+    assert!(
+        listed(&by_admin),
+        "an admin sees every held call: {by_admin:?}"
+    );
+    // ...and asked for by its seq.
     let list = c
         .client(1)
         .pending(&c.developer, Some(held.seq))
@@ -440,6 +454,12 @@ async fn a_hold_survives_a_brokers_restart() {
     let digest = held.action_digest.clone().unwrap();
     c.kill_broker(1);
     c.start_broker(1);
+    // B, started after the hold, lists it for the person to decide.
+    let list = c.client(1).pending(&c.developer, None).await.unwrap();
+    assert!(
+        list.held.iter().any(|h| h.decision_seq == held.seq),
+        "{list:?}"
+    );
 
     // The agent, holding its own key, sends B a call the policy held on A:
     // with no approval, with a forged one, with none behind it.

@@ -32,6 +32,10 @@ use crate::state::{AppState, HeldEntry};
 /// How long a held call stays listed.
 const HELD_FOR: Duration = Duration::from_secs(24 * 3600);
 
+/// Held calls one listing rebuilds from the ledger at most (each is a read
+/// of its entry and its payload); later listings add the rest.
+const MAX_REBUILT: usize = 500;
+
 pub(super) fn routes(r: Routes) -> Routes {
     r.signed(Method::POST, PATH_APPROVALS, post(submit))
         .signed(Method::POST, PATH_APPROVALS_PENDING, post(pending))
@@ -87,22 +91,33 @@ async fn pending(
             )
             .await);
     }
+    // Holds another broker recorded a moment ago are listed too: the rules'
+    // state catches up with the shared ledger first (a no-op on a ledger
+    // only this process appends to).
+    s.storage.catch_up_since(std::time::Instant::now()).await?;
     let now = Timestamp::now();
-    // A call held by another broker sharing the ledger, or before this
-    // broker restarted: rebuilt from the ledger.
-    if let Some(want) = q.decision_seq {
-        let known = s
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&want);
-        if !known {
-            if let Some(h) = held_from_ledger(&s, want, now).await? {
-                s.held
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(want, h);
-            }
+    // Calls held by another broker sharing the ledger, or by this one
+    // before it restarted, are rebuilt from the ledger: the one asked for,
+    // or every hold in force that the rules' state knows of (each broker
+    // folds in every `policy.decision`) and this broker has not listed yet.
+    let wanted = match q.decision_seq {
+        Some(want) => vec![want],
+        None => s.rules(|a| a.oversight().holding_decisions(now)),
+    };
+    let missing: Vec<u64> = {
+        let held = s.held.lock().unwrap_or_else(|p| p.into_inner());
+        wanted
+            .into_iter()
+            .filter(|seq| !held.contains_key(seq))
+            .collect()
+    };
+    // The newest, when there are more than a page of them.
+    for seq in missing.into_iter().rev().take(MAX_REBUILT) {
+        if let Some(h) = held_from_ledger(&s, seq, now).await? {
+            s.held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(seq, h);
         }
     }
     let mut held = s.held.lock().unwrap_or_else(|p| p.into_inner());
@@ -140,7 +155,7 @@ async fn pending(
     if let (Some(want), true) = (q.decision_seq, out.is_empty()) {
         return Err(ApiError::new(
             ErrorCode::NoSuchEntry,
-            format!("entry {want} is no held call you may decide (not held, older than a day, decided by the broker before a restart, or another delegator's session)"),
+            format!("entry {want} is no held call you may decide (not held, older than a day, its payload redacted, or another delegator's session)"),
         ));
     }
     Ok(Json(PendingList { held: out }))
