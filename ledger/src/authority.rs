@@ -174,6 +174,19 @@ impl Admitted {
         self.rule
     }
 
+    /// The allowing `policy.decision` this `tool.call` used, if any. A store
+    /// that appends the decision and the call in one transaction (the
+    /// hook's call decided with its check) need not mark either for
+    /// [`Authority::restore_oversight`]: a used allow backs no later call,
+    /// and a claim on it is refused the same way (`approval_unverified`)
+    /// whether the state knows it as used or not at all.
+    pub fn used_decision(&self) -> Option<u64> {
+        match self.change {
+            Change::UsedDecision(seq) => Some(seq),
+            _ => None,
+        }
+    }
+
     /// Whether [`Authority::restore_oversight`] needs this entry: it made,
     /// or used, an oversight record (an approval, an allowing or holding
     /// decision, a call that used one), or it set the trust roots (before

@@ -7,7 +7,7 @@
 
 use custody_identity::{Delegation, Did, KeyPair};
 use custody_ledger::actions;
-use custody_ledger::authority::{Authority, TrustRoots};
+use custody_ledger::authority::{Authority, DenialCode, TrustRoots};
 use custody_ledger::oversight::{action_digest, Requires, RESTORE_HORIZON_MS};
 use custody_ledger::{
     entry_hash, ActionType, ActorKind, Approval, Context, Entry, EntryHash, Event, Seq, SessionId,
@@ -139,8 +139,16 @@ impl L {
         let entry = Entry::new(Seq(n), self.prev, self.now, signed);
         self.prev = entry_hash(&entry.to_line().unwrap());
         self.entries.push(entry.clone());
-        self.marked
-            .push(verdict.as_ref().is_ok_and(|a| a.restores_oversight()));
+        let mut marked = verdict.as_ref().is_ok_and(|a| a.restores_oversight());
+        // As the PostgreSQL sequencer does for an allow and the call that
+        // uses it appended together (here: the entry just before).
+        if let Some(d) = verdict.as_ref().ok().and_then(|a| a.used_decision()) {
+            if d + 1 == n {
+                self.marked[d as usize] = false;
+                marked = false;
+            }
+        }
+        self.marked.push(marked);
         match verdict {
             Ok(a) => {
                 self.authority.apply(&entry, a);
@@ -467,22 +475,36 @@ fn a_restored_state_keeps_the_holds_approvals_and_uses_of_the_last_day() {
 #[test]
 fn a_used_allow_stays_used_after_a_restore() {
     let mut l = L::new();
-    let used = l.decision(0, "allow", None).unwrap();
     let claim = |seq| Approval::Policy {
         policy: "rule-a".into(),
         seq: Some(seq),
     };
-    l.call(0, claim(used)).unwrap();
+    // Used by the entry just after it (appended together: neither is
+    // marked), and used two entries later (both marked).
+    let paired = l.decision(0, "allow", None).unwrap();
+    l.call(0, claim(paired)).unwrap();
+    let used = l.decision(2, "allow", None).unwrap();
+    l.decision(1, "deny", None).unwrap();
+    l.call(2, claim(used)).unwrap();
+    assert_eq!(
+        (l.marked[paired as usize], l.marked[paired as usize + 1]),
+        (false, false)
+    );
+    assert!(l.marked[used as usize] && *l.marked.last().unwrap());
     let open = l.decision(1, "allow", None).unwrap();
     l.wait(60_000);
     let restored = l.restored();
     let at = l.now;
-    let again = l.call_event(0, claim(used));
-    assert!(l.authority.check_verified(&again, at).is_err());
-    assert!(
-        restored.check_verified(&again, at).is_err(),
-        "a used allow was fresh again after the restore"
-    );
+    for seq in [paired, used] {
+        let again = l.call_event(if seq == paired { 0 } else { 2 }, claim(seq));
+        let code = |a: &Authority| a.check_verified(&again, at).map(|_| ()).map_err(|d| d.code);
+        assert_eq!(code(&l.authority), Err(DenialCode::ApprovalUnverified));
+        assert_eq!(
+            code(&restored),
+            Err(DenialCode::ApprovalUnverified),
+            "allow {seq}, used, was fresh again after the restore"
+        );
+    }
     assert!(restored
         .check_verified(&l.call_event(1, claim(open)), at)
         .is_ok());
@@ -512,6 +534,9 @@ enum Step {
     Wait(i64),
     Hold(u8, bool),
     Allow(u8),
+    /// An allow and the call that uses it, appended together (the hook's
+    /// call decided with its check).
+    Decided(u8),
     Deny(u8),
     Approve(Who, u8, i64, bool),
     /// A call claiming the i-th entry so far (modulo), as the probes do.
@@ -541,6 +566,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => gap.prop_map(Step::Wait),
         2 => (0u8..3, any::<bool>()).prop_map(|(d, h)| Step::Hold(d, h)),
         1 => (0u8..3).prop_map(Step::Allow),
+        1 => (0u8..3).prop_map(Step::Decided),
         1 => (0u8..3).prop_map(Step::Deny),
         3 => (who, 0u8..3, ttl, prop::bool::weighted(0.8))
             .prop_map(|(w, d, t, a)| Step::Approve(w, d, t, a)),
@@ -563,6 +589,10 @@ proptest! {
                 }
                 Step::Hold(d, h) => l.decision(*d, "approval_required", Some(if *h { "human" } else { "review" })),
                 Step::Allow(d) => l.decision(*d, "allow", None),
+                Step::Decided(d) => match l.decision(*d, "allow", None) {
+                    Ok(seq) => l.call(*d, Approval::Policy { policy: "rule-a".into(), seq: Some(seq) }),
+                    e => e,
+                },
                 Step::Deny(d) => l.decision(*d, "deny", None),
                 Step::Approve(w, d, ttl, a) => l.approval(*w, *d, *ttl, *a),
                 Step::Call(d, None) => l.call(*d, Approval::None),

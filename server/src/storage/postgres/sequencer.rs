@@ -469,7 +469,20 @@ impl Sequencer {
                 let action = entry.event.action.as_str().to_string();
                 let changes = actions::changes_state(&action);
                 fresh.insert(nonce.0);
-                let oversight = admitted.restores_oversight();
+                let mut oversight = admitted.restores_oversight();
+                // An allow used by a call of the same batch (the hook's call
+                // decided with its check): neither is read on start.
+                let first = rows.first().map(|r: &Row| r.seq as u64);
+                if let (Some(d), Some(first)) = (admitted.used_decision(), first) {
+                    if let Some(row) = d
+                        .checked_sub(first)
+                        .and_then(|i| rows.get_mut(i as usize))
+                        .filter(|r| r.seq as u64 == d)
+                    {
+                        row.oversight = false;
+                        oversight = false;
+                    }
+                }
                 l.authority.apply(&entry, admitted);
                 if changes {
                     collect_state(&l.authority, &entry, &action, &mut state);
