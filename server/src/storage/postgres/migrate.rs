@@ -134,6 +134,7 @@ pub async fn migrate(data: &Path, url: &PgUrl) -> Result<Migrated, MigrateError>
         Vec::new(),
         Seq(0),
     );
+    let mut paired: Vec<i64> = Vec::new();
     {
         let sink = tx
             .copy_in(
@@ -187,7 +188,13 @@ pub async fn migrate(data: &Path, url: &PgUrl) -> Result<Migrated, MigrateError>
             let changes = actions::changes_state(action);
             let oversight = match rules.check_verified(&entry.event, entry.received_at) {
                 Ok(admitted) => {
-                    let marked = admitted.restores_oversight();
+                    let mut marked = admitted.restores_oversight();
+                    // An allow and the call that used it right after (one
+                    // transaction on a PostgreSQL broker): neither marked.
+                    if count > 0 && admitted.used_decision() == Some(count - 1) {
+                        paired.push((count - 1) as i64);
+                        marked = false;
+                    }
                     rules.apply(&entry, admitted);
                     marked
                 }
@@ -217,6 +224,14 @@ pub async fn migrate(data: &Path, url: &PgUrl) -> Result<Migrated, MigrateError>
             count += 1;
         }
         writer.finish().await.map_err(db)?;
+    }
+    if !paired.is_empty() {
+        tx.execute(
+            "UPDATE custody_entries SET oversight = false WHERE seq = ANY($1)",
+            &[&paired],
+        )
+        .await
+        .map_err(db)?;
     }
     if count != head.size {
         return Err(MigrateError::Source(format!(
