@@ -266,10 +266,14 @@ fn copy_keys(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An embedded ledger of a genesis (the rig's trust roots) and `n` `prompt`
-/// entries by the developer, written straight into broker 0's data
-/// directory of `l`, with its ledger key: what a broker that appended them
-/// would have on disk.
+/// An embedded ledger of a genesis (the rig's trust roots) and `n` more
+/// entries, written straight into broker 0's data directory of `l`, with its
+/// ledger key: what a broker that appended them would have on disk. Half are
+/// `prompt`s by the developer; the other half is what the hook on every tool
+/// call writes — an agent session's call decided with its check: the ledger
+/// key's `policy.decision` allowing it and the session's `tool.call` that
+/// claims it, appended together — so a broker's start-up meets a ledger of
+/// ordinary agent traffic, not only of events the oversight rule ignores.
 fn fill(rig: &Rig, l: &Ledger, n: usize) -> anyhow::Result<()> {
     let data = l.data(0);
     std::fs::create_dir_all(&data)?;
@@ -293,15 +297,21 @@ fn fill(rig: &Rig, l: &Ledger, n: usize) -> anyhow::Result<()> {
     std::thread::scope(|sc| {
         let hs: Vec<_> = (0..cores)
             .map(|c| {
-                let store = &store;
+                let (store, ledger) = (&store, &ledger);
                 sc.spawn(move || -> anyhow::Result<()> {
+                    let agent = FillSession::start(store, dev)?;
                     let mut batch = Vec::with_capacity(1000);
-                    for i in (c..n).step_by(cores) {
-                        let mut e =
-                            Event::new(dev.did(), ActorKind::Human, ActionType::new("prompt")?);
-                        e.details.insert("i".into(), i.into());
-                        batch.push(e.sign(dev)?);
-                        if batch.len() == 1000 {
+                    // Four entries per step: two prompts, a decision and
+                    // its call (kept in one batch, so adjacent).
+                    for i in (c * 4..n).step_by(cores * 4) {
+                        for k in 0..2 {
+                            let mut e =
+                                Event::new(dev.did(), ActorKind::Human, ActionType::new("prompt")?);
+                            e.details.insert("i".into(), (i + k).into());
+                            batch.push(e.sign(dev)?);
+                        }
+                        batch.extend(agent.decided_call(ledger, i)?);
+                        if batch.len() >= 1000 {
                             crate::verify::append_all(store, std::mem::take(&mut batch))?;
                         }
                     }
@@ -314,6 +324,70 @@ fn fill(rig: &Rig, l: &Ledger, n: usize) -> anyhow::Result<()> {
             .collect::<anyhow::Result<Vec<()>>>()
     })?;
     Ok(())
+}
+
+/// An agent session of the filled ledger, started by the developer.
+struct FillSession {
+    key: KeyPair,
+    delegation: custody_identity::Delegation,
+}
+
+impl FillSession {
+    fn start(store: &Store<Authority>, dev: &KeyPair) -> anyhow::Result<Self> {
+        let now = time::OffsetDateTime::now_utc();
+        let key = KeyPair::generate();
+        let delegation = custody_identity::Delegation::new(
+            dev.did(),
+            key.did(),
+            "claude-code".into(),
+            vec!["repo-read".into()],
+            "chat".into(),
+            now - time::Duration::minutes(1),
+            now + time::Duration::days(1),
+        )?;
+        let s = FillSession { key, delegation };
+        let mut e = s.event(s.key.did(), ActorKind::Agent, actions::SESSION_START)?;
+        e.details
+            .insert("delegation".into(), s.delegation.issue(dev)?.into());
+        crate::verify::append_all(store, vec![e.sign(&s.key)?])?;
+        Ok(s)
+    }
+
+    fn event(
+        &self,
+        actor: custody_identity::Did,
+        kind: ActorKind,
+        action: &str,
+    ) -> anyhow::Result<Event> {
+        let mut e = Event::new(actor, kind, ActionType::new(action)?);
+        e.session = Some(custody_ledger::SessionId::new(self.delegation.id.clone())?);
+        e.on_behalf_of = Some(self.delegation.issuer.clone());
+        e.context = Some(custody_ledger::Context::new(
+            self.delegation.context.clone(),
+        )?);
+        Ok(e)
+    }
+
+    /// The ledger key's allow of call `i` and the session's call decided
+    /// with it.
+    fn decided_call(&self, ledger: &KeyPair, i: usize) -> anyhow::Result<[SignedEvent; 2]> {
+        let input = json!({"command": format!("cargo test --test t{i}")});
+        let digest =
+            custody_ledger::oversight::action_digest(&self.key.did(), "Bash", &input, "/w")?;
+        let mut d = self.event(ledger.did(), ActorKind::Service, actions::POLICY_DECISION)?;
+        d.details
+            .insert("session_did".into(), self.key.did().as_str().into());
+        d.details.insert("tool".into(), "Bash".into());
+        d.details.insert("decision".into(), "allow".into());
+        d.details.insert("policies".into(), json!(["allow-tests"]));
+        d.details
+            .insert("action_digest".into(), digest.clone().into());
+        let mut call = self.event(self.key.did(), ActorKind::Agent, actions::TOOL_CALL)?;
+        call.details.insert("tool".into(), "Bash".into());
+        call.details.insert("action_digest".into(), digest.into());
+        call.approval = Some(custody_ledger::Approval::decided_with_call());
+        Ok([d.sign(ledger)?, call.sign(&self.key)?])
+    }
 }
 
 /// An embedded ledger of `n` entries and its copy in PostgreSQL; the
