@@ -64,6 +64,16 @@ const PAIRS: &[(&str, &str, &str)] = &[
         "agt_verify_1core_per_s",
         "custody_2core_vs_agt_verify_ratio",
     ),
+    (
+        "custody_verify_hashes_1core_per_s",
+        "agt_verify_chain_1core_per_s",
+        "custody_vs_agt_hashes_1core_ratio",
+    ),
+    (
+        "custody_verify_sig_bound_1core_per_s",
+        "agt_verify_chain_1core_per_s",
+        "custody_sig_bound_vs_agt_hash_only_ratio",
+    ),
 ];
 
 pub fn bench(a: &Args, r: &mut Results) -> anyhow::Result<()> {
@@ -201,6 +211,90 @@ fn custody_side(n: usize, r: &mut Results) -> anyhow::Result<()> {
     r.insert(
         "custody_10k_verify_seconds".into(),
         json!(round(in_process.as_secs_f64(), 3)),
+    );
+    hash_only_and_signature_bound(&bundle, r)?;
+    Ok(())
+}
+
+/// The like-for-like pair for AGT's in-memory `AuditLog.verify_integrity()`
+/// (SHA-256 only, one core): custody's hash-only part of verification over
+/// the same ledger, in memory, on one thread — each entry's leaf hash, the
+/// `prev` chain, the Merkle root compared with the manifest's. And what
+/// bounds the full verification per core: the measured cost of one
+/// signature check on one thread, strict and in the verifier's batches
+/// (`1e6 / µs` entries/s at most, whatever else the verifier did in no time).
+fn hash_only_and_signature_bound(bundle: &std::path::Path, r: &mut Results) -> anyhow::Result<()> {
+    use custody_identity::batch::{verify_batch_strict, BatchItem, TorsionFreeKeys};
+    use custody_ledger::merkle::{hash_to_hex, CompactRange, Hash};
+    use custody_ledger::{entry_hash, Entry, EntryHash};
+
+    let b = custody_ledger::bundle::Bundle::open(bundle)?;
+    let text = std::fs::read(bundle.join(custody_ledger::bundle::ENTRIES))?;
+    // Parsed before the clock starts: AGT's chain is in memory as objects.
+    let lines: Vec<&[u8]> = text
+        .split(|c| *c == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let entries: Vec<Entry> = lines
+        .iter()
+        .map(|l| Entry::parse_line(l))
+        .collect::<Result<_, _>>()?;
+    let reps = 5;
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        let mut range = CompactRange::new();
+        let mut prev = EntryHash::ZERO;
+        for (line, e) in lines.iter().zip(&entries) {
+            anyhow::ensure!(e.prev == prev, "chain broken at seq {}", e.seq);
+            prev = entry_hash(line);
+            range.push(Hash(prev.0));
+        }
+        anyhow::ensure!(
+            hash_to_hex(&range.root()) == b.manifest.root,
+            "root differs"
+        );
+    }
+    let hashes = (reps * lines.len()) as f64 / t0.elapsed().as_secs_f64();
+
+    // Signatures, one thread: verify_strict, then in the verifier's batches.
+    let signed: Vec<(
+        custody_identity::PublicKey,
+        Vec<u8>,
+        custody_identity::Signature,
+    )> = entries
+        .iter()
+        .map(|e| Ok((e.event.actor.public_key(), e.event.signing_input()?, e.sig)))
+        .collect::<anyhow::Result<_>>()?;
+    let t0 = Instant::now();
+    for (k, m, s) in &signed {
+        k.verify(m, s)?;
+    }
+    let strict_us = t0.elapsed().as_secs_f64() * 1e6 / signed.len() as f64;
+    let mut keys = TorsionFreeKeys::default();
+    let t0 = Instant::now();
+    for c in signed.chunks(custody_verifier::verify::SIGNATURE_BATCH) {
+        let items: Vec<BatchItem<'_>> = c
+            .iter()
+            .map(|(key, msg, sig)| BatchItem { key, msg, sig })
+            .collect();
+        verify_batch_strict(&items, &mut keys)?;
+    }
+    let batch_us = t0.elapsed().as_secs_f64() * 1e6 / signed.len() as f64;
+    r.insert(
+        "custody_verify_hashes_1core_per_s".into(),
+        json!(hashes.round()),
+    );
+    r.insert(
+        "custody_sig_strict_us_1core".into(),
+        json!(round(strict_us, 1)),
+    );
+    r.insert(
+        "custody_sig_batch_us_1core".into(),
+        json!(round(batch_us, 1)),
+    );
+    r.insert(
+        "custody_verify_sig_bound_1core_per_s".into(),
+        json!((1e6 / batch_us).round()),
     );
     Ok(())
 }

@@ -431,6 +431,36 @@ const ROWS: &[(&str, &str, &str)] = &[
         "verify_bundle of the batch ledger in process",
     ),
     (
+        "custody_verify_hashes_1core_per_s",
+        "",
+        "custody hash-only part (leaf hashes, prev chain, Merkle root), in memory, 1 thread",
+    ),
+    (
+        "custody_vs_agt_hashes_1core_ratio",
+        "",
+        "custody hash-only / AGT hash-only, per core (like for like)",
+    ),
+    (
+        "custody_sig_strict_us_1core",
+        "",
+        "one verify_strict, 1 thread (µs)",
+    ),
+    (
+        "custody_sig_batch_us_1core",
+        "",
+        "one signature in the verifier's batches, 1 thread (µs)",
+    ),
+    (
+        "custody_verify_sig_bound_1core_per_s",
+        "",
+        "bound on full verification per core from signatures alone (1e6 / batch µs)",
+    ),
+    (
+        "custody_sig_bound_vs_agt_hash_only_ratio",
+        "",
+        "that bound / AGT hash-only: the most a signed ledger can reach",
+    ),
+    (
         "feed_per_s",
         "",
         "GET /v1/entries from seq 0, pages of 1000, one auditor (entries/s)",

@@ -146,7 +146,7 @@ impl Entry {
         // The same bytes as `to_line`, without running the outer object
         // through the canonicalizer again (a fifth of the verifier's
         // non-signature time per entry).
-        let event_json = to_canonical(&entry.event)
+        let event_json = crate::canonical::to_canonical_fast(&entry.event)
             .map_err(|e| LineError::Malformed(format!("the event has no JCS form: {e}")))?;
         let jcs = entry
             .to_line_with_event(&event_json)
@@ -265,6 +265,63 @@ mod tests {
             Timestamp::now(),
             e.sign(&k).unwrap(),
         )
+    }
+
+    /// An event with every member set is written by plain serde_json in
+    /// JCS form, so reading its line skips the canonicalizer (only speed
+    /// depends on this; a member added out of order fails here).
+    #[test]
+    fn events_take_the_fast_canonical_path() {
+        use crate::event::{Approval, PayloadRef};
+        use crate::types::{Context, Nonce, PayloadDigest, SessionId};
+        let k = KeyPair::generate();
+        let mut e = Event::new(
+            k.did(),
+            ActorKind::Agent,
+            ActionType::new("tool.call").unwrap(),
+        );
+        e.session = Some(SessionId::new("urn:uuid:0f0e").unwrap());
+        e.on_behalf_of = Some(KeyPair::generate().did());
+        e.context = Some(Context::new("ci").unwrap());
+        e.details.insert("tool".into(), "Bash".into());
+        e.details.insert("i".into(), 7.into());
+        e.details
+            .insert("z".into(), serde_json::json!({"b": [1, "x"], "a": null}));
+        e.payload = Some(PayloadRef {
+            digest: PayloadDigest([3; 32]),
+            size: 10,
+        });
+        e.nonce = Nonce([5; 16]);
+        for approval in [
+            None,
+            Some(Approval::Policy {
+                policy: "p".into(),
+                seq: Some(3),
+            }),
+            Some(Approval::AutoReview {
+                reviewer: "r".into(),
+                seq: Some(4),
+            }),
+        ] {
+            e.approval = approval;
+            let plain = serde_json::to_vec(&e).unwrap();
+            assert!(
+                crate::canonical::already_jcs(&plain),
+                "{}",
+                String::from_utf8_lossy(&plain)
+            );
+            assert_eq!(plain, to_canonical(&e).unwrap());
+        }
+        // A human approval writes its tag first ("by" after "approver"):
+        // the canonicalizer's path, with the same result.
+        e.approval = Some(Approval::Human {
+            approver: k.did(),
+            seq: Some(1),
+        });
+        assert_eq!(
+            crate::canonical::to_canonical_fast(&e).unwrap(),
+            to_canonical(&e).unwrap()
+        );
     }
 
     #[test]

@@ -142,25 +142,28 @@ pub struct PayloadRef {
 /// What an actor signs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+// Fields in JCS order (by key), so plain serde_json writes them the way JCS
+// does and `to_canonical_fast` can skip the canonicalizer (the verifier's
+// check that a line is its JCS form). Only speed depends on this order.
 pub struct Event {
-    pub v: u64,
+    pub action: ActionType,
     pub actor: Did,
     pub actor_kind: ActorKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session: Option<SessionId>,
+    pub approval: Option<Approval>,
+    pub client_time: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Context>,
+    /// Action-specific facts; always a JSON object (empty when there are none).
+    pub details: serde_json::Map<String, serde_json::Value>,
+    pub nonce: Nonce,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_behalf_of: Option<Did>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub context: Option<Context>,
-    pub action: ActionType,
-    /// Action-specific facts; always a JSON object (empty when there are none).
-    pub details: serde_json::Map<String, serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approval: Option<Approval>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<PayloadRef>,
-    pub client_time: Timestamp,
-    pub nonce: Nonce,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionId>,
+    pub v: u64,
 }
 
 impl Event {

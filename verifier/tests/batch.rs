@@ -19,6 +19,23 @@ const SMALL_ORDER: [&str; 8] = [
     "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
 ];
 
+/// The same points spelled non-canonically, which `CompressedEdwardsY`
+/// still decompresses: x = 0 with the sign bit set (the identity, the point
+/// of order 2), and y + p for y = 0 and y = 1, each sign bit.
+const SMALL_ORDER_NON_CANONICAL: [&str; 6] = [
+    "0100000000000000000000000000000000000000000000000000000000000080",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+];
+
+/// Every small-order encoding, canonical or not.
+fn small_order_encodings() -> impl Iterator<Item = &'static str> {
+    SMALL_ORDER.into_iter().chain(SMALL_ORDER_NON_CANONICAL)
+}
+
 /// The group order L, little-endian.
 const L: [u8; 32] = [
     0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
@@ -86,7 +103,8 @@ proptest! {
                 1 => { s.msg.push(b); }
                 2 => add_l(&mut s.sig.0[32..]),
                 3 => {
-                    let p = hex::decode(SMALL_ORDER[b as usize % 8]).unwrap();
+                    let all: Vec<&str> = small_order_encodings().collect();
+                    let p = hex::decode(all[b as usize % all.len()]).unwrap();
                     s.sig.0[..32].copy_from_slice(&p);
                 }
                 _ => { s.key = KeyPair::from_seed(&[b.max(1); 32]).public(); }
@@ -96,13 +114,18 @@ proptest! {
     }
 }
 
-/// All eight small-order points as `R`, with `S` anything: refused by both,
-/// including the universal forgery (R = identity, S = 0) that a
-/// non-strict verifier would accept for a small-order key.
+/// All eight small-order points as `R`, canonically encoded or not, with
+/// `S` anything: refused by both, including the universal forgery
+/// (R = identity, S = 0) that a non-strict verifier would accept for a
+/// small-order key.
 #[test]
 fn small_order_r_is_refused_by_both() {
+    use curve25519_dalek::edwards::CompressedEdwardsY;
     let base = signed(7, b"tool.call");
-    for p in SMALL_ORDER {
+    for p in small_order_encodings() {
+        let bytes: [u8; 32] = hex::decode(p).unwrap().try_into().unwrap();
+        let point = CompressedEdwardsY(bytes).decompress().unwrap();
+        assert!(point.is_small_order(), "{p}");
         for s_zero in [false, true] {
             let mut x = Signed {
                 key: base.key,
