@@ -420,12 +420,15 @@ fn checkpoints_are_kept_in_order() {
     let s = Store::open(t.path(), AcceptAll).unwrap();
     let k = KeyPair::generate();
     let origin = Origin::for_ledger(&k.did());
+    // One fixed time: notes built twice must be the same bytes, whatever the clock does
+    // between building and comparing.
+    let signed_at = time::OffsetDateTime::now_utc();
     let note = |size: u64| {
         let head = TreeHead {
             size,
             root: merkle::leaf_hash(&size.to_be_bytes()),
         };
-        SignedCheckpoint::sign(&k, &origin, head, time::OffsetDateTime::now_utc())
+        SignedCheckpoint::sign(&k, &origin, head, signed_at)
             .unwrap()
             .to_bytes()
     };
