@@ -138,6 +138,27 @@ async fn an_embedded_ledger_migrates_byte_for_byte() {
         .unwrap();
     assert!(r.tokens_revoked + r.parents_revoked >= 1, "{r:?}");
     assert!(h.bao.lookup(&token).await.unwrap().is_err());
+    // The first batches on PostgreSQL read the tree's right edge from the
+    // stored hashes (the migration leaves the head row without it), later
+    // ones from the head row: the ledger still verifies, with the copied
+    // entries unchanged at its start.
+    let (s2, _) = h.session("claude-code", "chat", "s2").await;
+    for i in 0..3 {
+        let mut ev = session_event(&s2, actions::TOOL_CALL).unwrap();
+        ev.details.insert("after".into(), i.into());
+        pc.log(&s2, ev).await.unwrap();
+    }
+    let again = h.path().join("postgres-after");
+    pc.export(&h.admin, &again).await.unwrap();
+    let (code, v3) = custody_tests::verify_json(&again);
+    assert_eq!(code, 0, "{v3:#}");
+    assert!(
+        v3["tree_size"].as_u64().unwrap() > v2["tree_size"].as_u64().unwrap(),
+        "{v3:#}"
+    );
+    let before = std::fs::read(out.join("entries.jsonl")).unwrap();
+    let after = std::fs::read(again.join("entries.jsonl")).unwrap();
+    assert!(after.starts_with(&before), "the copied entries changed");
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -82,9 +82,10 @@ fn parse_trust(text: &str) -> Result<TrustRoots, LoadError> {
     }
 }
 
-/// The head row, locked: what the sequencer's transaction starts with.
+/// The head row, locked: what the sequencer's transaction starts with
+/// (with, last, the right edge of the tree it moved the head to).
 pub(crate) const HEAD_FOR_UPDATE: &str =
-    "SELECT ledger, size, prev, root, last_received_at, trust FROM custody_head WHERE id = 1 FOR UPDATE";
+    "SELECT ledger, size, prev, root, last_received_at, trust, edge FROM custody_head WHERE id = 1 FOR UPDATE";
 
 /// Reads the head row (`FOR UPDATE` when `lock`).
 pub(crate) async fn read_head(
@@ -232,6 +233,11 @@ async fn restore_oversight(
     }
     Ok(())
 }
+
+/// The entries from `$1` on that change the rules' state: sent with the head
+/// lock (before its answer), so "on" is "up to the locked head".
+pub(crate) const STATE_CHANGES_FROM: &str =
+    "SELECT seq, line FROM custody_entries WHERE changes AND seq >= $1 ORDER BY seq";
 
 /// The entries in `$1..$2` that change the rules' state.
 pub(crate) const STATE_CHANGES: &str =

@@ -10,7 +10,7 @@
 //!
 //! | table | holds |
 //! |---|---|
-//! | `custody_head` | the one coordination row: ledger DID, size, last entry hash, root, last receive time, trust roots. Every append batch locks it (`FOR UPDATE`). |
+//! | `custody_head` | the one coordination row: ledger DID, size, last entry hash, root, last receive time, trust roots, the tree's right edge. Every append batch locks it (`FOR UPDATE`). |
 //! | `custody_entries` | each entry's canonical line, byte for byte, with its hash, nonce (unique: the ledger's nonce set), receive time, payload digest, whether it changes the rules' state, and whether the oversight rebuild reads it (indexed by receive time: the last two days of those) |
 //! | `custody_hashes` | the RFC 6962 stored hashes in `tlog_tiles` order |
 //! | `custody_checkpoints` | signed notes and what retention needs of them |
@@ -119,6 +119,14 @@ UPDATE custody_entries SET oversight = true
    AND received_at >= (SELECT coalesce(max(last_received_at), 0) FROM custody_head) - 173400000;
 CREATE INDEX custody_entries_oversight ON custody_entries (received_at, seq) WHERE oversight;
 DROP INDEX custody_entries_received;
+"#,
+    // 4: the right edge of the tree (the stored hashes `tlog_tiles::sub_tree_index(0, size)`,
+    // 32 bytes each, in that order) kept in the head row by the sequencer, so
+    // a batch that follows another broker's does not read `custody_hashes`
+    // for it under the head lock. NULL (a database from an older broker, or
+    // `custody migrate`): read from `custody_hashes` once.
+    r#"
+ALTER TABLE custody_head ADD COLUMN edge bytea;
 "#,
 ];
 

@@ -1,9 +1,11 @@
 //! The sequencer: each broker's group commit into the shared ledger.
 //!
 //! **Durability.** One writer task per broker drains every queued append (up
-//! to [`MAX_BATCH`] events) and commits them in one transaction that:
+//! to [`MAX_BATCH`] events) and commits them in one transaction, in two
+//! round trips (each a pipeline of prepared statements), that:
 //! locks the head row (`SELECT … FROM custody_head FOR UPDATE`), so brokers
-//! sequence one batch at a time; brings this broker's rules' state up to the
+//! sequence one batch at a time, and reads with it the tree's right edge
+//! the last batch left there; brings this broker's rules' state up to the
 //! locked head (other brokers' entries that change it, see `rules.rs`);
 //! refuses nonces already in `custody_entries` or twice in the batch; admits
 //! each event with [`Authority::check_verified`] at `received_at = max(now,
@@ -11,8 +13,9 @@
 //! (`Entry::to_line_with_event` around the event's canonical bytes), so the
 //! entries are byte-identical to the embedded backend's; inserts the lines,
 //! the new Merkle stored hashes and the rules' state they change; moves the
-//! head (notifying `custody_head` of its new size, for other brokers' feed
-//! followers); `NOTIFY custody_changes` if the rules' state changed; and commits.
+//! head with the new right edge (notifying `custody_head` of its new size,
+//! for other brokers' feed followers); `NOTIFY custody_changes` if the
+//! rules' state changed; and commits.
 //! Only after the commit returns is any event of the batch acknowledged. The
 //! commit is as durable as the server's `synchronous_commit` makes it (on:
 //! the WAL is flushed locally; with a synchronous standby and `on` /
@@ -80,6 +83,17 @@ impl HashReader for Frontier {
 }
 
 impl Frontier {
+    /// The right edge as `custody_head.edge` holds it: the hashes of
+    /// `sub_tree_index(0, size)`, in that order (call after [`Self::prune`]).
+    fn edge_bytes(&self) -> Vec<u8> {
+        let size = self.size.unwrap_or(0);
+        tlog_tiles::sub_tree_index(0, size, vec![])
+            .into_iter()
+            .filter_map(|i| self.hashes.get(&i))
+            .flat_map(|h| h.0)
+            .collect()
+    }
+
     /// Keeps only the right edge of the tree of `size`.
     fn prune(&mut self, size: u64) {
         let keep: HashSet<u64> = tlog_tiles::sub_tree_index(0, size, vec![])
@@ -141,12 +155,15 @@ pub(crate) struct Sequencer {
 /// Moves the head and notifies its new size in one statement (no round
 /// trip of its own under the lock); delivered at commit, the notification
 /// wakes other brokers' feed followers.
-const MOVE_HEAD: &str = "WITH moved AS (UPDATE custody_head SET size = $1, prev = $2, root = $3, last_received_at = $4, trust = $5 WHERE id = 1 RETURNING size)
+/// The trust roots are written only when the batch changed them (`$5` not
+/// NULL).
+const MOVE_HEAD: &str = "WITH moved AS (UPDATE custody_head SET size = $1, prev = $2, root = $3, last_received_at = $4, trust = coalesce($5, trust), edge = $7 WHERE id = 1 RETURNING size)
      SELECT pg_notify($6, size::text) FROM moved";
 
-/// The sequencer's statements, prepared once per connection: each then
-/// costs one round trip (a statement given as text is parsed in a round
-/// trip of its own first), and a batch sends them in two pipelined groups.
+/// The sequencer's statements, prepared once per connection (a statement
+/// given as text is parsed in a round trip of its own first). A batch sends
+/// them in two pipelined groups, so it costs two round trips: `BEGIN`, the
+/// head lock and the reads admission needs; then the writes and `COMMIT`.
 struct Statements {
     head: Statement,
     changes: Statement,
@@ -165,7 +182,7 @@ impl Statements {
     async fn prepare(c: &Client) -> Result<Self, tokio_postgres::Error> {
         let (head, changes, frontier, nonces, entries, hashes) = futures_util::try_join!(
             c.prepare(rules::HEAD_FOR_UPDATE),
-            c.prepare(rules::STATE_CHANGES),
+            c.prepare(rules::STATE_CHANGES_FROM),
             c.prepare("SELECT idx, hash FROM custody_hashes WHERE idx = ANY($1)"),
             c.prepare("SELECT nonce FROM custody_entries WHERE nonce = ANY($1)"),
             c.prepare(
@@ -338,22 +355,46 @@ impl Sequencer {
         let shared = self.shared.clone();
         let mut frontier = std::mem::take(&mut self.frontier);
         let (client, st) = self.client().await?;
-        let st: &Statements = st;
-        let tx = client.transaction().await.map_err(unavailable)?;
-        let head = match tx.query_opt(&st.head, &[]).await.map_err(unavailable)? {
-            Some(row) => rules::head_of(&row).map_err(loaded)?,
-            None => {
-                return Err(StorageError::Failed(
-                    "the ledger database has no head row".into(),
-                ))
-            }
-        };
+        let (client, st): (&Client, &Statements) = (client, st);
 
-        // This broker's rules' state, as of the locked head.
+        // The first round trip: BEGIN, the head lock, and what admission
+        // needs, executed in this order once the lock is held — the entries
+        // changing the rules' state that other brokers appended since this
+        // broker's last batch (none if it was the last to append), and which
+        // of the batch's nonces are already in the ledger (the unique index
+        // is the nonce set). A broker whose state must be rebuilt reads the
+        // tables instead.
         let (dirty, next) = {
             let l = shared.local();
             (l.dirty, l.authority.next_seq().0)
         };
+        let nonces: Vec<Vec<u8>> = events
+            .iter()
+            .map(|(e, _)| e.event.nonce.0.to_vec())
+            .collect();
+        let from = next as i64;
+        let (from_params, nonce_params): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
+            ([&from], [&nonces]);
+        let (_, head_row, changes, used) = futures_util::try_join!(
+            client.batch_execute("BEGIN"),
+            client.query_opt(&st.head, &[]),
+            async {
+                match dirty {
+                    false => client.query(&st.changes, &from_params).await.map(Some),
+                    true => Ok(None),
+                }
+            },
+            client.query(&st.nonces, &nonce_params),
+        )
+        .map_err(unavailable)?;
+        let Some(head_row) = head_row else {
+            return Err(StorageError::Failed(
+                "the ledger database has no head row".into(),
+            ));
+        };
+        let head = rules::head_of(&head_row).map_err(loaded)?;
+
+        // This broker's rules' state, as of the locked head.
         let rebuild = dirty || next > head.size;
         if rebuild {
             if next > head.size && !dirty {
@@ -363,54 +404,33 @@ impl Sequencer {
                     "ledger database: the database holds fewer entries than this broker saw acknowledged (restored from an older backup, or a failover to a standby that was not synchronous?); rebuilding from the database"
                 );
             }
-            let a = rules::load_authority(&tx, &head).await.map_err(loaded)?;
+            let a = rules::load_authority(client, &head).await.map_err(loaded)?;
             let mut l = shared.local();
             l.authority = a;
             l.dirty = false;
-        }
-
-        // What admission needs, in one pipelined round trip: the entries
-        // changing the rules' state that other brokers appended since this
-        // broker's last batch, the tree's right edge if it moved, and which
-        // of the batch's nonces are already in the ledger (the unique index
-        // is the nonce set).
-        let catch_up = !rebuild && next < head.size;
-        let edge: Vec<i64> = if frontier.size != Some(head.size) {
-            tlog_tiles::sub_tree_index(0, head.size, vec![])
-                .into_iter()
-                .map(|i| i as i64)
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let nonces: Vec<Vec<u8>> = events
-            .iter()
-            .map(|(e, _)| e.event.nonce.0.to_vec())
-            .collect();
-        let (from, to) = (next as i64, head.size as i64);
-        let (changes, edge_rows, used) = futures_util::try_join!(
-            async {
-                match catch_up {
-                    true => tx.query(&st.changes, &[&from, &to]).await.map(Some),
-                    false => Ok(None),
-                }
-            },
-            async {
-                match frontier.size != Some(head.size) {
-                    true => tx.query(&st.frontier, &[&edge]).await.map(Some),
-                    false => Ok(None),
-                }
-            },
-            async { tx.query(&st.nonces, &[&nonces]).await },
-        )
-        .map_err(unavailable)?;
-        if let Some(rows) = changes {
+        } else if let Some(rows) = changes {
             let changes = rules::entries_of(&rows).map_err(loaded)?;
             let mut l = shared.local();
             rules::fold(&mut l.authority, &changes, next, head.size);
         }
-        if let Some(rows) = edge_rows {
-            frontier = frontier_of(head.size, &edge, &rows).map_err(loaded)?;
+        // The tree's right edge, if another broker moved it: from the head
+        // row, or (a head written before the row kept it) from the stored
+        // hashes.
+        if frontier.size != Some(head.size) {
+            frontier = match head_row.get::<_, Option<&[u8]>>(6) {
+                Some(edge) => edge_of(head.size, edge).map_err(loaded)?,
+                None => {
+                    let edge: Vec<i64> = tlog_tiles::sub_tree_index(0, head.size, vec![])
+                        .into_iter()
+                        .map(|i| i as i64)
+                        .collect();
+                    let rows = client
+                        .query(&st.frontier, &[&edge])
+                        .await
+                        .map_err(unavailable)?;
+                    frontier_of(head.size, &edge, &rows).map_err(loaded)?
+                }
+            };
         }
         let used: HashSet<Vec<u8>> = used.into_iter().map(|r| r.get::<_, Vec<u8>>(0)).collect();
 
@@ -510,7 +530,10 @@ impl Sequencer {
         if rows.is_empty() {
             // Every event was refused: nothing to write (the rollback only
             // releases the head lock).
-            tx.rollback().await.map_err(unavailable)?;
+            client
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(unavailable)?;
             self.frontier = frontier;
             return Ok(outcomes);
         }
@@ -527,7 +550,9 @@ impl Sequencer {
         let oversight: Vec<bool> = rows.iter().map(|r| r.oversight).collect();
         let idx: Vec<i64> = hashes.iter().map(|(i, _)| *i as i64).collect();
         let hs: Vec<&[u8]> = hashes.iter().map(|(_, h)| h.0.as_slice()).collect();
-        let trust = trust_text(shared.local().authority.trust());
+        let trust = state
+            .trust
+            .then(|| trust_text(shared.local().authority.trust()));
         let last_ms = last.map(millis);
         let size = next as i64;
         let notified = next.to_string();
@@ -560,6 +585,8 @@ impl Sequencer {
             writes.push((&st.revocation, vec![subject as P, jws, seq, effective]));
         }
         let head_channel = super::HEAD_CHANNEL;
+        frontier.prune(next);
+        let edge = frontier.edge_bytes();
         writes.push((
             &st.move_head,
             vec![
@@ -569,6 +596,7 @@ impl Sequencer {
                 &last_ms,
                 &trust,
                 &head_channel,
+                &edge,
             ],
         ));
         if !state.is_empty() {
@@ -576,16 +604,20 @@ impl Sequencer {
             // notification is lost, on their periodic check).
             writes.push((&st.notify, vec![&notified as P]));
         }
-        // Pipelined: sent at once, executed in order, answered together.
-        futures_util::future::try_join_all(
-            writes
-                .iter()
-                .map(|(statement, params)| tx.execute(*statement, params)),
+        // The second round trip: the writes and COMMIT, sent at once and
+        // executed in order. If a write fails, PostgreSQL ends the
+        // transaction without committing it (COMMIT of an aborted
+        // transaction is a rollback) and the error is returned here.
+        futures_util::future::try_join(
+            futures_util::future::try_join_all(
+                writes
+                    .iter()
+                    .map(|(statement, params)| client.execute(*statement, params)),
+            ),
+            client.batch_execute("COMMIT"),
         )
         .await
         .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        frontier.prune(next);
         self.frontier = frontier;
         shared.acknowledged(next);
         Ok(outcomes)
@@ -622,6 +654,31 @@ fn collect_state(a: &Authority, entry: &Entry, action: &str, state: &mut StateRo
     }
 }
 
+/// The right edge of the tree of `size` from `custody_head.edge`.
+fn edge_of(size: u64, edge: &[u8]) -> Result<Frontier, rules::LoadError> {
+    let want = tlog_tiles::sub_tree_index(0, size, vec![]);
+    if edge.len() != want.len() * 32 {
+        return Err(rules::LoadError::Corrupt(format!(
+            "custody_head.edge is {} bytes; the tree of size {size} has {} edge hashes",
+            edge.len(),
+            want.len()
+        )));
+    }
+    let hashes = want
+        .into_iter()
+        .zip(edge.chunks_exact(32))
+        .map(|(i, h)| {
+            let mut b = [0u8; 32];
+            b.copy_from_slice(h);
+            (i, Hash(b))
+        })
+        .collect();
+    Ok(Frontier {
+        size: Some(size),
+        hashes,
+    })
+}
+
 /// The right edge of the tree of `size` (stored hashes `want`), from the
 /// rows of `custody_hashes` read for it.
 fn frontier_of(
@@ -650,3 +707,33 @@ fn frontier_of(
 
 /// The entry hash of nothing: `prev` of entry 0.
 pub(crate) const NO_PREV: EntryHash = EntryHash::ZERO;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The head row's edge is read back as the frontier it was written
+    /// from, at sizes with one and with many edge hashes; a wrong length is
+    /// refused, not misread.
+    #[test]
+    fn the_edge_in_the_head_row_round_trips() {
+        let mut frontier = Frontier::default();
+        for n in 0..300u64 {
+            let mut leaf = [0u8; 32];
+            leaf[..8].copy_from_slice(&n.to_be_bytes());
+            push_leaf(&mut frontier.hashes, n, Hash(leaf)).unwrap();
+            frontier.prune(n + 1);
+            let edge = frontier.edge_bytes();
+            let back = edge_of(n + 1, &edge).unwrap();
+            assert_eq!(back.hashes, frontier.hashes, "size {}", n + 1);
+            assert_eq!(
+                tlog_tiles::tree_hash(n + 1, &back).unwrap(),
+                tlog_tiles::tree_hash(n + 1, &frontier).unwrap()
+            );
+            if (n + 2).count_ones() != (n + 1).count_ones() {
+                assert!(edge_of(n + 2, &edge).is_err(), "size {}", n + 2);
+            }
+            assert!(edge_of(n + 1, &edge[..edge.len() - 1]).is_err());
+        }
+    }
+}
