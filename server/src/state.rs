@@ -438,7 +438,21 @@ impl AppState {
     /// Appends events signed by their actors; wakes the feed's followers.
     pub async fn append(&self, events: Vec<SignedEvent>) -> AppendResults {
         let results = self.storage.append(events).await;
-        self.feed.appended.send_replace(self.storage.size());
+        // Feed followers wake on the size the answers name. Not
+        // `storage.size()`: on the embedded backend that waits for the
+        // index to take the batch, and the caller would wait with it.
+        let end = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|a| a.seq.0 + 1)
+            .max();
+        if let Some(end) = end {
+            self.feed.appended.send_if_modified(|n| {
+                let grew = end > *n;
+                *n = (*n).max(end);
+                grew
+            });
+        }
         results
     }
 
