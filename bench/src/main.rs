@@ -79,7 +79,7 @@ pub struct Args {
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Bench>,
     /// Entries appended in the append benchmarks.
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = 30_000)]
     pub appends: usize,
     /// Entries in the bundle the verifier and proof benchmarks use (the figure is 1,000,000).
     #[arg(long, default_value_t = 1_000_000)]
@@ -88,13 +88,13 @@ pub struct Args {
     #[arg(long, default_value_t = 200)]
     pub mints: usize,
     /// Kill-switch repetitions, each with a fresh session and fresh tokens.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 15)]
     pub killswitch_runs: usize,
     /// Live tokens the session holds when it is revoked.
     #[arg(long, default_value_t = 100)]
     pub killswitch_tokens: usize,
     /// Events appended over HTTP, in total.
-    #[arg(long, default_value_t = 60_000)]
+    #[arg(long, default_value_t = 40_000)]
     pub http_events: usize,
     /// Concurrent HTTP clients, each a session of its own.
     #[arg(long, default_value_t = 8)]
@@ -103,16 +103,16 @@ pub struct Args {
     #[arg(long, default_value_t = 250)]
     pub http_batch: usize,
     /// Policy decisions measured.
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = 15_000)]
     pub policy_decisions: usize,
     /// `custody hook claude-code` processes timed (PreToolUse, and as many baseline runs).
     #[arg(long, default_value_t = 200)]
     pub hook_calls: usize,
     /// Entries in the ledger the feed benchmark reads back.
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = 20_000)]
     pub feed_entries: usize,
     /// Events appended per phase of the feed benchmark (with and without a follower).
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = 12_000)]
     pub feed_appends: usize,
     /// Events in the comparison with the Agent Governance Toolkit.
     #[arg(long, default_value_t = 10_000)]

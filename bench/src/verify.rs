@@ -152,7 +152,7 @@ pub fn bench(a: &Args, verify: bool, proof: bool) -> anyhow::Result<Vec<Results>
 }
 
 /// Signatures the bare `verify_strict` baseline checks per run.
-const RAW_SAMPLE: usize = 200_000;
+const RAW_SAMPLE: usize = 100_000;
 
 fn bench_verify(b: &Bundle, r: &mut Results) -> anyhow::Result<()> {
     let (peak_mb, took) = run_verifier(&b.dir, b.ledger.did().as_str())?;
