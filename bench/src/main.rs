@@ -79,7 +79,7 @@ pub struct Args {
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Bench>,
     /// Entries appended in the append benchmarks.
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, default_value_t = 50_000)]
     pub appends: usize,
     /// Entries in the bundle the verifier and proof benchmarks use (the figure is 1,000,000).
     #[arg(long, default_value_t = 1_000_000)]
