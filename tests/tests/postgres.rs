@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use custody_agent::client::{session_event, Client, ClientError};
 use custody_agent::sessionfile::SessionFile;
-use custody_ledger::{actions, Approval};
+use custody_identity::Revocation;
+use custody_ledger::{actions, Approval, Entry};
 use custody_tests::call_claiming;
 use custody_tests::cluster::{eventually, Cluster};
 use custody_wire::api::{FeedQuery, PolicyCheck, MAX_FEED_WAIT_SECS, PATH_STATUS};
@@ -257,6 +258,66 @@ async fn a_revocation_on_one_broker_holds_on_every_broker() {
         .expect("others keep working");
     let (code, v) = c.export_and_verify(1, "bundle").await;
     assert_eq!(code, 0, "{v:#}");
+}
+
+/// An agent session holding only its own key, started on A, sends a
+/// revocation of the admin it signed itself to B — after C appended, so B
+/// admits it in a batch that first catches up with another broker's
+/// entries. Refused (`not_admin`) on every broker; nothing of it is in the
+/// ledger; the admin still revokes the session, on C.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_session_cannot_revoke_the_admin_through_any_broker() {
+    let c = Cluster::start(3).await;
+    let s = c.session(0, "chat").await;
+    let bystander = c.session(2, "chat").await;
+    let admin = c.admin.did();
+    for b in 0..3 {
+        // Another broker's entry first: the hostile batch follows it.
+        log(&c.client((b + 2) % 3), &bystander, b as u64)
+            .await
+            .unwrap();
+        let revocation = Revocation::new(
+            s.did.clone(),
+            admin.clone(),
+            "pwned".into(),
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap()
+        .issue(&s.key().unwrap())
+        .unwrap();
+        let mut ev = session_event(&s, actions::IDENTITY_REVOKE).unwrap();
+        ev.details.insert("revocation".into(), revocation.into());
+        ev.details.insert("subject".into(), admin.as_str().into());
+        let e = c
+            .client(b)
+            .log(&s, ev)
+            .await
+            .expect_err("the session revoked the admin");
+        match e.downcast_ref::<ClientError>() {
+            Some(ClientError::Api { status, code, .. }) => {
+                assert_eq!((*status, code.as_str()), (403, "not_admin"), "broker {b}")
+            }
+            _ => panic!("broker {b}: {e}"),
+        }
+    }
+    // The admin is not revoked anywhere: it revokes the session on C, and
+    // the session is refused on A.
+    c.client(2)
+        .revoke(&c.admin, &s.did, "hostile session")
+        .await
+        .expect("the admin can still revoke");
+    let e = log(&c.client(0), &s, 9).await.unwrap_err();
+    assert_eq!(api_code(&e).as_deref(), Some("revoked"), "{e}");
+    let (code, v) = c.export_and_verify(1, "hostile").await;
+    assert_eq!(code, 0, "{v:#}");
+    let lines = std::fs::read_to_string(c.path().join("hostile/entries.jsonl")).unwrap();
+    let revokes: Vec<Entry> = lines
+        .lines()
+        .map(|l| Entry::parse_line(l.as_bytes()).unwrap())
+        .filter(|e| e.event.action.as_str() == actions::IDENTITY_REVOKE)
+        .collect();
+    assert_eq!(revokes.len(), 1, "{revokes:?}");
+    assert_eq!(revokes[0].event.actor, admin, "only the admin's revocation");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
