@@ -395,7 +395,12 @@ impl Model {
                 Outcome::Accepted(Box::new(Change::Trust(t.admins)))
             }
             actions::SESSION_START => {
-                let spec = w.spec(s.signer).unwrap();
+                // A key that is no session of this world (a former admin)
+                // carries another session's delegation (`World::event`'s
+                // fallback), which names another subject.
+                let Some(spec) = w.spec(s.signer) else {
+                    return Outcome::Refused;
+                };
                 let delegator = did(spec.delegator);
                 if !self.delegators.contains(&delegator) || self.is_revoked(&delegator, now) {
                     return Outcome::Refused;
