@@ -11,7 +11,8 @@
 //! (`custody_wire::signing`), timestamp within `limits.clock_skew`, the
 //! caller's request budget ([`crate::ratelimit`]), then its nonce
 //! ([`crate::replay`]) — the budget first, so a flood is refused before it
-//! can fill the replay cache.
+//! can fill the replay cache. An append request ([`SignedAppend`]) may
+//! leave its nonce to the append's own transaction.
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ use crate::error::ApiError;
 use crate::ratelimit::RateError;
 use crate::replay::ReplayError;
 use crate::state::AppState;
+use crate::storage::RequestNonce;
 
 /// A request signed by its caller, with its JSON body. Only
 /// [`FromRequest`] below builds one, after authenticating the request.
@@ -70,14 +72,16 @@ fn auth_code(e: &RequestAuthError) -> ErrorCode {
     }
 }
 
-/// Checks a signed request: headers, signature, freshness, budget, replay.
+/// Checks a signed request: headers, signature, freshness, budget. Returns
+/// the caller and the request's nonce, which is not remembered yet: see
+/// [`remember`].
 async fn authenticate(
     s: &AppState,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Did, ApiError> {
+) -> Result<(Did, RequestNonce), ApiError> {
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let parts = RequestParts {
         method: method.as_str(),
@@ -106,27 +110,43 @@ async fn authenticate(
         .check(&did, || known)
         .map_err(|e: RateError| ApiError::new(ErrorCode::RateLimited, e.to_string()))?;
     // A nonce only needs remembering while its timestamp is acceptable.
-    // Brokers sharing a ledger share the set, so a request replayed to
-    // another broker is refused too.
-    let forget_at = ts + skew + 1;
-    match s.storage.remember_request_nonce(nonce, forget_at).await {
-        Some(Ok(true)) => {}
-        Some(Ok(false)) => {
-            return Err(ApiError::new(
-                ErrorCode::ReplayedRequest,
-                ReplayError::Replayed.to_string(),
-            ))
-        }
-        Some(Err(e)) => return Err(e.into()),
+    let forget_at_ms = ts + skew + 1;
+    Ok((
+        did,
+        RequestNonce {
+            nonce,
+            forget_at_ms,
+        },
+    ))
+}
+
+/// Remembers a signed request's nonce, or refuses the request as a replay.
+/// Brokers sharing a ledger share the set (in its database), so a request
+/// replayed to another broker is refused too; a broker alone keeps it in
+/// memory ([`crate::replay`]).
+async fn remember(s: &AppState, n: RequestNonce) -> Result<(), ApiError> {
+    let replayed = || {
+        ApiError::new(
+            ErrorCode::ReplayedRequest,
+            ReplayError::Replayed.to_string(),
+        )
+    };
+    match s
+        .storage
+        .remember_request_nonce(n.nonce, n.forget_at_ms)
+        .await
+    {
+        Some(Ok(true)) => Ok(()),
+        Some(Ok(false)) => Err(replayed()),
+        Some(Err(e)) => Err(e.into()),
         None => s
             .nonces
-            .insert(nonce, forget_at, now)
+            .insert(n.nonce, n.forget_at_ms, signing::now_ms())
             .map_err(|e| match e {
-                ReplayError::Replayed => ApiError::new(ErrorCode::ReplayedRequest, e.to_string()),
+                ReplayError::Replayed => replayed(),
                 ReplayError::Full => ApiError::new(ErrorCode::Busy, e.to_string()),
-            })?,
+            }),
     }
-    Ok(did)
 }
 
 /// Parses a JSON body with a message that names the problem.
@@ -135,19 +155,21 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
         .map_err(|e| ApiError::new(ErrorCode::MalformedJson, format!("request body: {e}")))
 }
 
-/// Reads the body (within its limits) and authenticates the request.
+/// Reads the body (within its limits) and authenticates the request; its
+/// nonce is not remembered yet.
 async fn authenticated(
     req: Request,
     s: &AppState,
-) -> Result<(Parts, Did, axum::body::Bytes), ApiError> {
+) -> Result<(Parts, Did, RequestNonce, axum::body::Bytes), ApiError> {
     let (parts, body) = req.into_parts();
     // The whole body was read, within its limits, by the listener
     // (`crate::listener::read_body_in_time`).
     let bytes = axum::body::to_bytes(body, s.cfg.limits.max_body)
         .await
         .map_err(|e| ApiError::new(ErrorCode::MalformedBody, e.to_string()))?;
-    let caller = authenticate(s, &parts.method, &parts.uri, &parts.headers, &bytes).await?;
-    Ok((parts, caller, bytes))
+    let (caller, nonce) =
+        authenticate(s, &parts.method, &parts.uri, &parts.headers, &bytes).await?;
+    Ok((parts, caller, nonce, bytes))
 }
 
 impl<T> FromRequest<Arc<AppState>> for Signed<T>
@@ -157,12 +179,85 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, s: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let (_, caller, bytes) = authenticated(req, s).await?;
+        let (_, caller, nonce, bytes) = authenticated(req, s).await?;
+        remember(s, nonce).await?;
         let body = parse_body(&bytes)?;
         let roles = s.rules(|a| a.roles_of(&caller));
         Ok(Signed {
             caller,
             roles,
+            body,
+        })
+    }
+}
+
+/// A signed request to append events (the `/v1/events` routes). It is
+/// authenticated like a [`Signed`], except that on a backend that can
+/// ([`Storage::nonce_with_append`]) its nonce is remembered in the
+/// transaction that appends its events, so an append request costs the
+/// ledger database one transaction instead of two. The handler gets the
+/// nonce back as an [`UnspentNonce`] and must either append with it
+/// ([`AppState::append_for_request`]) or [`spend`](UnspentNonce::spend) it
+/// before doing anything else for the request (refusing it, recording the
+/// refusal): a replayed request is then refused as a replay, whatever path
+/// it would have taken.
+///
+/// [`Storage::nonce_with_append`]: crate::storage::Storage::nonce_with_append
+/// [`AppState::append_for_request`]: crate::state::AppState::append_for_request
+pub struct SignedAppend<T> {
+    caller: Did,
+    nonce: UnspentNonce,
+    body: T,
+}
+
+impl<T> SignedAppend<T> {
+    pub fn into_parts(self) -> (Did, T, UnspentNonce) {
+        (self.caller, self.body, self.nonce)
+    }
+}
+
+/// A signed append request's nonce, when the backend remembers it with the
+/// append (`None`: it was remembered when the request was authenticated).
+/// Only this module builds one.
+#[must_use = "an append request's nonce must be appended with its events or spent"]
+pub struct UnspentNonce(Option<RequestNonce>);
+
+impl UnspentNonce {
+    /// Remembers the nonce now (refusing a replay), for a request that will
+    /// not append with it.
+    pub async fn spend(self, s: &AppState) -> Result<(), ApiError> {
+        match self.0 {
+            Some(n) => remember(s, n).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The nonce to remember with the append, if it was not remembered yet.
+    pub(crate) fn take(self) -> Option<RequestNonce> {
+        self.0
+    }
+}
+
+impl<T> FromRequest<Arc<AppState>> for SignedAppend<T>
+where
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, s: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let (_, caller, nonce, bytes) = authenticated(req, s).await?;
+        let nonce = if s.storage.nonce_with_append() {
+            UnspentNonce(Some(nonce))
+        } else {
+            remember(s, nonce).await?;
+            UnspentNonce(None)
+        };
+        // A body that does not parse is refused before anything is done for
+        // the request, so its nonce need not be kept.
+        let body = parse_body(&bytes)?;
+        Ok(SignedAppend {
+            caller,
+            nonce,
             body,
         })
     }
@@ -196,7 +291,8 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, s: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let (parts, caller, bytes) = authenticated(req, s).await?;
+        let (parts, caller, nonce, bytes) = authenticated(req, s).await?;
+        remember(s, nonce).await?;
         if !bytes.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::MalformedBody,

@@ -288,7 +288,7 @@ impl NotRecorded {
                 s.refuse(session, actions::CREDENTIAL_MINT, d.code, d.message)
                     .await
             }
-            Self::Append(AppendFailure::Storage(e)) => e.into(),
+            Self::Append(e) => e.into(),
         }
     }
 }

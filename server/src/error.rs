@@ -64,6 +64,9 @@ impl From<AppendFailure> for ApiError {
         match e {
             AppendFailure::Refused(d) => d.into(),
             AppendFailure::Storage(e) => e.into(),
+            e @ AppendFailure::ReplayedRequest => {
+                Self::new(ErrorCode::ReplayedRequest, e.to_string())
+            }
         }
     }
 }

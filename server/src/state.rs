@@ -18,6 +18,7 @@ use custody_ledger::{Event, SignedEvent, Timestamp};
 use time::OffsetDateTime;
 
 use crate::attest::Attest;
+use crate::auth::UnspentNonce;
 use crate::config::{Backend, Config};
 use crate::error::{ApiError, ApiResult};
 use crate::policy::Policy;
@@ -438,6 +439,25 @@ impl AppState {
     /// Appends events signed by their actors; wakes the feed's followers.
     pub async fn append(&self, events: Vec<SignedEvent>) -> AppendResults {
         let results = self.storage.append(events).await;
+        self.appended(results)
+    }
+
+    /// Appends the events of a signed append request, with its nonce when
+    /// the backend remembers it in the same transaction
+    /// ([`crate::auth::SignedAppend`]).
+    pub async fn append_for_request(
+        &self,
+        events: Vec<SignedEvent>,
+        nonce: UnspentNonce,
+    ) -> AppendResults {
+        let results = match nonce.take() {
+            Some(n) => self.storage.append_for_request(events, n).await,
+            None => self.storage.append(events).await,
+        };
+        self.appended(results)
+    }
+
+    fn appended(&self, results: AppendResults) -> AppendResults {
         // Feed followers wake on the size the answers name. Not
         // `storage.size()`: on the embedded backend that waits for the
         // index to take the batch, and the caller would wait with it.
@@ -504,6 +524,18 @@ impl AppState {
         self.one_result(&actor, &action, r).await
     }
 
+    /// [`append_one`](Self::append_one) for the event of a signed append
+    /// request, with its nonce ([`append_for_request`](Self::append_for_request)).
+    pub async fn append_one_for_request(
+        self: &Arc<Self>,
+        event: SignedEvent,
+        nonce: UnspentNonce,
+    ) -> ApiResult<Appended> {
+        let (actor, action) = (event.event.actor.clone(), event.event.action.to_string());
+        let r = self.append_for_request(vec![event], nonce).await;
+        self.one_result(&actor, &action, r).await
+    }
+
     /// [`append_attested`](Self::append_attested) for one event, with the
     /// refusal handling of [`append_one`](Self::append_one).
     pub async fn append_attested_one(self: &Arc<Self>, event: Event) -> ApiResult<Appended> {
@@ -523,7 +555,7 @@ impl AppState {
             Some(Err(AppendFailure::Refused(d))) => {
                 Err(self.refuse(actor, action, d.code, d.message).await)
             }
-            Some(Err(AppendFailure::Storage(e))) => Err(e.into()),
+            Some(Err(e)) => Err(e.into()),
             None => Err(ApiError::internal("no append result")),
         }
     }

@@ -360,6 +360,193 @@ async fn a_nonce_replayed_on_another_broker_is_refused() {
     assert!(text.contains("replayed_request"), "{text}");
 }
 
+/// A signed request as captured on the wire: path, body, headers.
+struct Captured {
+    path: &'static str,
+    body: Vec<u8>,
+    headers: signing::SignedHeaders,
+}
+
+impl Captured {
+    fn new(key: &custody_identity::KeyPair, path: &'static str, body: serde_json::Value) -> Self {
+        let body = serde_json::to_vec(&body).unwrap();
+        let headers = signing::sign_request(key, "POST", path, &body);
+        Captured {
+            path,
+            body,
+            headers,
+        }
+    }
+
+    /// Sends it, byte for byte, to `url`: the status and the error code.
+    async fn send(&self, url: &str) -> (u16, Option<String>) {
+        let h = &self.headers;
+        let r = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .post(format!("{url}{}", self.path))
+            .header("content-type", "application/json")
+            .header(signing::HEADER_DID, h.did.clone())
+            .header(signing::HEADER_TIMESTAMP, h.timestamp.clone())
+            .header(signing::HEADER_NONCE, h.nonce.clone())
+            .header(signing::HEADER_SIGNATURE, h.signature.clone())
+            .body(self.body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let v: serde_json::Value = r.json().await.unwrap_or_default();
+        (status, v["error"].as_str().map(String::from))
+    }
+}
+
+/// Brokers keep an append request's nonce in the transaction that
+/// appends its events (one transaction per request). A signed append
+/// captured on its way to one broker and sent again — to another broker,
+/// to the same one, to two at once — is refused as a replay and appends and
+/// records nothing, whether the first was accepted, refused by the handler
+/// (another actor's event) or refused by the rules (a session revoking the
+/// admin), single or batched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_append_request_replayed_to_any_broker_appends_and_records_nothing() {
+    use custody_wire::api::{AppendBatch, AppendEvent, PATH_EVENTS, PATH_EVENTS_BATCH};
+    let c = Cluster::start(3).await;
+    let s = c.session(0, "chat").await;
+    let key = s.key().unwrap();
+    let event = |n: u64| {
+        let mut ev = session_event(&s, actions::TOOL_CALL).unwrap();
+        ev.details.insert("n".into(), n.into());
+        ev.sign(&key).unwrap()
+    };
+    let replayed = (401, Some("replayed_request".to_string()));
+
+    // Accepted on A; refused everywhere after.
+    let one = event(1);
+    let accepted = Captured::new(
+        &key,
+        PATH_EVENTS,
+        serde_json::to_value(AppendEvent {
+            event: one.clone(),
+            payload: None,
+        })
+        .unwrap(),
+    );
+    assert_eq!(accepted.send(&c.url(0)).await, (200, None));
+    for b in [1, 2, 0] {
+        assert_eq!(accepted.send(&c.url(b)).await, replayed, "broker {b}");
+    }
+
+    // Refused by the handler (the session's event, signed by the
+    // developer), recorded once.
+    let other = Captured::new(
+        &c.developer,
+        PATH_EVENTS,
+        serde_json::to_value(AppendEvent {
+            event: event(2),
+            payload: None,
+        })
+        .unwrap(),
+    );
+    assert_eq!(
+        other.send(&c.url(0)).await,
+        (403, Some("did_mismatch".into()))
+    );
+    assert_eq!(other.send(&c.url(1)).await, replayed);
+
+    // Refused by the rules in the sequencer's transaction, recorded once.
+    let revocation = Revocation::new(
+        s.did.clone(),
+        c.admin.did(),
+        "pwned".into(),
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap()
+    .issue(&key)
+    .unwrap();
+    let mut ev = session_event(&s, actions::IDENTITY_REVOKE).unwrap();
+    ev.details.insert("revocation".into(), revocation.into());
+    ev.details
+        .insert("subject".into(), c.admin.did().as_str().into());
+    let hostile = Captured::new(
+        &key,
+        PATH_EVENTS,
+        serde_json::to_value(AppendEvent {
+            event: ev.sign(&key).unwrap(),
+            payload: None,
+        })
+        .unwrap(),
+    );
+    assert_eq!(
+        hostile.send(&c.url(1)).await,
+        (403, Some("not_admin".into()))
+    );
+    assert_eq!(hostile.send(&c.url(2)).await, replayed);
+    assert_eq!(hostile.send(&c.url(1)).await, replayed);
+
+    // A batch, accepted on C, replayed on A.
+    let (three, four) = (event(3), event(4));
+    let batch = Captured::new(
+        &key,
+        PATH_EVENTS_BATCH,
+        serde_json::to_value(AppendBatch {
+            events: vec![three.clone(), four.clone()],
+        })
+        .unwrap(),
+    );
+    assert_eq!(batch.send(&c.url(2)).await, (200, None));
+    assert_eq!(batch.send(&c.url(0)).await, replayed);
+
+    // Sent to A and B at once: one of them appends it.
+    let five = event(5);
+    let raced = Captured::new(
+        &key,
+        PATH_EVENTS,
+        serde_json::to_value(AppendEvent {
+            event: five.clone(),
+            payload: None,
+        })
+        .unwrap(),
+    );
+    let (a, b) = (c.url(0), c.url(1));
+    let (x, y) = tokio::join!(raced.send(&a), raced.send(&b));
+    let mut answers = vec![x, y];
+    answers.sort();
+    assert_eq!(answers, vec![(200, None), replayed.clone()]);
+
+    // The ledger: each accepted event once, each refusal recorded once.
+    let (code, v) = c.export_and_verify(2, "replays").await;
+    assert_eq!(code, 0, "{v:#}");
+    let entries = custody_tests::read_entries(&c.path().join("replays"));
+    for (ev, what) in [
+        (&one, "one"),
+        (&three, "three"),
+        (&four, "four"),
+        (&five, "five"),
+    ] {
+        let n = entries
+            .iter()
+            .filter(|e| e.event.nonce == ev.event.nonce)
+            .count();
+        assert_eq!(n, 1, "event {what} is in the ledger {n} times");
+    }
+    let denied = |code: &str| {
+        entries
+            .iter()
+            .filter(|e| {
+                e.event.action.as_str() == actions::REQUEST_DENIED
+                    && e.event.details.get("code").and_then(|c| c.as_str()) == Some(code)
+            })
+            .count()
+    };
+    assert_eq!(denied("did_mismatch"), 1);
+    assert_eq!(denied("not_admin"), 1);
+    assert_eq!(denied("replayed_request"), 0);
+    assert!(entries
+        .iter()
+        .all(|e| e.event.action.as_str() != actions::IDENTITY_REVOKE));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_feed_follower_on_one_broker_wakes_for_an_entry_appended_on_another() {
     let c = Cluster::start(2).await;

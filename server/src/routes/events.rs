@@ -19,7 +19,7 @@ use custody_wire::api::*;
 use custody_wire::error::ErrorCode;
 
 use super::Routes;
-use crate::auth::Signed;
+use crate::auth::SignedAppend;
 use crate::credentials;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -41,11 +41,12 @@ pub(super) fn appended_body(a: &StoreAppended) -> Appended {
 /// `POST /v1/events`, signed by the event's actor.
 async fn append_event(
     State(s): State<Arc<AppState>>,
-    req: Signed<AppendEvent>,
+    req: SignedAppend<AppendEvent>,
 ) -> ApiResult<Json<Appended>> {
-    let (caller, req) = req.into_parts();
+    let (caller, req, nonce) = req.into_parts();
     let ev = &req.event.event;
     if ev.actor != caller {
+        nonce.spend(&s).await?;
         let why = format!(
             "the request is signed by {caller} but the event's actor is {}",
             ev.actor
@@ -54,17 +55,25 @@ async fn append_event(
         return Err(s.refuse(&caller, &what, DenialCode::DidMismatch, why).await);
     }
     if ev.action.as_str() == actions::SESSION_END {
+        nonce.spend(&s).await?;
         return end_session(&s, &caller, req.event).await;
     }
     let Some(p) = &req.payload else {
-        let a = s.append_one(req.event).await?;
+        let a = s.append_one_for_request(req.event, nonce).await?;
         return Ok(Json(appended_body(&a)));
     };
-    let item = checked_payload(ev, p)?;
+    let item = match checked_payload(ev, p) {
+        Ok(item) => item,
+        Err(e) => {
+            nonce.spend(&s).await?;
+            return Err(e);
+        }
+    };
     // Kept first so an acknowledged entry never lacks its body; taken back
-    // if the entry is refused (see `fresh_payload`).
+    // if the entry is refused, or the request was a replay (see
+    // `fresh_payload`).
     let fresh = fresh_payload(&s, item).await?;
-    let appended = s.append_one(req.event).await;
+    let appended = s.append_one_for_request(req.event, nonce).await;
     if let (Err(_), Some(digest)) = (&appended, fresh) {
         let _ = s.storage.redact(digest).await;
     }
@@ -148,39 +157,30 @@ async fn end_session(
 /// one durable commit; one result per event.
 async fn append_batch(
     State(s): State<Arc<AppState>>,
-    req: Signed<AppendBatch>,
+    req: SignedAppend<AppendBatch>,
 ) -> ApiResult<Json<BatchResult>> {
-    let (caller, req) = req.into_parts();
-    if req.events.len() > MAX_BATCH_EVENTS {
-        return Err(ApiError::new(
-            ErrorCode::TooManyEvents,
-            format!("at most {MAX_BATCH_EVENTS} events per batch"),
-        ));
-    }
-    if let Some(e) = req.events.iter().find(|e| e.event.actor != caller) {
-        let why = format!(
-            "the request is signed by {caller} but an event's actor is {}",
-            e.event.actor
-        );
-        let what = e.event.action.to_string();
-        return Err(s.refuse(&caller, &what, DenialCode::DidMismatch, why).await);
-    }
-    if req
-        .events
-        .iter()
-        .any(|e| e.event.action.as_str() == actions::SESSION_END)
+    let (caller, req, nonce) = req.into_parts();
+    if req.events.len() > MAX_BATCH_EVENTS
+        || req
+            .events
+            .iter()
+            .any(|e| e.event.actor != caller || e.event.action.as_str() == actions::SESSION_END)
     {
-        return Err(ApiError::new(
-            ErrorCode::Malformed,
-            "a session ends with its own request (POST /v1/events), not inside a batch",
-        ));
+        // Refused below before anything is appended: the nonce is kept
+        // first, so a replay of it is refused as one.
+        nonce.spend(&s).await?;
+        return Err(refuse_batch(&s, &caller, &req).await);
     }
     let what: Vec<String> = req
         .events
         .iter()
         .map(|e| e.event.action.to_string())
         .collect();
-    let results = s.append(req.events).await;
+    let results = s.append_for_request(req.events, nonce).await;
+    if let Some(Err(AppendFailure::ReplayedRequest)) = results.first() {
+        // Every event of a replayed request answers so; nothing was appended.
+        return Err(AppendFailure::ReplayedRequest.into());
+    }
     let mut out = Vec::with_capacity(results.len());
     for (r, action) in results.into_iter().zip(what) {
         out.push(match r {
@@ -192,7 +192,7 @@ async fn append_batch(
                     message: e.message,
                 })
             }
-            Err(AppendFailure::Storage(e)) => {
+            Err(e) => {
                 let e = ApiError::from(e);
                 BatchItem::Err(ErrorBody {
                     error: e.code.as_str().into(),
@@ -202,4 +202,27 @@ async fn append_batch(
         });
     }
     Ok(Json(BatchResult { results: out }))
+}
+
+/// Why a batch is refused as a whole: too many events, an event by another
+/// actor than the signer (recorded), or a `session.end` inside it.
+async fn refuse_batch(s: &Arc<AppState>, caller: &Did, req: &AppendBatch) -> ApiError {
+    if req.events.len() > MAX_BATCH_EVENTS {
+        return ApiError::new(
+            ErrorCode::TooManyEvents,
+            format!("at most {MAX_BATCH_EVENTS} events per batch"),
+        );
+    }
+    if let Some(e) = req.events.iter().find(|e| e.event.actor != *caller) {
+        let why = format!(
+            "the request is signed by {caller} but an event's actor is {}",
+            e.event.actor
+        );
+        let what = e.event.action.to_string();
+        return s.refuse(caller, &what, DenialCode::DidMismatch, why).await;
+    }
+    ApiError::new(
+        ErrorCode::Malformed,
+        "a session ends with its own request (POST /v1/events), not inside a batch",
+    )
 }

@@ -45,6 +45,18 @@ pub enum AppendFailure {
     Refused(Denial),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The signed request that carried it was a replay (its nonce was
+    /// already used): nothing of that request was appended or judged.
+    #[error("this request's nonce was already used")]
+    ReplayedRequest,
+}
+
+/// A signed request's nonce and when it may be forgotten (unix ms), for
+/// [`Storage::append_for_request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestNonce {
+    pub nonce: [u8; 16],
+    pub forget_at_ms: i64,
 }
 
 /// One result per event, in order.
@@ -146,6 +158,38 @@ pub trait Storage: Send + Sync {
         _forget_at_ms: i64,
     ) -> Option<Result<bool, StorageError>> {
         None
+    }
+
+    /// Whether [`append_for_request`](Self::append_for_request) remembers a
+    /// request's nonce in the transaction that appends its events (one
+    /// transaction per append request instead of two). When not, an append
+    /// request's nonce is remembered when it is authenticated, like any
+    /// other's.
+    fn nonce_with_append(&self) -> bool {
+        false
+    }
+
+    /// Appends the events of a signed request whose nonce is not remembered
+    /// yet, and remembers it in the same transaction. If it was already
+    /// used, nothing of the request is appended and every event answers
+    /// [`AppendFailure::ReplayedRequest`]. The nonce is kept whatever the
+    /// rules say of the events, so a refused request sent again is refused
+    /// as a replay, not judged (and its refusal recorded) a second time.
+    /// Only called when [`nonce_with_append`](Self::nonce_with_append) says
+    /// so; otherwise it refuses the request rather than skip the nonce.
+    async fn append_for_request(
+        &self,
+        events: Vec<SignedEvent>,
+        _request: RequestNonce,
+    ) -> AppendResults {
+        events
+            .iter()
+            .map(|_| {
+                Err(AppendFailure::Storage(StorageError::Failed(
+                    "this backend keeps request nonces in the broker's memory".into(),
+                )))
+            })
+            .collect()
     }
 
     /// Whether other brokers append to the same ledger. A token's accessor

@@ -49,7 +49,7 @@ use custody_ledger::{PayloadDigest, SignedEvent};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls};
 
-use super::{AppendFailure, AppendResults, PayloadItem, Storage, StorageError};
+use super::{AppendFailure, AppendResults, PayloadItem, RequestNonce, Storage, StorageError};
 use crate::config::PgUrl;
 use rules::Head;
 use sequencer::{Request, Sequencer};
@@ -73,6 +73,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const POOL_SIZE: usize = 16;
 /// Entries per query when exporting or migrating.
 pub(crate) const CHUNK: i64 = 4096;
+/// Events of one append whose signatures are checked on the request's own
+/// thread rather than on the blocking pool.
+const INLINE_SIGNATURE_CHECKS: usize = 4;
 /// Signed-request nonces gathered into one insert.
 const NONCE_BATCH: usize = 4096;
 /// How often expired signed-request nonces are deleted.
@@ -372,6 +375,7 @@ impl Postgres {
             tokio::spawn(watch(shared.clone())),
             tokio::spawn(hold_signer_lock(shared.clone())),
             tokio::spawn(remember_nonces(shared.clone(), nrx)),
+            tokio::spawn(sweep_nonces(shared.clone())),
         ];
         Ok(Self {
             shared,
@@ -588,10 +592,35 @@ async fn hold_signer_lock(shared: Arc<Shared>) {
     }
 }
 
+/// Deletes the signed-request nonces whose timestamps would no longer be
+/// accepted (whichever broker or transaction remembered them), every
+/// [`NONCE_SWEEP_EVERY`]; a failure is retried at the next tick.
+async fn sweep_nonces(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(NONCE_SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = custody_wire::signing::now_ms();
+        let swept = match shared.pool.get().await {
+            Ok(c) => c
+                .execute(
+                    "DELETE FROM custody_request_nonces WHERE forget_at < $1",
+                    &[&now],
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| cause(&e)),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = swept {
+            tracing::debug!("ledger database: deleting expired request nonces: {e}");
+        }
+    }
+}
+
 /// Inserts signed-request nonces in batches (one round trip and one commit
-/// for all requests that arrive meanwhile) and sweeps expired ones.
+/// for all requests that arrive meanwhile).
 async fn remember_nonces(shared: Arc<Shared>, mut rx: mpsc::Receiver<NonceRequest>) {
-    let mut swept = Instant::now();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < NONCE_BATCH {
@@ -621,16 +650,6 @@ async fn remember_nonces(shared: Arc<Shared>, mut rx: mpsc::Receiver<NonceReques
                 )
                 .await
                 .map_err(unavailable)?;
-            if swept.elapsed() >= NONCE_SWEEP_EVERY {
-                swept = Instant::now();
-                let now = custody_wire::signing::now_ms();
-                c.execute(
-                    "DELETE FROM custody_request_nonces WHERE forget_at < $1",
-                    &[&now],
-                )
-                .await
-                .map_err(unavailable)?;
-            }
             Ok(rows.into_iter().map(|r| r.get::<_, Vec<u8>>(0)).collect())
         }
         .await;
@@ -648,24 +667,17 @@ async fn remember_nonces(shared: Arc<Shared>, mut rx: mpsc::Receiver<NonceReques
     }
 }
 
-#[async_trait]
-impl Storage for Postgres {
-    async fn catch_up_since(&self, asked: std::time::Instant) -> Result<(), StorageError> {
-        let mut last = self.shared.caught_up.lock().await;
-        if last.is_some_and(|started| started >= asked) {
-            return Ok(());
-        }
-        let started = std::time::Instant::now();
-        self.shared.catch_up().await?;
-        *last = Some(started);
-        Ok(())
-    }
-
-    async fn append(&self, events: Vec<SignedEvent>) -> AppendResults {
+impl Postgres {
+    /// Checks the events' signatures (in parallel with other requests) and
+    /// hands what passes, with the request's nonce if it is to be
+    /// remembered with them, to the sequencer.
+    async fn append_with(
+        &self,
+        events: Vec<SignedEvent>,
+        request: Option<RequestNonce>,
+    ) -> AppendResults {
         let n = events.len();
-        // Signatures are checked here, in parallel with other requests;
-        // only what passes reaches the sequencer.
-        let checked = tokio::task::spawn_blocking(move || {
+        let check = move |events: Vec<SignedEvent>| {
             events
                 .into_iter()
                 .map(|ev| {
@@ -677,14 +689,19 @@ impl Storage for Postgres {
                         })
                 })
                 .collect::<Vec<_>>()
-        })
-        .await;
-        let checked = match checked {
-            Ok(c) => c,
-            Err(e) => {
-                return (0..n)
-                    .map(|_| Err(AppendFailure::Storage(StorageError::Failed(e.to_string()))))
-                    .collect()
+        };
+        // A few signatures (~50 µs each) are checked on this thread: the
+        // hop to the blocking pool and back would cost more.
+        let checked = if n <= INLINE_SIGNATURE_CHECKS {
+            check(events)
+        } else {
+            match tokio::task::spawn_blocking(move || check(events)).await {
+                Ok(c) => c,
+                Err(e) => {
+                    return (0..n)
+                        .map(|_| Err(AppendFailure::Storage(StorageError::Failed(e.to_string()))))
+                        .collect()
+                }
             }
         };
         let mut results: Vec<Option<Result<_, AppendFailure>>> = (0..n).map(|_| None).collect();
@@ -699,7 +716,9 @@ impl Storage for Postgres {
                 Err(d) => results[i] = Some(Err(AppendFailure::Refused(d))),
             }
         }
-        if !queued.is_empty() {
+        // A request whose events all failed their signature check still
+        // has its nonce kept.
+        if !queued.is_empty() || request.is_some() {
             let closed = || StorageError::Unavailable("the broker is shutting down".into());
             let (reply, answer) = oneshot::channel();
             let sender = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -707,16 +726,22 @@ impl Storage for Postgres {
                 Some(tx) => tx
                     .send(Request {
                         events: queued,
+                        nonce: request,
                         reply,
                     })
                     .await
                     .is_ok(),
                 None => false,
             };
-            let answers = if sent { answer.await.ok() } else { None };
-            match answers {
+            let answer = if sent { answer.await.ok() } else { None };
+            match answer {
+                Some(a) if a.replayed => {
+                    return (0..n)
+                        .map(|_| Err(AppendFailure::ReplayedRequest))
+                        .collect()
+                }
                 Some(a) => {
-                    for (i, r) in positions.into_iter().zip(a) {
+                    for (i, r) in positions.into_iter().zip(a.results) {
                         results[i] = Some(r);
                     }
                 }
@@ -735,6 +760,36 @@ impl Storage for Postgres {
                 ))))
             })
             .collect()
+    }
+}
+
+#[async_trait]
+impl Storage for Postgres {
+    async fn catch_up_since(&self, asked: std::time::Instant) -> Result<(), StorageError> {
+        let mut last = self.shared.caught_up.lock().await;
+        if last.is_some_and(|started| started >= asked) {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        self.shared.catch_up().await?;
+        *last = Some(started);
+        Ok(())
+    }
+
+    async fn append(&self, events: Vec<SignedEvent>) -> AppendResults {
+        self.append_with(events, None).await
+    }
+
+    fn nonce_with_append(&self) -> bool {
+        true
+    }
+
+    async fn append_for_request(
+        &self,
+        events: Vec<SignedEvent>,
+        request: RequestNonce,
+    ) -> AppendResults {
+        self.append_with(events, Some(request)).await
     }
 
     fn size(&self) -> u64 {

@@ -7,7 +7,10 @@
 //! sequence one batch at a time, and reads with it the tree's right edge
 //! the last batch left there; brings this broker's rules' state up to the
 //! locked head (other brokers' entries that change it, see `rules.rs`);
-//! refuses nonces already in `custody_entries` or twice in the batch; admits
+//! remembers the nonces of the signed append requests that sent the batch
+//! (`custody_request_nonces`; a request whose nonce was already used is a
+//! replay, and none of its events is judged); refuses event nonces already
+//! in `custody_entries` or twice in the batch; admits
 //! each event with [`Authority::check_verified`] at `received_at = max(now,
 //! last received_at)`; builds each line exactly as the embedded writer does
 //! (`Entry::to_line_with_event` around the event's canonical bytes), so the
@@ -44,19 +47,30 @@ use tokio_postgres::{Client, Statement};
 
 use super::rules::{self, millis, trust_text};
 use super::{cause, Shared};
-use crate::storage::{AppendFailure, StorageError};
+use crate::storage::{AppendFailure, RequestNonce, StorageError};
 
 /// Most events one transaction sequences: large enough to amortize the
 /// round trips and the commit over many appends, small enough to bound a
 /// batch's memory and how long it holds the head lock.
 pub const MAX_BATCH: usize = 1024;
 
-pub(crate) type Reply = oneshot::Sender<Vec<Result<Appended, AppendFailure>>>;
+pub(crate) type Reply = oneshot::Sender<Answer>;
 
-/// Events that passed the signature check, with their canonical JSON.
+/// Events that passed the signature check, with their canonical JSON, and
+/// the nonce of the signed request that sent them when it is remembered in
+/// the batch's transaction (then the request may carry no event: all of
+/// them failed their signature check).
 pub(crate) struct Request {
     pub events: Vec<(SignedEvent, Vec<u8>)>,
+    pub nonce: Option<RequestNonce>,
     pub reply: Reply,
+}
+
+/// One result per event; `replayed`: the request's nonce was already used,
+/// and none of its events was judged.
+pub(crate) struct Answer {
+    pub replayed: bool,
+    pub results: Vec<Result<Appended, AppendFailure>>,
 }
 
 /// Stored hashes by index: the right edge of the tree (the roots of its
@@ -169,6 +183,7 @@ struct Statements {
     changes: Statement,
     frontier: Statement,
     nonces: Statement,
+    request_nonces: Statement,
     entries: Statement,
     hashes: Statement,
     session: Statement,
@@ -193,7 +208,11 @@ impl Statements {
                 "INSERT INTO custody_hashes (idx, hash) SELECT * FROM unnest($1::bigint[], $2::bytea[])"
             ),
         )?;
-        let (session, ended, revocation, move_head, notify) = futures_util::try_join!(
+        let (request_nonces, session, ended, revocation, move_head, notify) = futures_util::try_join!(
+            c.prepare(
+                "INSERT INTO custody_request_nonces (nonce, forget_at)
+                 SELECT * FROM unnest($1::bytea[], $2::bigint[]) ON CONFLICT (nonce) DO NOTHING RETURNING nonce"
+            ),
             c.prepare(
                 "INSERT INTO custody_sessions (did, delegation, started_at) VALUES ($1, $2, $3)
                  ON CONFLICT (did) DO UPDATE SET delegation = EXCLUDED.delegation, started_at = EXCLUDED.started_at, ended_at = NULL"
@@ -213,6 +232,7 @@ impl Statements {
             changes,
             frontier,
             nonces,
+            request_nonces,
             entries,
             hashes,
             session,
@@ -258,7 +278,7 @@ impl StateRows {
     }
 }
 
-type Outcome = Result<Appended, Denial>;
+type Outcome = Result<Appended, AppendFailure>;
 
 impl Sequencer {
     pub fn new(shared: Arc<Shared>, rx: mpsc::Receiver<Request>) -> Self {
@@ -289,23 +309,23 @@ impl Sequencer {
 
     async fn commit(&mut self, batch: Vec<Request>) {
         let mut events = Vec::new();
+        let mut owners = Vec::new();
+        let mut nonces = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
-        for r in batch {
+        for (i, r) in batch.into_iter().enumerate() {
             replies.push((r.reply, r.events.len()));
+            owners.extend(std::iter::repeat_n(i, r.events.len()));
             events.extend(r.events);
+            nonces.push(r.nonce);
         }
         // The fold lock keeps the catch-up task out while this batch is
         // admitted and committed.
         let fold = self.shared.fold.clone();
         let _folding = fold.lock().await;
-        let outcome = self.try_commit(events).await;
-        let mut outcomes: Box<dyn Iterator<Item = Result<Appended, AppendFailure>>> = match outcome
+        let outcome = self.try_commit(events, &owners, &nonces).await;
+        let (mut outcomes, replayed): (Box<dyn Iterator<Item = Outcome>>, Vec<bool>) = match outcome
         {
-            Ok(results) => Box::new(
-                results
-                    .into_iter()
-                    .map(|r| r.map_err(AppendFailure::Refused)),
-            ),
+            Ok((results, replayed)) => (Box::new(results.into_iter()), replayed),
             Err(e) => {
                 // Nothing of the batch may be taken as appended: drop the
                 // connection (it may be broken) and rebuild the rules'
@@ -314,16 +334,19 @@ impl Sequencer {
                 self.frontier = Frontier::default();
                 self.shared.local().dirty = true;
                 tracing::warn!("ledger database: appending a batch failed: {e}");
-                Box::new(std::iter::repeat_with(move || {
-                    Err(AppendFailure::Storage(StorageError::Unavailable(
-                        e.to_string(),
-                    )))
-                }))
+                (
+                    Box::new(std::iter::repeat_with(move || {
+                        Err(AppendFailure::Storage(StorageError::Unavailable(
+                            e.to_string(),
+                        )))
+                    })),
+                    vec![false; replies.len()],
+                )
             }
         };
-        for (reply, n) in replies {
-            let answers: Vec<_> = outcomes.by_ref().take(n).collect();
-            let _ = reply.send(answers);
+        for ((reply, n), replayed) in replies.into_iter().zip(replayed) {
+            let results: Vec<_> = outcomes.by_ref().take(n).collect();
+            let _ = reply.send(Answer { replayed, results });
         }
     }
 
@@ -341,10 +364,15 @@ impl Sequencer {
         Ok(self.client.as_mut().expect("connected above"))
     }
 
+    /// Sequences `events` (event `i` sent by request `owners[i]`) and
+    /// remembers the `requests`' nonces; returns one outcome per event and,
+    /// per request, whether it was a replay.
     async fn try_commit(
         &mut self,
         events: Vec<(SignedEvent, Vec<u8>)>,
-    ) -> Result<Vec<Outcome>, StorageError> {
+        owners: &[usize],
+        requests: &[Option<RequestNonce>],
+    ) -> Result<(Vec<Outcome>, Vec<bool>), StorageError> {
         let unavailable = |e: tokio_postgres::Error| {
             StorageError::Unavailable(format!("ledger database: {}", cause(&e)))
         };
@@ -360,10 +388,12 @@ impl Sequencer {
         // The first round trip: BEGIN, the head lock, and what admission
         // needs, executed in this order once the lock is held — the entries
         // changing the rules' state that other brokers appended since this
-        // broker's last batch (none if it was the last to append), and which
+        // broker's last batch (none if it was the last to append), which
         // of the batch's nonces are already in the ledger (the unique index
-        // is the nonce set). A broker whose state must be rebuilt reads the
-        // tables instead.
+        // is the nonce set), and the requests' nonces, inserted unless
+        // already used (by another broker's request too: the insert waits
+        // for a concurrent one of the same nonce to commit, then skips it).
+        // A broker whose state must be rebuilt reads the tables instead.
         let (dirty, next) = {
             let l = shared.local();
             (l.dirty, l.authority.next_seq().0)
@@ -373,9 +403,20 @@ impl Sequencer {
             .map(|(e, _)| e.event.nonce.0.to_vec())
             .collect();
         let from = next as i64;
+        // The first of equal request nonces in a batch may be new; the
+        // others are replays whatever the database says.
+        let mut asked = HashSet::new();
+        let (mut request_keys, mut forget_at) = (Vec::new(), Vec::new());
+        for n in requests.iter().flatten() {
+            if asked.insert(n.nonce) {
+                request_keys.push(n.nonce.to_vec());
+                forget_at.push(n.forget_at_ms);
+            }
+        }
         let (from_params, nonce_params): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
             ([&from], [&nonces]);
-        let (_, head_row, changes, used) = futures_util::try_join!(
+        let request_params: [&(dyn ToSql + Sync); 2] = [&request_keys, &forget_at];
+        let (_, head_row, changes, used, kept) = futures_util::try_join!(
             client.batch_execute("BEGIN"),
             client.query_opt(&st.head, &[]),
             async {
@@ -385,6 +426,12 @@ impl Sequencer {
                 }
             },
             client.query(&st.nonces, &nonce_params),
+            async {
+                match request_keys.is_empty() {
+                    false => client.query(&st.request_nonces, &request_params).await,
+                    true => Ok(Vec::new()),
+                }
+            },
         )
         .map_err(unavailable)?;
         let Some(head_row) = head_row else {
@@ -433,6 +480,15 @@ impl Sequencer {
             };
         }
         let used: HashSet<Vec<u8>> = used.into_iter().map(|r| r.get::<_, Vec<u8>>(0)).collect();
+        // A request whose nonce this transaction did not insert is a replay
+        // (of an earlier request, or of one earlier in this batch): none of
+        // its events is judged.
+        let mut kept: HashSet<Vec<u8>> = kept.into_iter().map(|r| r.get::<_, Vec<u8>>(0)).collect();
+        let remembered = !kept.is_empty();
+        let replayed: Vec<bool> = requests
+            .iter()
+            .map(|r| r.is_some_and(|n| !kept.remove(n.nonce.as_slice())))
+            .collect();
 
         // Admission, in sequence order, with the state as of the head.
         let mut outcomes = Vec::with_capacity(events.len());
@@ -443,10 +499,14 @@ impl Sequencer {
         {
             let mut l = shared.local();
             let mut fresh: HashSet<[u8; 16]> = HashSet::new();
-            for (ev, canonical) in events {
+            for ((ev, canonical), owner) in events.into_iter().zip(owners) {
+                if replayed[*owner] {
+                    outcomes.push(Err(AppendFailure::ReplayedRequest));
+                    continue;
+                }
                 let nonce = ev.event.nonce;
                 if used.contains(nonce.0.as_slice()) || fresh.contains(&nonce.0) {
-                    outcomes.push(Err(Denial::new(
+                    outcomes.push(Err(refused(
                         DenialCode::ReplayedNonce,
                         format!("nonce {nonce} was already used"),
                     )));
@@ -460,7 +520,7 @@ impl Sequencer {
                 let admitted = match l.authority.check_verified(&ev.event, at) {
                     Ok(a) => a,
                     Err(d) => {
-                        outcomes.push(Err(d));
+                        outcomes.push(Err(AppendFailure::Refused(d)));
                         continue;
                     }
                 };
@@ -468,7 +528,7 @@ impl Sequencer {
                 let line = match entry.to_line_with_event(&canonical) {
                     Ok(l) if l.len() <= MAX_ENTRY_BYTES => l,
                     Ok(l) => {
-                        outcomes.push(Err(Denial::new(
+                        outcomes.push(Err(refused(
                             DenialCode::TooLarge,
                             format!(
                                 "entry would be {} bytes; the limit is {MAX_ENTRY_BYTES}",
@@ -478,7 +538,7 @@ impl Sequencer {
                         continue;
                     }
                     Err(e) => {
-                        outcomes.push(Err(Denial::new(DenialCode::Malformed, e.to_string())));
+                        outcomes.push(Err(refused(DenialCode::Malformed, e.to_string())));
                         continue;
                     }
                 };
@@ -528,14 +588,13 @@ impl Sequencer {
             }
         }
         if rows.is_empty() {
-            // Every event was refused: nothing to write (the rollback only
-            // releases the head lock).
-            client
-                .batch_execute("ROLLBACK")
-                .await
-                .map_err(unavailable)?;
+            // Every event was refused: nothing to write but the requests'
+            // nonces, if any were new (otherwise the rollback only releases
+            // the head lock).
+            let end = if remembered { "COMMIT" } else { "ROLLBACK" };
+            client.batch_execute(end).await.map_err(unavailable)?;
             self.frontier = frontier;
-            return Ok(outcomes);
+            return Ok((outcomes, replayed));
         }
         let root = tlog_tiles::tree_hash(next, &frontier)
             .map_err(|e| StorageError::Failed(format!("the root at {next}: {e}")))?;
@@ -620,8 +679,12 @@ impl Sequencer {
         .map_err(unavailable)?;
         self.frontier = frontier;
         shared.acknowledged(next);
-        Ok(outcomes)
+        Ok((outcomes, replayed))
     }
+}
+
+fn refused(code: DenialCode, message: String) -> AppendFailure {
+    AppendFailure::Refused(Denial::new(code, message))
 }
 
 /// The rows an admitted, state-changing entry adds, read from the state it
