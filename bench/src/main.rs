@@ -810,9 +810,16 @@ fn main() -> anyhow::Result<()> {
                     }
                     r.insert("benches".into(), Value::Array(all));
                 }
-                if let (Some(Value::Object(mut was)), Some(Value::Object(now))) =
+                // Each benchmark's seconds replace the old run's; `total`
+                // stays the first run's, and this run's goes with its entry
+                // in `merged_runs` below.
+                let total = r.get("seconds").and_then(|s| s.get("total")).cloned();
+                if let (Some(Value::Object(mut was)), Some(Value::Object(mut now))) =
                     (merged.get("seconds").cloned(), r.get("seconds").cloned())
                 {
+                    if was.contains_key("total") {
+                        now.remove("total");
+                    }
                     was.extend(now);
                     r.insert("seconds".into(), Value::Object(was));
                 }
@@ -845,6 +852,7 @@ fn main() -> anyhow::Result<()> {
                 runs.push(json!({
                     "benches": selected.iter().map(|b| format!("{b:?}").to_lowercase()).collect::<Vec<_>>(),
                     "repeat": repeat,
+                    "seconds": total,
                 }));
                 r.insert("merged_runs".into(), Value::Array(runs));
                 if let Some(first) = merged.get("repeat").cloned() {

@@ -123,6 +123,17 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_boxed(state, listener, Box::pin(shutdown)).await
+}
+
+/// [`serve`]'s body, not generic: compiled once here rather than again in
+/// every crate that starts a broker (the HTTP stack's code is most of a
+/// release build of each binary otherwise).
+async fn serve_boxed(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+) -> anyhow::Result<()> {
     let ticker_state = state.clone();
     let ticker = tokio::spawn(async move {
         let mut iv = tokio::time::interval(CHECKPOINT_TICK);

@@ -25,7 +25,7 @@ use futures_util::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 
-use super::rules::{millis, trust_text};
+use super::rules::{self, millis, trust_text};
 use super::sequencer::push_leaf;
 use super::{cause, connect, pg_config, schema};
 use crate::brokerdb::BrokerDb;
@@ -189,9 +189,9 @@ pub async fn migrate(data: &Path, url: &PgUrl) -> Result<Migrated, MigrateError>
             let oversight = match rules.check_verified(&entry.event, entry.received_at) {
                 Ok(admitted) => {
                     let mut marked = admitted.restores_oversight();
-                    // An allow and the call that used it right after (one
-                    // transaction on a PostgreSQL broker): neither marked.
-                    if count > 0 && admitted.used_decision() == Some(count - 1) {
+                    // The migration is one transaction: every adjacent
+                    // allow and call is a pair.
+                    if rules::decided_with_call(count, admitted.used_decision()) {
                         paired.push((count - 1) as i64);
                         marked = false;
                     }

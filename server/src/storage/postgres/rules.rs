@@ -193,6 +193,18 @@ pub(crate) const RESTORE_WINDOW_MS: i64 = RESTORE_HORIZON_MS + 10 * 60 * 1000;
 /// index on their receive time.
 const OVERSIGHT_ENTRIES: &str = "SELECT seq, line FROM custody_entries WHERE oversight AND received_at >= $1 AND seq < $2 ORDER BY seq";
 
+/// Whether the entry at `seq`, admitted as using the policy's allow at
+/// `used` (`Admitted::used_decision`), is the call "decided with" it: the
+/// allow just before it, the two written in one transaction (the hook's
+/// check and call, one request). Neither of such a pair is marked
+/// `oversight` — the allow is used up by the call next to it, so the
+/// rebuild on start has nothing to restore from them. The sequencer and
+/// `custody migrate` both mark by this rule; any other use of an allow is
+/// marked and read on start.
+pub(crate) fn decided_with_call(seq: u64, used: Option<u64>) -> bool {
+    seq > 0 && used == Some(seq - 1)
+}
+
 /// Folds the oversight effects of the last two days of entries into a
 /// restored state (see the module documentation). The read grows with the
 /// oversight entries of two days (approvals, the policy's decisions, the
@@ -291,4 +303,20 @@ pub(crate) fn fold(a: &mut Authority, changes: &[Entry], from: u64, to: u64) -> 
     }
     a.advance_to(Seq(to));
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decided_with_call;
+
+    #[test]
+    fn only_the_allow_just_before_a_call_pairs_with_it() {
+        assert!(decided_with_call(8, Some(7)));
+        // An allow used later, or none used: both stay marked.
+        assert!(!decided_with_call(8, Some(6)));
+        assert!(!decided_with_call(8, None));
+        // A claim on a later entry cannot pair (the rules refuse it anyway).
+        assert!(!decided_with_call(8, Some(8)));
+        assert!(!decided_with_call(0, Some(0)));
+    }
 }

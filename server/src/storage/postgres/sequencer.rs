@@ -550,16 +550,11 @@ impl Sequencer {
                 let changes = actions::changes_state(&action);
                 fresh.insert(nonce.0);
                 let mut oversight = admitted.restores_oversight();
-                // An allow used by a call of the same batch (the hook's call
-                // decided with its check): neither is read on start.
-                let first = rows.first().map(|r: &Row| r.seq as u64);
-                if let (Some(d), Some(first)) = (admitted.used_decision(), first) {
-                    if let Some(row) = d
-                        .checked_sub(first)
-                        .and_then(|i| rows.get_mut(i as usize))
-                        .filter(|r| r.seq as u64 == d)
-                    {
-                        row.oversight = false;
+                // The hook's call decided with its check, the allow just
+                // before it in this transaction: neither is read on start.
+                if rules::decided_with_call(next, admitted.used_decision()) {
+                    if let Some(allow) = rows.last_mut().filter(|r| r.seq as u64 + 1 == next) {
+                        allow.oversight = false;
                         oversight = false;
                     }
                 }
