@@ -750,6 +750,7 @@ fn main() -> anyhow::Result<()> {
     seconds.insert("total".into(), json!(total));
     r.insert("seconds".into(), Value::Object(seconds));
     r.insert("repeat".into(), json!(repeat));
+    r.insert("run".into(), this_run());
     let parity: Vec<String> = ranges
         .iter()
         .filter(|(k, v)| {
@@ -853,6 +854,7 @@ fn main() -> anyhow::Result<()> {
                     "benches": selected.iter().map(|b| format!("{b:?}").to_lowercase()).collect::<Vec<_>>(),
                     "repeat": repeat,
                     "seconds": total,
+                    "run": r.remove("run"),
                 }));
                 r.insert("merged_runs".into(), Value::Array(runs));
                 if let Some(first) = merged.get("repeat").cloned() {
@@ -876,6 +878,28 @@ fn main() -> anyhow::Result<()> {
 
 /// The median of each numeric figure over `runs` into `r`, its lowest and
 /// highest into `ranges`; other values from the first run.
+/// What was measured, and when: the commit of the working tree (with
+/// `-dirty` if it had uncommitted changes) and the start of the write, so
+/// a document citing the file can name the run. `null` fields where git is
+/// not at hand.
+fn this_run() -> Value {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok();
+    json!({
+        "commit": git(&["describe", "--always", "--dirty", "--abbrev=7"]),
+        "finished_at": at,
+    })
+}
+
 fn merge_runs(runs: &[Results], r: &mut Results, ranges: &mut Map<String, Value>) {
     let Some(first) = runs.first() else { return };
     for (k, v0) in first {
