@@ -367,7 +367,12 @@ impl AppState {
         let mut appended = self.feed.appended.subscribe();
         let mut closing = self.feed.closing.subscribe();
         let mut elsewhere = self.storage.size_changes();
-        while self.storage.size() <= size && !*closing.borrow() {
+        while !*closing.borrow() {
+            // A size it cannot read ends the wait: the page read that
+            // follows answers the error.
+            if self.storage.visible_size().await.map_or(true, |n| n > size) {
+                break;
+            }
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 break;

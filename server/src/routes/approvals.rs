@@ -210,7 +210,7 @@ async fn held_from_ledger(
     seq: u64,
     now: Timestamp,
 ) -> ApiResult<Option<HeldEntry>> {
-    if seq >= s.storage.size() {
+    if seq >= s.storage.visible_size().await? {
         return Ok(None);
     }
     let line = s.storage.line(seq).await?;

@@ -111,7 +111,7 @@ async fn entries(
 /// checkpoint to the entries before the page when it is behind them.
 async fn read_page(s: &AppState, from: u64, limit: usize) -> ApiResult<FeedPage> {
     let latest = s.storage.latest_checkpoint().await?;
-    let size = s.storage.size();
+    let size = s.storage.visible_size().await?;
     let consistency = match &latest {
         Some((cs, _)) if *cs >= 1 && *cs < from && from <= size => Some(
             s.storage

@@ -51,7 +51,7 @@ pub(super) fn routes(r: Routes) -> Routes {
         )
 }
 
-async fn health(State(s): State<Arc<AppState>>) -> Json<Health> {
+async fn health(State(s): State<Arc<AppState>>) -> ApiResult<Json<Health>> {
     let vault = match &s.vault {
         None => "not configured".to_string(),
         Some(v) => match v.health().await {
@@ -59,12 +59,12 @@ async fn health(State(s): State<Arc<AppState>>) -> Json<Health> {
             Err(e) => e.to_string(),
         },
     };
-    Json(Health {
+    Ok(Json(Health {
         status: "ok".into(),
         ledger: s.ledger_key.did().to_string(),
-        entries: s.storage.size(),
+        entries: s.storage.visible_size().await?,
         vault,
-    })
+    }))
 }
 
 /// The latest stored checkpoint and its size.
@@ -132,7 +132,7 @@ async fn consistency(
     State(s): State<Arc<AppState>>,
     Query(q): Query<ConsistencyQuery>,
 ) -> ApiResult<Json<ConsistencyProofBody>> {
-    let size = s.storage.size();
+    let size = s.storage.visible_size().await?;
     if q.old == 0 || q.old > q.new || q.new > size {
         return Err(ApiError::new(
             ErrorCode::BadSizes,

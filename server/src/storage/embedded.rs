@@ -114,6 +114,10 @@ impl Storage for Embedded {
         self.store.len()
     }
 
+    async fn visible_size(&self) -> Result<u64, StorageError> {
+        self.blocking(|s, _| Ok(s.len())).await
+    }
+
     fn with_rules(&self, f: &mut dyn FnMut(&Authority)) {
         self.store.with_gate(|a| f(a))
     }

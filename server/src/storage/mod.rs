@@ -72,8 +72,16 @@ pub trait Storage: Send + Sync {
     /// Appends events in order, each checked by the rules in sequence order;
     /// returns once every admitted one is durable.
     async fn append(&self, events: Vec<SignedEvent>) -> AppendResults;
-    /// Entries in the ledger (acknowledged).
+    /// Entries in the ledger (acknowledged). May wait (briefly, on the
+    /// embedded backend, for its index to take the last batch): a caller
+    /// on the async runtime asks [`visible_size`](Self::visible_size).
     fn size(&self) -> u64;
+    /// [`size`](Self::size) for a caller on the async runtime: any wait
+    /// happens off the caller's thread, so a request that only reads the
+    /// size does not hold up the others a runtime thread serves.
+    async fn visible_size(&self) -> Result<u64, StorageError> {
+        Ok(self.size())
+    }
     /// Reads the rules' state consistently (no append is admitted meanwhile).
     fn with_rules(&self, f: &mut dyn FnMut(&Authority));
     /// Brings the rules' state up to the shared ledger's head as it was at
