@@ -131,11 +131,7 @@ async fn remember(s: &AppState, n: RequestNonce) -> Result<(), ApiError> {
             ReplayError::Replayed.to_string(),
         )
     };
-    match s
-        .storage
-        .remember_request_nonce(n.nonce, n.forget_at_ms)
-        .await
-    {
+    match s.storage.remember_request_nonce(n).await {
         Some(Ok(true)) => Ok(()),
         Some(Ok(false)) => Err(replayed()),
         Some(Err(e)) => Err(e.into()),
@@ -172,6 +168,26 @@ async fn authenticated(
     Ok((parts, caller, nonce, bytes))
 }
 
+/// Authenticates a request with a JSON body and parses the body. Its nonce
+/// is remembered now, unless `with_append` and the backend keeps it with
+/// the append ([`SignedAppend`]); then it comes back unspent. A body that
+/// does not parse is refused before anything is done for the request, so
+/// a nonce left for the append need not be kept for it.
+async fn signed_json<T: DeserializeOwned>(
+    req: Request,
+    s: &AppState,
+    with_append: bool,
+) -> Result<(Did, T, UnspentNonce), ApiError> {
+    let (_, caller, nonce, bytes) = authenticated(req, s).await?;
+    let nonce = if with_append && s.storage.nonce_with_append() {
+        UnspentNonce(Some(nonce))
+    } else {
+        remember(s, nonce).await?;
+        UnspentNonce(None)
+    };
+    Ok((caller, parse_body(&bytes)?, nonce))
+}
+
 impl<T> FromRequest<Arc<AppState>> for Signed<T>
 where
     T: DeserializeOwned + Send,
@@ -179,9 +195,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, s: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let (_, caller, nonce, bytes) = authenticated(req, s).await?;
-        remember(s, nonce).await?;
-        let body = parse_body(&bytes)?;
+        let (caller, body, _remembered) = signed_json(req, s, false).await?;
         let roles = s.rules(|a| a.roles_of(&caller));
         Ok(Signed {
             caller,
@@ -245,16 +259,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, s: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let (_, caller, nonce, bytes) = authenticated(req, s).await?;
-        let nonce = if s.storage.nonce_with_append() {
-            UnspentNonce(Some(nonce))
-        } else {
-            remember(s, nonce).await?;
-            UnspentNonce(None)
-        };
-        // A body that does not parse is refused before anything is done for
-        // the request, so its nonce need not be kept.
-        let body = parse_body(&bytes)?;
+        let (caller, body, nonce) = signed_json(req, s, true).await?;
         Ok(SignedAppend {
             caller,
             nonce,

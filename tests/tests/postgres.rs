@@ -378,6 +378,19 @@ impl Captured {
         }
     }
 
+    /// `POST /v1/events` of one event, signed by `key`.
+    fn event(key: &custody_identity::KeyPair, event: custody_ledger::SignedEvent) -> Self {
+        let body = custody_wire::api::AppendEvent {
+            event,
+            payload: None,
+        };
+        Self::new(
+            key,
+            custody_wire::api::PATH_EVENTS,
+            serde_json::to_value(body).unwrap(),
+        )
+    }
+
     /// Sends it, byte for byte, to `url`: the status and the error code.
     async fn send(&self, url: &str) -> (u16, Option<String>) {
         let h = &self.headers;
@@ -410,7 +423,7 @@ impl Captured {
 /// admin), single or batched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_append_request_replayed_to_any_broker_appends_and_records_nothing() {
-    use custody_wire::api::{AppendBatch, AppendEvent, PATH_EVENTS, PATH_EVENTS_BATCH};
+    use custody_wire::api::{AppendBatch, PATH_EVENTS_BATCH};
     let c = Cluster::start(3).await;
     let s = c.session(0, "chat").await;
     let key = s.key().unwrap();
@@ -423,15 +436,7 @@ async fn an_append_request_replayed_to_any_broker_appends_and_records_nothing() 
 
     // Accepted on A; refused everywhere after.
     let one = event(1);
-    let accepted = Captured::new(
-        &key,
-        PATH_EVENTS,
-        serde_json::to_value(AppendEvent {
-            event: one.clone(),
-            payload: None,
-        })
-        .unwrap(),
-    );
+    let accepted = Captured::event(&key, one.clone());
     assert_eq!(accepted.send(&c.url(0)).await, (200, None));
     for b in [1, 2, 0] {
         assert_eq!(accepted.send(&c.url(b)).await, replayed, "broker {b}");
@@ -439,15 +444,7 @@ async fn an_append_request_replayed_to_any_broker_appends_and_records_nothing() 
 
     // Refused by the handler (the session's event, signed by the
     // developer), recorded once.
-    let other = Captured::new(
-        &c.developer,
-        PATH_EVENTS,
-        serde_json::to_value(AppendEvent {
-            event: event(2),
-            payload: None,
-        })
-        .unwrap(),
-    );
+    let other = Captured::event(&c.developer, event(2));
     assert_eq!(
         other.send(&c.url(0)).await,
         (403, Some("did_mismatch".into()))
@@ -468,15 +465,7 @@ async fn an_append_request_replayed_to_any_broker_appends_and_records_nothing() 
     ev.details.insert("revocation".into(), revocation.into());
     ev.details
         .insert("subject".into(), c.admin.did().as_str().into());
-    let hostile = Captured::new(
-        &key,
-        PATH_EVENTS,
-        serde_json::to_value(AppendEvent {
-            event: ev.sign(&key).unwrap(),
-            payload: None,
-        })
-        .unwrap(),
-    );
+    let hostile = Captured::event(&key, ev.sign(&key).unwrap());
     assert_eq!(
         hostile.send(&c.url(1)).await,
         (403, Some("not_admin".into()))
@@ -499,15 +488,7 @@ async fn an_append_request_replayed_to_any_broker_appends_and_records_nothing() 
 
     // Sent to A and B at once: one of them appends it.
     let five = event(5);
-    let raced = Captured::new(
-        &key,
-        PATH_EVENTS,
-        serde_json::to_value(AppendEvent {
-            event: five.clone(),
-            payload: None,
-        })
-        .unwrap(),
-    );
+    let raced = Captured::event(&key, five.clone());
     let (a, b) = (c.url(0), c.url(1));
     let (x, y) = tokio::join!(raced.send(&a), raced.send(&b));
     let mut answers = vec![x, y];

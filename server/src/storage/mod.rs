@@ -26,7 +26,7 @@ pub mod postgres;
 
 /// Why storage could not do what it was asked. Nothing of the request was
 /// stored in either case.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     /// Retry later: a full disk, a read-only directory, a database that is
     /// down. The broker answers 503.
@@ -160,11 +160,7 @@ pub trait Storage: Send + Sync {
     /// sees it: `Some(Ok(true))` if it is new, `Some(Ok(false))` if it was
     /// already used. `None` (the default): this backend has one broker,
     /// whose own memory holds them ([`crate::replay`]).
-    async fn remember_request_nonce(
-        &self,
-        _nonce: [u8; 16],
-        _forget_at_ms: i64,
-    ) -> Option<Result<bool, StorageError>> {
+    async fn remember_request_nonce(&self, _n: RequestNonce) -> Option<Result<bool, StorageError>> {
         None
     }
 

@@ -12,7 +12,8 @@
 //!   bodies and the broker's records, and the background tasks: catching up
 //!   on `LISTEN custody_changes` and every [`CATCH_UP_EVERY`] (and the head
 //!   size on `LISTEN custody_head`, which wakes the feed), the checkpoint
-//!   signer's advisory lock, and the shared signed-request nonce set.
+//!   signer's advisory lock.
+//! - `nonces.rs`: the shared signed-request nonce set.
 //!
 //! The driver is tokio-postgres with a deadpool pool for reads and records;
 //! the sequencer, the listener and the signer lock each hold a connection of
@@ -26,11 +27,11 @@
 
 mod export;
 pub mod migrate;
+mod nonces;
 mod rules;
 pub mod schema;
 mod sequencer;
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -76,10 +77,6 @@ pub(crate) const CHUNK: i64 = 4096;
 /// Events of one append whose signatures are checked on the request's own
 /// thread rather than on the blocking pool.
 const INLINE_SIGNATURE_CHECKS: usize = 4;
-/// Signed-request nonces gathered into one insert.
-const NONCE_BATCH: usize = 4096;
-/// How often expired signed-request nonces are deleted.
-const NONCE_SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// The cause of a database error, for messages: the server's own message
 /// when it sent one, the driver's otherwise (neither holds the URL).
@@ -264,12 +261,10 @@ pub struct Postgres {
     shared: Arc<Shared>,
     tx: Mutex<Option<mpsc::Sender<Request>>>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    nonces: mpsc::Sender<NonceRequest>,
+    nonces: mpsc::Sender<nonces::Ask>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     retention: RetentionPolicy,
 }
-
-type NonceRequest = ([u8; 16], i64, oneshot::Sender<Result<bool, StorageError>>);
 
 /// What opening found.
 #[derive(Debug, thiserror::Error)]
@@ -370,12 +365,12 @@ impl Postgres {
         });
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let writer = tokio::spawn(Sequencer::new(shared.clone(), rx).run());
-        let (ntx, nrx) = mpsc::channel(4 * NONCE_BATCH);
+        let (ntx, nrx) = mpsc::channel(4 * nonces::BATCH);
         let tasks = vec![
             tokio::spawn(watch(shared.clone())),
             tokio::spawn(hold_signer_lock(shared.clone())),
-            tokio::spawn(remember_nonces(shared.clone(), nrx)),
-            tokio::spawn(sweep_nonces(shared.clone())),
+            tokio::spawn(nonces::remember(shared.clone(), nrx)),
+            tokio::spawn(nonces::sweep(shared.clone())),
         ];
         Ok(Self {
             shared,
@@ -589,81 +584,6 @@ async fn hold_signer_lock(shared: Arc<Shared>) {
         let _ = c
             .execute("SELECT pg_advisory_unlock($1)", &[&SIGNER_LOCK])
             .await;
-    }
-}
-
-/// Deletes the signed-request nonces whose timestamps would no longer be
-/// accepted (whichever broker or transaction remembered them), every
-/// [`NONCE_SWEEP_EVERY`]; a failure is retried at the next tick.
-async fn sweep_nonces(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(NONCE_SWEEP_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let now = custody_wire::signing::now_ms();
-        let swept = match shared.pool.get().await {
-            Ok(c) => c
-                .execute(
-                    "DELETE FROM custody_request_nonces WHERE forget_at < $1",
-                    &[&now],
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| cause(&e)),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = swept {
-            tracing::debug!("ledger database: deleting expired request nonces: {e}");
-        }
-    }
-}
-
-/// Inserts signed-request nonces in batches (one round trip and one commit
-/// for all requests that arrive meanwhile).
-async fn remember_nonces(shared: Arc<Shared>, mut rx: mpsc::Receiver<NonceRequest>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < NONCE_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        // The first of equal nonces in a batch may be new; the others are
-        // replays whatever the database says.
-        let mut seen = HashSet::new();
-        let mut keys = Vec::new();
-        let mut forget = Vec::new();
-        for (n, f, _) in &batch {
-            if seen.insert(*n) {
-                keys.push(n.to_vec());
-                forget.push(*f);
-            }
-        }
-        let inserted: Result<HashSet<Vec<u8>>, StorageError> = async {
-            let c = shared.pool.get().await.map_err(pool_error)?;
-            let rows = c
-                .query(
-                    "INSERT INTO custody_request_nonces (nonce, forget_at)
-                     SELECT * FROM unnest($1::bytea[], $2::bigint[]) ON CONFLICT (nonce) DO NOTHING RETURNING nonce",
-                    &[&keys, &forget],
-                )
-                .await
-                .map_err(unavailable)?;
-            Ok(rows.into_iter().map(|r| r.get::<_, Vec<u8>>(0)).collect())
-        }
-        .await;
-        let mut answered = HashSet::new();
-        for (n, _, reply) in batch {
-            let answer = match &inserted {
-                Ok(new) => Ok(new.contains(n.as_slice()) && answered.insert(n)),
-                Err(e) => Err(match e {
-                    StorageError::Unavailable(m) => StorageError::Unavailable(m.clone()),
-                    StorageError::Failed(m) => StorageError::Failed(m.clone()),
-                }),
-            };
-            let _ = reply.send(answer);
-        }
     }
 }
 
@@ -1103,18 +1023,9 @@ impl Storage for Postgres {
         Ok(())
     }
 
-    async fn remember_request_nonce(
-        &self,
-        nonce: [u8; 16],
-        forget_at_ms: i64,
-    ) -> Option<Result<bool, StorageError>> {
+    async fn remember_request_nonce(&self, n: RequestNonce) -> Option<Result<bool, StorageError>> {
         let (reply, answer) = oneshot::channel();
-        if self
-            .nonces
-            .send((nonce, forget_at_ms, reply))
-            .await
-            .is_err()
-        {
+        if self.nonces.send((n, reply)).await.is_err() {
             return Some(Err(StorageError::Unavailable(
                 "the broker is shutting down".into(),
             )));

@@ -45,6 +45,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
+use super::nonces;
 use super::rules::{self, millis, trust_text};
 use super::{cause, Shared};
 use crate::storage::{AppendFailure, RequestNonce, StorageError};
@@ -209,10 +210,7 @@ impl Statements {
             ),
         )?;
         let (request_nonces, session, ended, revocation, move_head, notify) = futures_util::try_join!(
-            c.prepare(
-                "INSERT INTO custody_request_nonces (nonce, forget_at)
-                 SELECT * FROM unnest($1::bytea[], $2::bigint[]) ON CONFLICT (nonce) DO NOTHING RETURNING nonce"
-            ),
+            c.prepare(nonces::INSERT),
             c.prepare(
                 "INSERT INTO custody_sessions (did, delegation, started_at) VALUES ($1, $2, $3)
                  ON CONFLICT (did) DO UPDATE SET delegation = EXCLUDED.delegation, started_at = EXCLUDED.started_at, ended_at = NULL"
@@ -310,19 +308,19 @@ impl Sequencer {
     async fn commit(&mut self, batch: Vec<Request>) {
         let mut events = Vec::new();
         let mut owners = Vec::new();
-        let mut nonces = Vec::with_capacity(batch.len());
+        let mut requests = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
         for (i, r) in batch.into_iter().enumerate() {
             replies.push((r.reply, r.events.len()));
             owners.extend(std::iter::repeat_n(i, r.events.len()));
             events.extend(r.events);
-            nonces.push(r.nonce);
+            requests.push(r.nonce);
         }
         // The fold lock keeps the catch-up task out while this batch is
         // admitted and committed.
         let fold = self.shared.fold.clone();
         let _folding = fold.lock().await;
-        let outcome = self.try_commit(events, &owners, &nonces).await;
+        let outcome = self.try_commit(events, &owners, &requests).await;
         let (mut outcomes, replayed): (Box<dyn Iterator<Item = Outcome>>, Vec<bool>) = match outcome
         {
             Ok((results, replayed)) => (Box::new(results.into_iter()), replayed),
@@ -398,24 +396,15 @@ impl Sequencer {
             let l = shared.local();
             (l.dirty, l.authority.next_seq().0)
         };
-        let nonces: Vec<Vec<u8>> = events
+        let event_nonces: Vec<Vec<u8>> = events
             .iter()
             .map(|(e, _)| e.event.nonce.0.to_vec())
             .collect();
         let from = next as i64;
-        // The first of equal request nonces in a batch may be new; the
-        // others are replays whatever the database says.
-        let mut asked = HashSet::new();
-        let (mut request_keys, mut forget_at) = (Vec::new(), Vec::new());
-        for n in requests.iter().flatten() {
-            if asked.insert(n.nonce) {
-                request_keys.push(n.nonce.to_vec());
-                forget_at.push(n.forget_at_ms);
-            }
-        }
+        let asked = nonces::Distinct::of(requests.iter().flatten());
         let (from_params, nonce_params): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
-            ([&from], [&nonces]);
-        let request_params: [&(dyn ToSql + Sync); 2] = [&request_keys, &forget_at];
+            ([&from], [&event_nonces]);
+        let request_params = asked.params();
         let (_, head_row, changes, used, kept) = futures_util::try_join!(
             client.batch_execute("BEGIN"),
             client.query_opt(&st.head, &[]),
@@ -427,7 +416,7 @@ impl Sequencer {
             },
             client.query(&st.nonces, &nonce_params),
             async {
-                match request_keys.is_empty() {
+                match asked.is_empty() {
                     false => client.query(&st.request_nonces, &request_params).await,
                     true => Ok(Vec::new()),
                 }
@@ -483,13 +472,13 @@ impl Sequencer {
         // A request whose nonce this transaction did not insert is a replay
         // (of an earlier request, or of one earlier in this batch): none of
         // its events is judged.
-        let mut kept: HashSet<Vec<u8>> = kept.into_iter().map(|r| r.get::<_, Vec<u8>>(0)).collect();
-        let remembered = !kept.is_empty();
+        let first = nonces::first_uses(kept, requests.iter().map(|r| r.map(|n| n.nonce)));
+        let remembered = first.iter().any(|f| *f);
         let replayed: Vec<bool> = requests
             .iter()
-            .map(|r| r.is_some_and(|n| !kept.remove(n.nonce.as_slice())))
+            .zip(&first)
+            .map(|(r, first)| r.is_some() && !first)
             .collect();
-
         // Admission, in sequence order, with the state as of the head.
         let mut outcomes = Vec::with_capacity(events.len());
         let mut rows: Vec<Row> = Vec::new();
