@@ -526,6 +526,15 @@ async fn an_append_request_replayed_to_any_broker_appends_and_records_nothing() 
     assert!(entries
         .iter()
         .all(|e| e.event.action.as_str() != actions::IDENTITY_REVOKE));
+
+    // The admin is untouched: it revokes the session on B, and the
+    // session's next append is refused on C.
+    c.client(1)
+        .revoke(&c.admin, &s.did, "replayed hostile requests")
+        .await
+        .expect("the admin can still revoke");
+    let e = log(&c.client(2), &s, 6).await.unwrap_err();
+    assert_eq!(api_code(&e).as_deref(), Some("revoked"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
