@@ -13,6 +13,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::sessionfile::SessionFile;
+use crate::BoxFuture;
 use custody_wire::api::*;
 use custody_wire::signing;
 
@@ -49,6 +50,12 @@ impl ClientError {
 /// built without one, so custody picks ring, the same as its other TLS users).
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A broker's answer: its status and whole body.
+struct Reply {
+    status: reqwest::StatusCode,
+    body: bytes::Bytes,
 }
 
 #[derive(Clone)]
@@ -103,35 +110,56 @@ impl Client {
         }
     }
 
-    async fn decode<R: DeserializeOwned>(&self, resp: reqwest::Response) -> Result<R, ClientError> {
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
-        if !status.is_success() {
-            return Err(api_error(status, &bytes));
-        }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    /// Sends `req` and reads the whole answer. Not generic, and its future is
+    /// boxed here: reqwest's send and body futures are compiled once, in this
+    /// crate, instead of again in every binary and for every request and
+    /// answer type (they were most of a release build of each binary).
+    fn exchange(&self, req: reqwest::RequestBuilder) -> BoxFuture<'_, Result<Reply, ClientError>> {
+        Box::pin(async move {
+            let resp = req.send().await.map_err(|e| self.transport(e))?;
+            let status = resp.status();
+            let body = resp.bytes().await.map_err(|e| self.transport(e))?;
+            Ok(Reply { status, body })
+        })
     }
 
-    /// POSTs `body` as JSON, signed by `key`; returns the raw response.
+    /// The answer's JSON body, or the broker's error.
+    fn decode<R: DeserializeOwned>(reply: Reply) -> Result<R, ClientError> {
+        if !reply.status.is_success() {
+            return Err(api_error(reply.status, &reply.body));
+        }
+        serde_json::from_slice(&reply.body).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// POSTs `body` as JSON, signed by `key`; returns the raw answer.
     async fn post_raw<T: Serialize>(
         &self,
         key: &KeyPair,
         path: &str,
         body: &T,
-    ) -> Result<reqwest::Response, ClientError> {
+    ) -> Result<Reply, ClientError> {
         let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.post_bytes(key, path, bytes).await
+    }
+
+    /// [`post_raw`](Self::post_raw) once the body is JSON: signs and sends.
+    fn post_bytes<'a>(
+        &'a self,
+        key: &KeyPair,
+        path: &str,
+        bytes: Vec<u8>,
+    ) -> BoxFuture<'a, Result<Reply, ClientError>> {
         let h = signing::sign_request(key, "POST", path, &bytes);
-        self.http
+        let req = self
+            .http
             .post(format!("{}{path}", self.base))
             .header("content-type", "application/json")
             .header(signing::HEADER_DID, h.did)
             .header(signing::HEADER_TIMESTAMP, h.timestamp)
             .header(signing::HEADER_NONCE, h.nonce)
             .header(signing::HEADER_SIGNATURE, h.signature)
-            .body(bytes)
-            .send()
-            .await
-            .map_err(|e| self.transport(e))
+            .body(bytes);
+        self.exchange(req)
     }
 
     pub async fn post<T: Serialize, R: DeserializeOwned>(
@@ -140,8 +168,7 @@ impl Client {
         path: &str,
         body: &T,
     ) -> Result<R, ClientError> {
-        let resp = self.post_raw(key, path, body).await?;
-        self.decode(resp).await
+        Self::decode(self.post_raw(key, path, body).await?)
     }
 
     /// Sends an OTLP/HTTP JSON logs export as the session's agent would
@@ -155,11 +182,8 @@ impl Client {
             .http
             .post(format!("{}{PATH_OTLP_LOGS}", self.base))
             .bearer_auth(session.ingest_token())
-            .json(export)
-            .send()
-            .await
-            .map_err(|e| self.transport(e))?;
-        self.decode(resp).await
+            .json(export);
+        Self::decode(self.exchange(resp).await?)
     }
 
     /// Has the broker sign a checkpoint now (admins only); returns the note.
@@ -167,22 +191,15 @@ impl Client {
         let resp = self
             .post_raw(admin, PATH_CHECKPOINT, &serde_json::json!({}))
             .await?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
-        if !status.is_success() {
-            return Err(api_error(status, &bytes));
+        if !resp.status.is_success() {
+            return Err(api_error(resp.status, &resp.body));
         }
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+        Ok(String::from_utf8_lossy(&resp.body).into_owned())
     }
 
     pub async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R, ClientError> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .map_err(|e| self.transport(e))?;
-        self.decode(resp).await
+        let req = self.http.get(format!("{}{path}", self.base));
+        Self::decode(self.exchange(req).await?)
     }
 
     /// One page of the entry feed, as an auditor or admin: a `GET` whose
@@ -196,11 +213,8 @@ impl Client {
             .header(signing::HEADER_DID, h.did)
             .header(signing::HEADER_TIMESTAMP, h.timestamp)
             .header(signing::HEADER_NONCE, h.nonce)
-            .header(signing::HEADER_SIGNATURE, h.signature)
-            .send()
-            .await
-            .map_err(|e| self.transport(e))?;
-        self.decode(resp).await
+            .header(signing::HEADER_SIGNATURE, h.signature);
+        Self::decode(self.exchange(resp).await?)
     }
 
     pub async fn health(&self) -> Result<Health, ClientError> {
@@ -406,14 +420,10 @@ impl Client {
             bail!("{} is not empty", out.display());
         }
         let resp = self.post_raw(admin, PATH_EXPORT, &ExportRequest {}).await?;
-        if !resp.status().is_success() {
-            let e: Result<(), ClientError> = self.decode(resp).await;
-            return Err(e
-                .err()
-                .map(anyhow::Error::from)
-                .unwrap_or_else(|| anyhow::anyhow!("export failed")));
+        if !resp.status.is_success() {
+            return Err(api_error(resp.status, &resp.body).into());
         }
-        let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
+        let bytes = resp.body;
         let tmp = out.with_extension("partial");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;

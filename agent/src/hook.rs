@@ -39,6 +39,7 @@ use serde_json::{json, Value};
 
 use crate::client::{salted_payload, session_event, Client, ClientError};
 use crate::sessionfile::SessionFile;
+use crate::BoxFuture;
 use custody_wire::api::{AppendEvent, PayloadBody, PolicyCheck, PolicyDecision};
 
 /// Hook input larger than this is refused (Claude Code's payloads are small;
@@ -473,7 +474,16 @@ async fn wait_for_decision(
 const APPROVAL_POLL: Duration = Duration::from_millis(500);
 
 /// Runs one hook invocation: `input` is what the agent wrote on stdin.
-pub async fn run(agent: Agent, session_path: &Path, input: &[u8]) -> anyhow::Result<HookOutput> {
+pub fn run<'a>(
+    agent: Agent,
+    session_path: &'a Path,
+    input: &'a [u8],
+) -> BoxFuture<'a, anyhow::Result<HookOutput>> {
+    Box::pin(run_body(agent, session_path, input))
+}
+
+/// [`run`]'s body.
+async fn run_body(agent: Agent, session_path: &Path, input: &[u8]) -> anyhow::Result<HookOutput> {
     let session = SessionFile::load(session_path)?;
     let key = session.key()?;
     let input: Value = serde_json::from_slice(input).context("the hook input is not JSON")?;

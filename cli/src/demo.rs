@@ -24,6 +24,7 @@ use custody_verifier::{verify_bundle, VerifyOptions};
 use crate::dev::{example_config, write_secret_file, OpenBao};
 use custody_agent::client::{salted_payload, session_event, Client};
 use custody_agent::sessionfile::SessionFile;
+use custody_agent::BoxFuture;
 use custody_server::config::Config;
 use custody_server::{serve, AppState};
 
@@ -768,7 +769,12 @@ impl Demo {
 /// Runs the scenario into `out` (which must be empty or absent): keys in
 /// `out/keys`, session files in `out/sessions`, the broker's data in
 /// `out/data`, the bundle in `out/bundle`.
-pub async fn run(out: &Path) -> anyhow::Result<Summary> {
+pub fn run(out: &Path) -> BoxFuture<'_, anyhow::Result<Summary>> {
+    Box::pin(run_body(out))
+}
+
+/// [`run`](Self::run)'s body.
+async fn run_body(out: &Path) -> anyhow::Result<Summary> {
     if out.exists() && std::fs::read_dir(out)?.next().is_some() {
         bail!("{} is not empty; choose a new directory", out.display());
     }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 
 use custody_agent::client::install_crypto_provider;
+use custody_agent::BoxFuture;
 
 /// Example policies the dev server gets: each scope reads its own KV path.
 pub const EXAMPLE_POLICIES: &[(&str, &str)] = &[
@@ -103,7 +104,12 @@ impl std::fmt::Debug for OpenBao {
 
 impl OpenBao {
     /// Starts `bao server -dev` on a free loopback port; logs go to `log_dir`.
-    pub async fn start(log_dir: &Path) -> anyhow::Result<Self> {
+    pub fn start(log_dir: &Path) -> BoxFuture<'_, anyhow::Result<Self>> {
+        Box::pin(Self::start_body(log_dir))
+    }
+
+    /// [`start`](Self::start)'s body.
+    async fn start_body(log_dir: &Path) -> anyhow::Result<Self> {
         install_crypto_provider();
         let bao = find_bao()?;
         let root_token = format!("dev-{}", hex::encode(rand_bytes()));
@@ -193,7 +199,12 @@ impl OpenBao {
 
     /// Writes the example policies and secrets and the broker's token role,
     /// and returns a broker token that can only mint through that role.
-    pub async fn configure_examples(&self) -> anyhow::Result<String> {
+    pub fn configure_examples(&self) -> BoxFuture<'_, anyhow::Result<String>> {
+        Box::pin(self.configure_examples_body())
+    }
+
+    /// [`configure_examples`](Self::configure_examples)'s body.
+    async fn configure_examples_body(&self) -> anyhow::Result<String> {
         let root = self.root_token.clone();
         for (name, hcl) in EXAMPLE_POLICIES {
             let r = self
@@ -433,7 +444,16 @@ pub fn postgres_config(url_file: &Path) -> String {
 
 /// `custody dev`: OpenBao + broker, with keys and a config in `dir`; with
 /// `postgres`, the broker's ledger in a PostgreSQL cluster of its own.
-pub async fn run(dir: Option<PathBuf>, listen: &str, postgres: bool) -> anyhow::Result<()> {
+pub fn run(
+    dir: Option<PathBuf>,
+    listen: &str,
+    postgres: bool,
+) -> BoxFuture<'_, anyhow::Result<()>> {
+    Box::pin(run_body(dir, listen, postgres))
+}
+
+/// [`run`](Self::run)'s body.
+async fn run_body(dir: Option<PathBuf>, listen: &str, postgres: bool) -> anyhow::Result<()> {
     let dir = match dir {
         Some(d) => d,
         None => std::env::temp_dir().join(format!("custody-dev-{}", std::process::id())),

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 
 use crate::dev::free_port;
+use custody_agent::BoxFuture;
 
 /// The newest `…/bin` with `initdb` and `postgres`: `$CUSTODY_PG_BIN`, else
 /// `/usr/lib/postgresql/<version>/bin`.
@@ -171,7 +172,12 @@ pub const ROLE: &str = "custody";
 impl PgCluster {
     /// `initdb` into `parent/name`, start it on a free loopback port, and
     /// create the `custody` role and database.
-    pub async fn start(parent: &Path, name: &str) -> anyhow::Result<Self> {
+    pub fn start<'a>(parent: &'a Path, name: &'a str) -> BoxFuture<'a, anyhow::Result<Self>> {
+        Box::pin(Self::start_body(parent, name))
+    }
+
+    /// [`start`](Self::start)'s body.
+    async fn start_body(parent: &Path, name: &str) -> anyhow::Result<Self> {
         let bin = bin_dir()?;
         let owner = run_as()?;
         let dir = parent.join(name);

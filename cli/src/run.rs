@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use custody_agent::client::{session_event, Client};
 use custody_agent::sessionfile::SessionFile;
+use custody_agent::BoxFuture;
 use custody_identity::KeyPair;
 use custody_ledger::actions;
 
@@ -77,7 +78,20 @@ enum Exit {
 
 /// Runs `command` in a new session; returns the agent's exit code (128 +
 /// the signal when a signal killed it).
-pub async fn run(
+pub fn run<'a>(
+    broker: &'a str,
+    key: &'a KeyPair,
+    agent: &'a str,
+    scopes: &'a [String],
+    context: &'a str,
+    ttl: Duration,
+    command: &'a [String],
+) -> BoxFuture<'a, anyhow::Result<ExitCode>> {
+    Box::pin(run_body(broker, key, agent, scopes, context, ttl, command))
+}
+
+/// [`run`](Self::run)'s body.
+async fn run_body(
     broker: &str,
     key: &KeyPair,
     agent: &str,

@@ -43,6 +43,13 @@ pub mod vault;
 pub use listener::{serve, shutdown_signal};
 pub use state::{vault_from_config, AppState};
 
+/// The future of an entry point other crates await (opening a broker,
+/// serving, migrating), boxed in this crate: an `async fn`'s body is
+/// otherwise compiled in whichever crate first polls it — every binary and
+/// test that starts a broker compiled the server's async code again, which
+/// was most of a release build of each of them.
+pub type BoxFuture<'a, T> = futures_util::future::BoxFuture<'a, T>;
+
 /// Makes sure a rustls crypto provider is installed (reqwest, vaultrs and
 /// axum-server are built without one, so custody picks ring everywhere).
 pub fn install_crypto_provider() {

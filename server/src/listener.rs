@@ -15,6 +15,7 @@ use custody_wire::error::ErrorCode;
 
 use crate::error::ApiError;
 use crate::state::{load_or_create_key, AppState};
+use crate::BoxFuture;
 
 /// How long a shutdown waits for requests in flight before closing connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -118,21 +119,29 @@ fn rustls_pki_der(pem: &str) -> anyhow::Result<Vec<u8>> {
 /// Binds, serves until `shutdown` resolves, then flushes: a final checkpoint
 /// and a clean store close. Serves HTTPS when `[tls]` says so (by default,
 /// whenever the listen address is not loopback).
-pub async fn serve(
+pub fn serve(
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    serve_boxed(state, listener, Box::pin(shutdown)).await
+) -> BoxFuture<'static, anyhow::Result<()>> {
+    serve_boxed(state, listener, Box::pin(shutdown))
 }
 
-/// [`serve`]'s body, not generic: compiled once here rather than again in
-/// every crate that starts a broker (the HTTP stack's code is most of a
-/// release build of each binary otherwise).
-async fn serve_boxed(
+/// [`serve`] without its generic parameter, its future boxed here: the HTTP
+/// stack's code is compiled once, in this crate, rather than again in every
+/// binary that starts a broker (see `crate::BoxFuture`).
+fn serve_boxed(
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
-    shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    shutdown: BoxFuture<'static, ()>,
+) -> BoxFuture<'static, anyhow::Result<()>> {
+    Box::pin(serve_body(state, listener, shutdown))
+}
+
+async fn serve_body(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    shutdown: BoxFuture<'static, ()>,
 ) -> anyhow::Result<()> {
     let ticker_state = state.clone();
     let ticker = tokio::spawn(async move {

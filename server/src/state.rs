@@ -26,6 +26,7 @@ use crate::ratelimit::RateLimiter;
 use crate::replay::ReplayCache;
 use crate::storage::{self, embedded::Embedded, postgres, AppendFailure, AppendResults, Storage};
 use crate::vault::Vault;
+use crate::BoxFuture;
 
 /// Refusals of identities the ledger does not know, recorded per minute.
 const STRANGER_DENIALS_PER_MINUTE: u32 = 60;
@@ -177,7 +178,15 @@ impl AppState {
     /// Opens the broker on the backend `[ledger]` names: the data directory's
     /// segment log and sled (embedded), or a PostgreSQL database shared with
     /// other brokers.
-    pub async fn open(cfg: Config, vault: Option<Vault>) -> anyhow::Result<Arc<Self>> {
+    pub fn open(
+        cfg: Config,
+        vault: Option<Vault>,
+    ) -> BoxFuture<'static, anyhow::Result<Arc<Self>>> {
+        Box::pin(Self::open_body(cfg, vault))
+    }
+
+    /// [`open`](Self::open)'s body.
+    async fn open_body(cfg: Config, vault: Option<Vault>) -> anyhow::Result<Arc<Self>> {
         let (ledger_key, storage): (KeyPair, Arc<dyn Storage>) = match &cfg.backend {
             Backend::Embedded => {
                 let ledger_key = Self::ledger_key(&cfg)?;
@@ -234,7 +243,17 @@ impl AppState {
     /// Opens the broker on `storage`: keys, CA, the policy; writes the
     /// genesis entry, or a trust update when the config's trust roots differ
     /// from the ledger's.
-    pub async fn with_storage(
+    pub fn with_storage(
+        cfg: Config,
+        vault: Option<Vault>,
+        ledger_key: KeyPair,
+        storage: Arc<dyn Storage>,
+    ) -> BoxFuture<'static, anyhow::Result<Arc<Self>>> {
+        Box::pin(Self::with_storage_body(cfg, vault, ledger_key, storage))
+    }
+
+    /// [`with_storage`](Self::with_storage)'s body.
+    async fn with_storage_body(
         cfg: Config,
         vault: Option<Vault>,
         ledger_key: KeyPair,

@@ -36,6 +36,7 @@ use custody_wire::api::{FeedPage, FeedQuery, MAX_FEED_PAGE, MAX_FEED_WAIT_SECS};
 use serde::{Deserialize, Serialize};
 
 use crate::client::{Client, ClientError};
+use crate::BoxFuture;
 use sinks::{Event, Sink};
 
 /// What `custody tail` writes for each entry.
@@ -417,7 +418,16 @@ pub struct TailSummary {
 
 /// Follows the feed and delivers it to `sinks` until caught up (or, with
 /// `follow`, until stopped).
-pub async fn run(
+pub fn run<'a>(
+    client: &'a Client,
+    opts: &'a TailOptions,
+    sinks: &'a mut [Sink],
+) -> BoxFuture<'a, Result<TailSummary, TailError>> {
+    Box::pin(run_body(client, opts, sinks))
+}
+
+/// [`run`](Self::run)'s body.
+async fn run_body(
     client: &Client,
     opts: &TailOptions,
     sinks: &mut [Sink],

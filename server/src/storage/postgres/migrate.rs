@@ -30,6 +30,7 @@ use super::sequencer::push_leaf;
 use super::{cause, connect, pg_config, schema};
 use crate::brokerdb::BrokerDb;
 use crate::config::PgUrl;
+use crate::BoxFuture;
 
 /// What a migration copied.
 #[derive(Debug)]
@@ -61,7 +62,15 @@ fn db(e: tokio_postgres::Error) -> MigrateError {
 
 /// Copies the embedded ledger and records in `data` into the database at
 /// `url`. The broker of `data` must be stopped (the store's lock says so).
-pub async fn migrate(data: &Path, url: &PgUrl) -> Result<Migrated, MigrateError> {
+pub fn migrate<'a>(
+    data: &'a Path,
+    url: &'a PgUrl,
+) -> BoxFuture<'a, Result<Migrated, MigrateError>> {
+    Box::pin(migrate_body(data, url))
+}
+
+/// [`migrate`](Self::migrate)'s body.
+async fn migrate_body(data: &Path, url: &PgUrl) -> Result<Migrated, MigrateError> {
     let cfg = pg_config(url).map_err(|e| MigrateError::Db(e.to_string()))?;
     let mut client = connect(&cfg)
         .await
