@@ -13,15 +13,12 @@
 //! no HTTP server, no storage engine, no Vault client and no policy engine
 //! (scripts/test checks its dependency tree).
 
-use std::future::Future;
-use std::pin::Pin;
-
 /// The future of an entry point the `custody` binary awaits (a hook run, a
 /// request to the broker), boxed in this crate: an `async fn`'s body is
 /// otherwise compiled in whichever crate first polls it, so the binaries
 /// compiled reqwest's and this crate's async code again, once per request
-/// and answer type.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// and answer type. The same type as `custody_server::BoxFuture`.
+pub use futures_util::future::BoxFuture;
 
 pub mod approve;
 pub mod client;

@@ -773,7 +773,7 @@ pub fn run(out: &Path) -> BoxFuture<'_, anyhow::Result<Summary>> {
     Box::pin(run_body(out))
 }
 
-/// [`run`](Self::run)'s body.
+/// [`run`]'s body.
 async fn run_body(out: &Path) -> anyhow::Result<Summary> {
     if out.exists() && std::fs::read_dir(out)?.next().is_some() {
         bail!("{} is not empty; choose a new directory", out.display());

@@ -452,7 +452,7 @@ pub fn run(
     Box::pin(run_body(dir, listen, postgres))
 }
 
-/// [`run`](Self::run)'s body.
+/// [`run`]'s body.
 async fn run_body(dir: Option<PathBuf>, listen: &str, postgres: bool) -> anyhow::Result<()> {
     let dir = match dir {
         Some(d) => d,

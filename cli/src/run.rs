@@ -90,7 +90,7 @@ pub fn run<'a>(
     Box::pin(run_body(broker, key, agent, scopes, context, ttl, command))
 }
 
-/// [`run`](Self::run)'s body.
+/// [`run`]'s body.
 async fn run_body(
     broker: &str,
     key: &KeyPair,

@@ -426,7 +426,7 @@ pub fn run<'a>(
     Box::pin(run_body(client, opts, sinks))
 }
 
-/// [`run`](Self::run)'s body.
+/// [`run`]'s body.
 async fn run_body(
     client: &Client,
     opts: &TailOptions,

@@ -69,7 +69,7 @@ pub fn migrate<'a>(
     Box::pin(migrate_body(data, url))
 }
 
-/// [`migrate`](Self::migrate)'s body.
+/// [`migrate`]'s body.
 async fn migrate_body(data: &Path, url: &PgUrl) -> Result<Migrated, MigrateError> {
     let cfg = pg_config(url).map_err(|e| MigrateError::Db(e.to_string()))?;
     let mut client = connect(&cfg)
